@@ -1,0 +1,374 @@
+/**
+ * Every error class that tcpbutler throws or rejects with. Each sets `name`,
+ * takes `(message, options?: ErrorOptions)` and carries the underlying
+ * failure in `cause`.
+ *
+ * @module
+ */
+
+/**
+ * A connection attempt failed: refused, unreachable, TLS handshake failed, or
+ * `connectTimeout` passed. `cause` holds the runtime's error (for example
+ * `Deno.errors.ConnectionRefused`).
+ *
+ * @example Usage
+ * ```ts
+ * import { ConnectionError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new ConnectionError("Cannot connect to 127.0.0.1:1", {
+ *   cause: new Deno.errors.ConnectionRefused(),
+ * });
+ * assert.equal(error.name, "ConnectionError");
+ * ```
+ */
+export class ConnectionError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What failed.
+   * @param options `cause`: the underlying error.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConnectionError";
+  }
+}
+
+/**
+ * The session a request or send was using closed before it completed. The
+ * request was written (or may have been): it was not replayed elsewhere.
+ *
+ * @example Usage
+ * ```ts
+ * import { ConnectionClosedError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new ConnectionClosedError("Session closed");
+ * assert.ok(error instanceof Error);
+ * ```
+ */
+export class ConnectionClosedError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What was cut.
+   * @param options `cause`: why the session closed.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConnectionClosedError";
+  }
+}
+
+/**
+ * The peer sent bytes that do not follow the protocol (a garbage header, a
+ * stream that ended inside a frame, an unknown frame kind). The session that
+ * received them is closed; others are not affected.
+ *
+ * @example Usage
+ * ```ts
+ * import { ProtocolError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new ProtocolError("bad header").name, "ProtocolError");
+ * ```
+ */
+export class ProtocolError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What was wrong with the bytes.
+   * @param options `cause`: the underlying error, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ProtocolError";
+  }
+}
+
+/**
+ * A PROXY protocol (v1 or v2) header was missing or malformed. Only the
+ * connection that sent it is closed.
+ *
+ * @example Usage
+ * ```ts
+ * import { ProtocolError, ProxyProtocolError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.ok(new ProxyProtocolError("bad signature") instanceof ProtocolError);
+ * ```
+ */
+export class ProxyProtocolError extends ProtocolError {
+  /**
+   * Creates the error.
+   *
+   * @param message What was wrong with the header.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ProxyProtocolError";
+  }
+}
+
+/**
+ * A frame header announced more than `maxFrameBytes`. Raised as soon as the
+ * header is read, before anything of the frame is buffered.
+ *
+ * @example Usage
+ * ```ts
+ * import { FrameTooLargeError, ProtocolError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new FrameTooLargeError(1024, 4096);
+ * assert.ok(error instanceof ProtocolError);
+ * assert.equal(error.maxFrameBytes, 1024);
+ * ```
+ */
+export class FrameTooLargeError extends ProtocolError {
+  /** The configured limit, in bytes. */
+  readonly maxFrameBytes: number;
+  /** The size the header announced (or the bytes seen so far), in bytes. */
+  readonly frameBytes: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param maxFrameBytes The configured limit.
+   * @param frameBytes The announced size.
+   * @param options `cause`, if any.
+   */
+  constructor(
+    maxFrameBytes: number,
+    frameBytes: number,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `Cannot decode frame: ${frameBytes} bytes exceeds maxFrameBytes (${maxFrameBytes})`,
+      options,
+    );
+    this.name = "FrameTooLargeError";
+    this.maxFrameBytes = maxFrameBytes;
+    this.frameBytes = frameBytes;
+  }
+}
+
+/**
+ * A request did not get its reply before its deadline. The pending entry has
+ * been freed; a reply that arrives later is dropped and counted.
+ *
+ * @example Usage
+ * ```ts
+ * import { TimeoutError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new TimeoutError("late", { timeout: 5 }).timeout, 5);
+ * ```
+ */
+export class TimeoutError extends Error {
+  /** The timeout that passed, in milliseconds. */
+  readonly timeout: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param message What timed out.
+   * @param options `timeout` in milliseconds and an optional `cause`.
+   */
+  constructor(message: string, options: ErrorOptions & { timeout: number }) {
+    super(message, options);
+    this.name = "TimeoutError";
+    this.timeout = options.timeout;
+  }
+}
+
+/**
+ * No session was ready for a request: either `waitForSession` was `false`,
+ * the waiting queue was full, or none became ready before the deadline.
+ *
+ * @example Usage
+ * ```ts
+ * import { NoSessionError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new NoSessionError("none ready").name, "NoSessionError");
+ * ```
+ */
+export class NoSessionError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message Why no session could be used.
+   * @param options `cause`: the last connection error, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "NoSessionError";
+  }
+}
+
+/**
+ * The peer's handler failed and answered with an error frame (default
+ * protocol). `message` is the peer's message.
+ *
+ * @example Usage
+ * ```ts
+ * import { RemoteError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new RemoteError("boom").message, "boom");
+ * ```
+ */
+export class RemoteError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message The message the peer sent.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "RemoteError";
+  }
+}
+
+/**
+ * The client, server or session is closing or closed and takes no new work.
+ *
+ * @example Usage
+ * ```ts
+ * import { ClosedError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new ClosedError("Client is closed").name, "ClosedError");
+ * ```
+ */
+export class ClosedError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What is closed.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ClosedError";
+  }
+}
+
+/**
+ * Reconnecting stopped: the `shouldReconnect` condition said no, or
+ * `maxAttempts` was reached. `cause` holds the last connection error.
+ *
+ * @example Usage
+ * ```ts
+ * import { RetryExhaustedError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new RetryExhaustedError(3).attempts, 3);
+ * ```
+ */
+export class RetryExhaustedError extends Error {
+  /** How many attempts were made. */
+  readonly attempts: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param attempts How many attempts were made.
+   * @param options `cause`: the last error.
+   */
+  constructor(attempts: number, options?: ErrorOptions) {
+    super(`Cannot connect: gave up after ${attempts} attempts`, options);
+    this.name = "RetryExhaustedError";
+    this.attempts = attempts;
+  }
+}
+
+/**
+ * A request was made with a correlation id that another pending request of
+ * the same client already uses. The new request is refused; the pending one
+ * is untouched.
+ *
+ * @example Usage
+ * ```ts
+ * import { DuplicateIdError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new DuplicateIdError(7).id, 7);
+ * ```
+ */
+export class DuplicateIdError extends Error {
+  /** The correlation id already in use. */
+  readonly id: string | number | bigint;
+
+  /**
+   * Creates the error.
+   *
+   * @param id The duplicate id.
+   * @param options `cause`, if any.
+   */
+  constructor(id: string | number | bigint, options?: ErrorOptions) {
+    super(
+      `Cannot send request: correlation id ${String(id)} is already pending`,
+      options,
+    );
+    this.name = "DuplicateIdError";
+    this.id = id;
+  }
+}
+
+/**
+ * The peer did not read what was written to it: the session's write queue
+ * stayed over its byte limit, so the session was cut off.
+ *
+ * @example Usage
+ * ```ts
+ * import { SlowConsumerError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new SlowConsumerError("stuck").name, "SlowConsumerError");
+ * ```
+ */
+export class SlowConsumerError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What was exceeded.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SlowConsumerError";
+  }
+}
+
+/**
+ * Tells whether an error is worth retrying on another session or later: a
+ * connection that failed or closed, a missing session, or a timeout. Remote
+ * (handler) errors, protocol errors and closed clients are not.
+ *
+ * @param error Any thrown value.
+ * @returns `true` when a retry may succeed.
+ *
+ * @example Usage
+ * ```ts
+ * import { ConnectionClosedError, isRetryableError, RemoteError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.ok(isRetryableError(new ConnectionClosedError("gone")));
+ * assert.ok(!isRetryableError(new RemoteError("bad request")));
+ * ```
+ */
+export function isRetryableError(error: unknown): boolean {
+  return error instanceof ConnectionError ||
+    error instanceof ConnectionClosedError ||
+    error instanceof NoSessionError ||
+    error instanceof TimeoutError ||
+    error instanceof Deno.errors.ConnectionRefused ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.TimedOut;
+}
