@@ -1,0 +1,145 @@
+/**
+ * Fixed-length framing: every frame has the same size and no header.
+ *
+ * @module
+ */
+
+import { ProtocolError } from "../errors.ts";
+import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
+import { grow, initialCapacity } from "./_buffer.ts";
+
+/** Options of {@linkcode fixedLength}. */
+export interface FixedLengthOptions {
+  /**
+   * Finds a message's correlation id; becomes the codec's `correlationId`.
+   * When absent, the codec has no `correlationId`.
+   */
+  correlationId?: (frame: Uint8Array) => CorrelationId | undefined;
+}
+
+class FixedLengthDecoder implements FrameDecoder<Uint8Array> {
+  readonly #size: number;
+  /** The frame that spans chunks, if any (capacity ≤ #size). */
+  #frame: Uint8Array | undefined;
+  /** Bytes of it received. */
+  #filled = 0;
+
+  constructor(size: number) {
+    this.#size = size;
+  }
+
+  decode(chunk: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    const size = this.#size;
+    const length = chunk.length;
+    let pos = 0;
+    if (this.#filled > 0) {
+      const filled = this.#filled;
+      const want = size - filled;
+      if (length < want) {
+        const frame = grow(this.#frame, filled, filled + length, size);
+        frame.set(chunk, filled);
+        this.#frame = frame;
+        this.#filled = filled + length;
+        return out;
+      }
+      const frame = grow(this.#frame, filled, size, size);
+      frame.set(chunk.subarray(0, want), filled);
+      out.push(frame);
+      this.#frame = undefined;
+      this.#filled = 0;
+      pos = want;
+    }
+    while (length - pos >= size) {
+      out.push(chunk.subarray(pos, pos + size));
+      pos += size;
+    }
+    if (pos < length) {
+      const frame = new Uint8Array(initialCapacity(size, length - pos));
+      frame.set(pos === 0 ? chunk : chunk.subarray(pos));
+      this.#frame = frame;
+      this.#filled = length - pos;
+    }
+    return out;
+  }
+
+  end(): void {
+    const filled = this.#filled;
+    if (filled === 0) return;
+    this.#frame = undefined;
+    this.#filled = 0;
+    throw new ProtocolError(
+      `Cannot decode frame: stream ended inside a frame (${filled} of ${this.#size} bytes)`,
+    );
+  }
+}
+
+/**
+ * Makes a codec for fixed-length frames: every message is exactly `size`
+ * bytes, with no header or delimiter.
+ *
+ * Decoded messages are `subarray` views of the chunks given to `decode` when
+ * a frame lies wholly inside one chunk (no copy); frames that span chunks are
+ * copied into a buffer of their own. A view keeps its chunk's memory alive:
+ * copy messages you keep for long.
+ *
+ * @param size The size of every message, in bytes (at least 1).
+ * @param options The correlation id.
+ * @returns The codec. Its `encode`, `encodedLength` and `encodeInto` throw
+ * `RangeError` for a message that is not `size` bytes long, and `encodeInto`
+ * also when `target` has no room. Its decoders throw `ProtocolError` from
+ * `end()` when the stream stopped inside a frame.
+ * @throws {RangeError} When `size` is not a positive safe integer.
+ *
+ * @example Usage
+ * ```ts
+ * import { fixedLength } from "@tcpbutler/core/framing";
+ * import assert from "node:assert/strict";
+ *
+ * const codec = fixedLength(2);
+ * const decoder = codec.decoder();
+ * assert.deepEqual(decoder.decode(new Uint8Array([1, 2, 3])), [new Uint8Array([1, 2])]);
+ * assert.deepEqual(decoder.decode(new Uint8Array([4])), [new Uint8Array([3, 4])]);
+ * assert.throws(() => codec.encode(new Uint8Array(3)), RangeError);
+ * ```
+ */
+export function fixedLength(
+  size: number,
+  options: FixedLengthOptions = {},
+): Codec<Uint8Array> {
+  if (!Number.isSafeInteger(size) || size < 1) {
+    throw new RangeError(
+      `Cannot create codec: size must be a positive integer, got ${size}`,
+    );
+  }
+  const check = (message: Uint8Array): number => {
+    if (message.length !== size) {
+      throw new RangeError(
+        `Cannot encode frame: ${message.length} bytes, expected ${size}`,
+      );
+    }
+    return size;
+  };
+  const codec: Codec<Uint8Array> = {
+    decoder: () => new FixedLengthDecoder(size),
+    encode(message) {
+      check(message);
+      return message.slice();
+    },
+    encodedLength: check,
+    encodeInto(message, target, at) {
+      check(message);
+      if (!(at >= 0 && at + size <= target.length)) {
+        throw new RangeError(
+          `Cannot encode frame: ${size} bytes do not fit in target at offset ${at}`,
+        );
+      }
+      target.set(message, at);
+      return size;
+    },
+  };
+  if (options.correlationId !== undefined) {
+    codec.correlationId = options.correlationId;
+  }
+  return codec;
+}

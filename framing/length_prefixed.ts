@@ -1,0 +1,575 @@
+/**
+ * Length-prefixed framing: a length field (binary or ASCII digits) followed
+ * by the body.
+ *
+ * @module
+ */
+
+import { FrameTooLargeError, ProtocolError } from "../errors.ts";
+import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
+import { grow, initialCapacity, maxFrameBytesOption } from "./_buffer.ts";
+
+/** Options of {@linkcode lengthPrefixed}. */
+export interface LengthPrefixedOptions {
+  /**
+   * Size of the binary length field in bytes. Ignored when `asciiDigits` is
+   * set. An 8-byte field is read as an unsigned 64-bit integer; values above
+   * `maxFrameBytes` (and so above `Number.MAX_SAFE_INTEGER`) are rejected.
+   *
+   * @default {4}
+   */
+  headerBytes?: 1 | 2 | 4 | 8;
+  /**
+   * Whether the binary length field is little-endian. Ignored when
+   * `asciiDigits` is set.
+   *
+   * @default {false}
+   */
+  littleEndian?: boolean;
+  /**
+   * Whether the length field counts the whole header as well as the body:
+   * the `lengthOffset` prefix and the length field itself. When `false` it
+   * counts only what follows the length field.
+   *
+   * @default {false}
+   */
+  lengthIncludesHeader?: boolean;
+  /**
+   * A number added to the length field's value to get the body size (Netty's
+   * `lengthAdjustment`), for length fields that count something else, such as
+   * a trailer or a part of the header. Applied together with
+   * `lengthIncludesHeader`: body = value + lengthAdjustment − (header size if
+   * `lengthIncludesHeader`).
+   *
+   * @default {0}
+   */
+  lengthAdjustment?: number;
+  /**
+   * How many bytes come before the length field (Netty's
+   * `lengthFieldOffset`), for example a message type. When it is not 0, the
+   * message (what `decode` returns and `encode` takes) is those prefix bytes
+   * followed by the body, without the length field: on the wire
+   * prefix + length field + body. Decoding then copies each frame once (the
+   * prefix and the body are not adjacent on the wire); with 0 frames are
+   * views of the input, without a copy.
+   *
+   * @default {0}
+   */
+  lengthOffset?: number;
+  /**
+   * When set, the length field is that many ASCII decimal digits (`"0123"`,
+   * zero-padded on encode) instead of a binary integer, as many ISO 8583
+   * hosts use with 4. From 1 to 15.
+   */
+  asciiDigits?: number;
+  /**
+   * The largest message accepted, in bytes: the body, plus the prefix when
+   * `lengthOffset` is not 0. A header that announces more fails the decoder
+   * with `FrameTooLargeError` before any of the frame is buffered; encoding
+   * more throws `RangeError`.
+   *
+   * @default {8388608}
+   */
+  maxFrameBytes?: number;
+  /**
+   * Finds a message's correlation id; becomes the codec's `correlationId`.
+   * When absent, the codec has no `correlationId`.
+   */
+  correlationId?: (frame: Uint8Array) => CorrelationId | undefined;
+}
+
+// Length field kinds, as small integers so the hot loop switches on a Smi.
+const U8 = 0;
+const U16BE = 1;
+const U16LE = 2;
+const U32BE = 3;
+const U32LE = 4;
+const U64BE = 5;
+const U64LE = 6;
+const ASCII = 7;
+
+const TWO_POW_32 = 4294967296;
+
+interface Config {
+  readonly kind: number;
+  /** Size of the length field. */
+  readonly fieldBytes: number;
+  /** Bytes before the length field. */
+  readonly offset: number;
+  /** lengthOffset + fieldBytes: bytes before the body. */
+  readonly headerBytes: number;
+  /** body = field value + adjust. */
+  readonly adjust: number;
+  /** The largest field value encode may write. */
+  readonly maxField: number;
+  readonly maxFrameBytes: number;
+  /** maxFrameBytes − offset: the largest body. */
+  readonly maxBody: number;
+}
+
+function readAscii(bytes: Uint8Array, at: number, digits: number): number {
+  let value = 0;
+  for (let i = 0; i < digits; i++) {
+    const digit = bytes[at + i]! - 48;
+    if (digit < 0 || digit > 9) {
+      const got = Array.from(
+        bytes.subarray(at, at + digits),
+        (byte) => byte.toString(16).padStart(2, "0"),
+      ).join(" ");
+      throw new ProtocolError(
+        `Cannot decode frame: length header is not ${digits} ASCII digits (bytes ${got})`,
+      );
+    }
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
+function u32be(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) |
+    (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+function u32le(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) |
+    (bytes[at + 3]! << 24)) >>> 0;
+}
+
+/** Reads the length field at `at`; may exceed MAX_SAFE_INTEGER for 8 bytes. */
+function readField(
+  kind: number,
+  bytes: Uint8Array,
+  at: number,
+  digits: number,
+): number {
+  switch (kind) {
+    case U8:
+      return bytes[at]!;
+    case U16BE:
+      return (bytes[at]! << 8) | bytes[at + 1]!;
+    case U16LE:
+      return bytes[at]! | (bytes[at + 1]! << 8);
+    case U32BE:
+      return u32be(bytes, at);
+    case U32LE:
+      return u32le(bytes, at);
+    case U64BE:
+      return u32be(bytes, at) * TWO_POW_32 + u32be(bytes, at + 4);
+    case U64LE:
+      return u32le(bytes, at + 4) * TWO_POW_32 + u32le(bytes, at);
+    default:
+      return readAscii(bytes, at, digits);
+  }
+}
+
+function writeField(
+  kind: number,
+  target: Uint8Array,
+  at: number,
+  value: number,
+  digits: number,
+): void {
+  switch (kind) {
+    case U8:
+      target[at] = value;
+      return;
+    case U16BE:
+      target[at] = value >>> 8;
+      target[at + 1] = value;
+      return;
+    case U16LE:
+      target[at] = value;
+      target[at + 1] = value >>> 8;
+      return;
+    case U32BE:
+      target[at] = value >>> 24;
+      target[at + 1] = value >>> 16;
+      target[at + 2] = value >>> 8;
+      target[at + 3] = value;
+      return;
+    case U32LE:
+      target[at] = value;
+      target[at + 1] = value >>> 8;
+      target[at + 2] = value >>> 16;
+      target[at + 3] = value >>> 24;
+      return;
+    case U64BE:
+      writeField(U32BE, target, at, Math.floor(value / TWO_POW_32), 0);
+      writeField(U32BE, target, at + 4, value >>> 0, 0);
+      return;
+    case U64LE:
+      writeField(U32LE, target, at, value >>> 0, 0);
+      writeField(U32LE, target, at + 4, Math.floor(value / TWO_POW_32), 0);
+      return;
+    default:
+      for (let i = digits - 1; i >= 0; i--) {
+        target[at + i] = 48 + (value % 10);
+        value = Math.floor(value / 10);
+      }
+  }
+}
+
+/**
+ * Turns a field value into a body size, or throws.
+ *
+ * @throws {ProtocolError} When the adjusted size is negative.
+ * @throws {FrameTooLargeError} When it is over the limit.
+ */
+function bodySize(config: Config, value: number): number {
+  const body = value + config.adjust;
+  if (body >= 0 && body <= config.maxBody && value <= Number.MAX_SAFE_INTEGER) {
+    return body;
+  }
+  if (body < 0) {
+    throw new ProtocolError(
+      `Cannot decode frame: length field ${value} gives a negative body size (${body})`,
+    );
+  }
+  throw new FrameTooLargeError(config.maxFrameBytes, body + config.offset);
+}
+
+class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
+  readonly #config: Config;
+  readonly #digits: number;
+  /** The header of a frame whose header spans chunks. */
+  readonly #head: Uint8Array;
+  /** Bytes in #head; 0 unless a header is partly read. */
+  #headLength = 0;
+  /** The message being assembled across chunks (capacity ≤ #size). */
+  #frame: Uint8Array | undefined;
+  /** Its full size, or -1 when no message is being assembled. */
+  #size = -1;
+  /** Bytes of it received. */
+  #filled = 0;
+
+  constructor(config: Config, digits: number) {
+    this.#config = config;
+    this.#digits = digits;
+    this.#head = new Uint8Array(config.headerBytes);
+  }
+
+  decode(chunk: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    let pos = 0;
+    if (this.#headLength > 0 || this.#size >= 0) {
+      pos = this.#resume(chunk, out);
+    }
+    const config = this.#config;
+    const kind = config.kind;
+    const digits = this.#digits;
+    const offset = config.offset;
+    const headerBytes = config.headerBytes;
+    const adjust = config.adjust;
+    const maxBody = config.maxBody;
+    const length = chunk.length;
+    while (length - pos >= headerBytes) {
+      const value = readField(kind, chunk, pos + offset, digits);
+      let body = value + adjust;
+      if (!(body >= 0 && body <= maxBody && value <= Number.MAX_SAFE_INTEGER)) {
+        body = bodySize(config, value); // throws
+      }
+      const start = pos + headerBytes;
+      const stop = start + body;
+      if (stop > length) {
+        this.#begin(chunk, pos, body);
+        return out;
+      }
+      if (offset === 0) out.push(chunk.subarray(start, stop));
+      else {
+        const message = new Uint8Array(offset + body);
+        message.set(chunk.subarray(pos, pos + offset));
+        message.set(chunk.subarray(start, stop), offset);
+        out.push(message);
+      }
+      pos = stop;
+    }
+    if (pos < length) {
+      this.#head.set(pos === 0 ? chunk : chunk.subarray(pos));
+      this.#headLength = length - pos;
+    }
+    return out;
+  }
+
+  end(): void {
+    if (this.#headLength === 0 && this.#size < 0) return;
+    const detail = this.#size < 0
+      ? `${this.#headLength} of ${this.#config.headerBytes} header bytes`
+      : `${this.#filled} of ${this.#size} message bytes`;
+    this.#headLength = 0;
+    this.#size = -1;
+    this.#frame = undefined;
+    throw new ProtocolError(
+      `Cannot decode frame: stream ended inside a frame (${detail})`,
+    );
+  }
+
+  /** Starts a message whose header is whole in `chunk` at `pos` but whose body is not. */
+  #begin(chunk: Uint8Array, pos: number, body: number): void {
+    const offset = this.#config.offset;
+    const start = pos + this.#config.headerBytes;
+    const size = offset + body;
+    const have = offset + chunk.length - start;
+    const frame = new Uint8Array(initialCapacity(size, have));
+    if (offset > 0) frame.set(chunk.subarray(pos, pos + offset));
+    frame.set(chunk.subarray(start), offset);
+    this.#frame = frame;
+    this.#size = size;
+    this.#filled = have;
+  }
+
+  /** Continues the frame left partial by the previous chunk; returns where the chunk's next frame starts. */
+  #resume(chunk: Uint8Array, out: Uint8Array[]): number {
+    const config = this.#config;
+    let pos = 0;
+    if (this.#size < 0) {
+      const need = config.headerBytes - this.#headLength;
+      if (chunk.length < need) {
+        this.#head.set(chunk, this.#headLength);
+        this.#headLength += chunk.length;
+        return chunk.length;
+      }
+      this.#head.set(chunk.subarray(0, need), this.#headLength);
+      this.#headLength = 0;
+      pos = need;
+      const value = readField(
+        config.kind,
+        this.#head,
+        config.offset,
+        this.#digits,
+      );
+      const body = bodySize(config, value);
+      const size = config.offset + body;
+      const have = config.offset + Math.min(body, chunk.length - pos);
+      const frame = new Uint8Array(initialCapacity(size, have));
+      if (config.offset > 0) frame.set(this.#head.subarray(0, config.offset));
+      this.#frame = frame;
+      this.#size = size;
+      this.#filled = config.offset;
+    }
+    const size = this.#size;
+    const filled = this.#filled;
+    const want = size - filled;
+    const available = chunk.length - pos;
+    if (available >= want) {
+      const frame = grow(this.#frame, filled, size, size);
+      frame.set(chunk.subarray(pos, pos + want), filled);
+      out.push(frame);
+      this.#frame = undefined;
+      this.#size = -1;
+      this.#filled = 0;
+      return pos + want;
+    }
+    const frame = grow(this.#frame, filled, filled + available, size);
+    frame.set(pos === 0 ? chunk : chunk.subarray(pos), filled);
+    this.#frame = frame;
+    this.#filled = filled + available;
+    return chunk.length;
+  }
+}
+
+function integerOption(
+  value: number | undefined,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new RangeError(
+      `Cannot create codec: ${name} must be an integer from ${min} to ${max}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Makes a codec for length-prefixed frames: an optional prefix of
+ * `lengthOffset` bytes, a length field (1, 2, 4 or 8 bytes in either byte
+ * order, or ASCII digits), then the body. The message is the body (the
+ * prefix plus the body when `lengthOffset` is not 0).
+ *
+ * Decoded messages are `subarray` views of the chunks given to `decode` when
+ * a frame lies wholly inside one chunk (no copy); frames that span chunks are
+ * copied into a buffer of their own size. A view keeps its chunk's memory
+ * alive: copy messages you keep for long. A decoder that threw is broken:
+ * drop it (and its byte stream). Frames that the failing chunk completed
+ * before the bad bytes are lost with it.
+ *
+ * @param options The header layout, the limit and the correlation id.
+ * @returns The codec. Its `encode`, `encodedLength` and `encodeInto` throw
+ * `RangeError` for a message over `maxFrameBytes`, shorter than the
+ * `lengthOffset` prefix, or whose length the header cannot represent;
+ * `encodeInto` also when `target` has no room.
+ * Its decoders throw `FrameTooLargeError` as soon as a header announces more
+ * than `maxFrameBytes`, before the body arrives, and `ProtocolError` for a
+ * header that is not ASCII digits or gives a negative body size, and from
+ * `end()` when the stream stopped inside a frame.
+ * @throws {RangeError} When an option is out of range.
+ *
+ * @example Usage
+ * ```ts
+ * import { lengthPrefixed } from "@tcpbutler/core/framing";
+ * import assert from "node:assert/strict";
+ *
+ * const codec = lengthPrefixed({ headerBytes: 2 });
+ * const wire = codec.encode(new TextEncoder().encode("hi"));
+ * assert.deepEqual(wire, new Uint8Array([0, 2, 104, 105]));
+ *
+ * const decoder = codec.decoder();
+ * assert.deepEqual(decoder.decode(wire.subarray(0, 3)), []);
+ * const [frame] = decoder.decode(wire.subarray(3));
+ * assert.equal(new TextDecoder().decode(frame), "hi");
+ * ```
+ *
+ * @example ISO 8583 with a 4 ASCII digit header
+ * ```ts
+ * import { lengthPrefixed } from "@tcpbutler/core/framing";
+ * import assert from "node:assert/strict";
+ *
+ * const codec = lengthPrefixed({ asciiDigits: 4 });
+ * const wire = codec.encode(new TextEncoder().encode("0800..."));
+ * assert.equal(new TextDecoder().decode(wire), "00070800...");
+ * ```
+ *
+ * @example A type byte before the length field
+ * ```ts
+ * import { lengthPrefixed } from "@tcpbutler/core/framing";
+ * import assert from "node:assert/strict";
+ *
+ * // On the wire: type (1 byte), length (2 bytes), body.
+ * const codec = lengthPrefixed({ lengthOffset: 1, headerBytes: 2 });
+ * const wire = codec.encode(new Uint8Array([7, 0xaa, 0xbb]));
+ * assert.deepEqual(wire, new Uint8Array([7, 0, 2, 0xaa, 0xbb]));
+ * assert.deepEqual(codec.decoder().decode(wire), [new Uint8Array([7, 0xaa, 0xbb])]);
+ * ```
+ */
+export function lengthPrefixed(
+  options: LengthPrefixedOptions = {},
+): Codec<Uint8Array> {
+  const maxFrameBytes = maxFrameBytesOption(options.maxFrameBytes);
+  const offset = integerOption(
+    options.lengthOffset,
+    "lengthOffset",
+    0,
+    0,
+    maxFrameBytes,
+  );
+  const adjustment = integerOption(
+    options.lengthAdjustment,
+    "lengthAdjustment",
+    0,
+    Number.MIN_SAFE_INTEGER,
+    Number.MAX_SAFE_INTEGER,
+  );
+  let kind: number;
+  let fieldBytes: number;
+  let maxField: number;
+  const digits = options.asciiDigits;
+  if (digits !== undefined) {
+    fieldBytes = integerOption(digits, "asciiDigits", 4, 1, 15);
+    kind = ASCII;
+    maxField = 10 ** fieldBytes - 1;
+  } else {
+    fieldBytes = options.headerBytes ?? 4;
+    const le = options.littleEndian ?? false;
+    switch (fieldBytes) {
+      case 1:
+        kind = U8;
+        break;
+      case 2:
+        kind = le ? U16LE : U16BE;
+        break;
+      case 4:
+        kind = le ? U32LE : U32BE;
+        break;
+      case 8:
+        kind = le ? U64LE : U64BE;
+        break;
+      default:
+        throw new RangeError(
+          `Cannot create codec: headerBytes must be 1, 2, 4 or 8, got ${fieldBytes}`,
+        );
+    }
+    maxField = fieldBytes === 8
+      ? Number.MAX_SAFE_INTEGER
+      : 2 ** (8 * fieldBytes) - 1;
+  }
+  const headerBytes = offset + fieldBytes;
+  const config: Config = {
+    kind,
+    fieldBytes,
+    offset,
+    headerBytes,
+    adjust: adjustment - (options.lengthIncludesHeader ? headerBytes : 0),
+    maxField,
+    maxFrameBytes,
+    maxBody: maxFrameBytes - offset,
+  };
+
+  const fieldValue = (message: Uint8Array): number => {
+    const length = message.length;
+    if (length > maxFrameBytes) {
+      throw new RangeError(
+        `Cannot encode frame: ${length} bytes exceeds maxFrameBytes (${maxFrameBytes})`,
+      );
+    }
+    if (length < offset) {
+      throw new RangeError(
+        `Cannot encode frame: ${length} bytes is shorter than the ${offset}-byte prefix (lengthOffset)`,
+      );
+    }
+    const value = length - offset - config.adjust;
+    if (value < 0 || value > maxField) {
+      throw new RangeError(
+        `Cannot encode frame: length ${value} does not fit the length field`,
+      );
+    }
+    return value;
+  };
+
+  const write = (
+    message: Uint8Array,
+    value: number,
+    target: Uint8Array,
+    at: number,
+  ): number => {
+    if (offset === 0) {
+      writeField(kind, target, at, value, fieldBytes);
+      target.set(message, at + fieldBytes);
+    } else {
+      for (let i = 0; i < offset; i++) target[at + i] = message[i]!;
+      writeField(kind, target, at + offset, value, fieldBytes);
+      target.set(message.subarray(offset), at + headerBytes);
+    }
+    return message.length + fieldBytes;
+  };
+
+  const codec: Codec<Uint8Array> = {
+    decoder: () => new LengthPrefixedDecoder(config, fieldBytes),
+    encode(message) {
+      const value = fieldValue(message);
+      const out = new Uint8Array(message.length + fieldBytes);
+      write(message, value, out, 0);
+      return out;
+    },
+    encodedLength(message) {
+      fieldValue(message);
+      return message.length + fieldBytes;
+    },
+    encodeInto(message, target, at) {
+      const value = fieldValue(message);
+      const total = message.length + fieldBytes;
+      if (!(at >= 0 && at + total <= target.length)) {
+        throw new RangeError(
+          `Cannot encode frame: ${total} bytes do not fit in target at offset ${at}`,
+        );
+      }
+      return write(message, value, target, at);
+    },
+  };
+  if (options.correlationId !== undefined) {
+    codec.correlationId = options.correlationId;
+  }
+  return codec;
+}
