@@ -157,6 +157,20 @@ Deno.test("startFaultProxy() gives each client its own upstream connection", asy
   assert.deepEqual(echoB, pattern(4096, 2));
 });
 
+Deno.test("startFaultProxy() forwards a half-close in both directions", async () => {
+  await using echo = startEchoServer();
+  await using proxy = startFaultProxy({ target: echo.addr });
+  using client = await Deno.connect(proxy.addr);
+  await writeAll(client, text("bye"));
+  await client.closeWrite();
+  // The echo server sees EOF through the proxy, echoes, and closes: the
+  // client gets the echo, then EOF.
+  const echoed = await withTimeout(readExactly(client, 3), HANG_MS, "echo");
+  assert.deepEqual(echoed, text("bye"));
+  const end = await withTimeout(readToEnd(client), HANG_MS, "EOF");
+  assert.deepEqual(end, { bytes: 0, ended: "eof" });
+});
+
 Deno.test("startFaultProxy() rejects an invalid target port with RangeError", () => {
   assert.throws(
     () => startFaultProxy({ target: { hostname: "127.0.0.1", port: 0 } }),
