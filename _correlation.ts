@@ -1,0 +1,201 @@
+/**
+ * The pending-request table: one per client (replies may come back on any of
+ * its sessions) or per server. Each entry settles exactly once: reply, error,
+ * timeout, abort, or the death of its session.
+ *
+ * @module
+ */
+
+import type { CorrelationId } from "./framing/codec.ts";
+import { DuplicateIdError, TimeoutError } from "./errors.ts";
+import { type Timed, Timeouts } from "./_timeouts.ts";
+
+/** What a pending entry needs from the session that sent it. */
+export interface PendingOwner {
+  /** Entries sent on this session and not yet settled. */
+  readonly pending: Set<Pending>;
+  /** Told after an entry left `pending`. */
+  requestSettled(): void;
+}
+
+/** One request waiting for its reply. */
+export class Pending implements Timed {
+  deadline = 0;
+  tick = 0;
+  settled = false;
+  readonly id: CorrelationId | undefined;
+  readonly owner: PendingOwner;
+  readonly timeout: number;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (reason: unknown) => void;
+  readonly promise: Promise<unknown>;
+  readonly #table: Correlator;
+  #signal: AbortSignal | undefined;
+  #onAbort: (() => void) | undefined;
+
+  constructor(
+    table: Correlator,
+    id: CorrelationId | undefined,
+    owner: PendingOwner,
+    timeout: number,
+    signal: AbortSignal | undefined,
+  ) {
+    this.#table = table;
+    this.id = id;
+    this.owner = owner;
+    this.timeout = timeout;
+    const { promise, resolve, reject } = Promise.withResolvers<unknown>();
+    this.promise = promise;
+    this.resolve = resolve;
+    this.reject = reject;
+    if (signal !== undefined) {
+      this.#signal = signal;
+      this.#onAbort = () => this.fail(signal.reason);
+      signal.addEventListener("abort", this.#onAbort, { once: true });
+    }
+  }
+
+  /** Deadline passed. */
+  expire(): void {
+    if (this.settled) return;
+    this.#table.timedOut++;
+    this.#finish();
+    this.#table.rememberExpired(this.id);
+    this.reject(
+      new TimeoutError(
+        `Request ${
+          this.id === undefined ? "" : `${String(this.id)} `
+        }timed out after ${this.timeout} ms`,
+        { timeout: this.timeout },
+      ),
+    );
+  }
+
+  /** Completes with a reply. */
+  succeed(value: unknown): void {
+    if (this.settled) return;
+    this.#finish();
+    this.#table.timeouts.delete(this);
+    this.resolve(value);
+  }
+
+  /** Completes with an error. */
+  fail(reason: unknown): void {
+    if (this.settled) return;
+    this.#finish();
+    this.#table.timeouts.delete(this);
+    if (this.#signal?.aborted && reason === this.#signal.reason) {
+      this.#table.rememberExpired(this.id);
+    }
+    this.reject(reason);
+  }
+
+  #finish(): void {
+    this.settled = true;
+    this.#table.release(this);
+    this.owner.pending.delete(this);
+    this.owner.requestSettled();
+    if (this.#onAbort !== undefined) {
+      this.#signal!.removeEventListener("abort", this.#onAbort);
+      this.#onAbort = undefined;
+    }
+  }
+}
+
+/** Size of the memory of recently expired ids (late replies are dropped). */
+const EXPIRED_MEMORY = 10_000;
+
+/** The table of pending requests keyed by correlation id. */
+export class Correlator {
+  readonly timeouts: Timeouts = new Timeouts();
+  readonly #byId = new Map<CorrelationId, Pending>();
+  readonly #expired = new Set<CorrelationId>();
+  #nextId = 1;
+  /** Requests that timed out. */
+  timedOut = 0;
+  /** Replies that came after their request had settled. */
+  lateReplies = 0;
+
+  /** Pending requests (fifo ones included). */
+  count = 0;
+
+  /** Number of entries keyed by id. */
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  /** A fresh u32 id not used by a pending request. */
+  nextId(): number {
+    for (;;) {
+      const id = this.#nextId;
+      this.#nextId = id === 0xffff_ffff ? 1 : id + 1;
+      if (!this.#byId.has(id)) return id;
+    }
+  }
+
+  /**
+   * Registers a request. `id` undefined = fifo (matched by order by the
+   * session). Throws {@linkcode DuplicateIdError} when the id is pending.
+   */
+  add(
+    id: CorrelationId | undefined,
+    owner: PendingOwner,
+    timeout: number,
+    signal: AbortSignal | undefined,
+  ): Pending {
+    if (id !== undefined && this.#byId.has(id)) throw new DuplicateIdError(id);
+    if (signal?.aborted) throw signal.reason;
+    const entry = new Pending(this, id, owner, timeout, signal);
+    if (id !== undefined) {
+      this.#byId.set(id, entry);
+      this.#expired.delete(id);
+    }
+    owner.pending.add(entry);
+    this.count++;
+    entry.deadline = performance.now() + timeout;
+    this.timeouts.add(entry);
+    return entry;
+  }
+
+  /** The pending entry for an id, if any. */
+  get(id: CorrelationId): Pending | undefined {
+    return this.#byId.get(id);
+  }
+
+  /** Whether a reply with this id would be a late one. */
+  isExpired(id: CorrelationId): boolean {
+    return this.#expired.has(id);
+  }
+
+  /** Drops an id from the expired memory (its late reply arrived). */
+  forgetExpired(id: CorrelationId): void {
+    this.#expired.delete(id);
+  }
+
+  /** Forgets a settled entry. */
+  release(entry: Pending): void {
+    const id = entry.id;
+    if (id !== undefined && this.#byId.get(id) === entry) this.#byId.delete(id);
+    this.count--;
+  }
+
+  /** Remembers an id whose request gave up, to drop its late reply. */
+  rememberExpired(id: CorrelationId | undefined): void {
+    if (id === undefined) return;
+    this.#expired.add(id);
+    if (this.#expired.size > EXPIRED_MEMORY) {
+      const oldest = this.#expired.values().next().value;
+      if (oldest !== undefined) this.#expired.delete(oldest);
+    }
+  }
+
+  /** Fails every entry of an owner (its session died). */
+  failOwner(owner: PendingOwner, reason: unknown): void {
+    for (const entry of [...owner.pending]) entry.fail(reason);
+  }
+
+  /** Stops the sweep timer. */
+  close(): void {
+    this.timeouts.close();
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * How a session reads the meaning of wire messages. The default protocol has
+ * frame kinds (request, response, push, error, ping, pong, drain); a custom
+ * codec has only messages, told apart by the pending-request table.
+ *
+ * @module
+ */
+
+import type { Codec, CorrelationId } from "./framing/codec.ts";
+import { defaultCodec, type Frame, FrameKind } from "./protocol.ts";
+
+/** What an inbound wire message is. */
+export const Inbound = {
+  Reply: 2,
+  Error: 4,
+  Request: 1,
+  Push: 3,
+  Ping: 5,
+  Pong: 6,
+  Drain: 7,
+  /** A custom-codec message: a reply when it matches a pending request. */
+  Message: 8,
+} as const;
+
+/** How requests find their replies. */
+export type CorrelationMode = "assign" | "message" | "fifo";
+
+/**
+ * The session's view of a protocol. `W` is the wire message type, `T` what
+ * users send and receive.
+ */
+export interface Dialect<T, W = unknown> {
+  readonly codec: Codec<W>;
+  readonly mode: CorrelationMode;
+  /** True when the protocol has ping/pong and drain frames. */
+  readonly framed: boolean;
+  kind(wire: W): number;
+  id(wire: W): CorrelationId | undefined;
+  message(wire: W): T;
+  errorText(wire: W): string;
+  request(message: T, id: number): W;
+  reply(message: T | undefined, to: W): W | undefined;
+  push(message: T): W;
+  error(error: unknown, to: W): W | undefined;
+  ping(id: number): W;
+  pong(ping: W): W;
+  drain(): W;
+}
+
+const EMPTY = new Uint8Array(0);
+const textDecoder = new TextDecoder();
+const textEncoder = new TextEncoder();
+
+/** The default protocol: users exchange payload bytes. */
+export function defaultDialect(
+  maxFrameBytes?: number,
+): Dialect<Uint8Array, Frame> {
+  return {
+    codec: defaultCodec(
+      maxFrameBytes === undefined ? {} : { maxFrameBytes },
+    ),
+    mode: "assign",
+    framed: true,
+    kind: (wire) => wire.kind,
+    id: (wire) => wire.id,
+    message: (wire) => wire.payload,
+    errorText: (wire) => textDecoder.decode(wire.payload),
+    request: (payload, id) => ({
+      kind: FrameKind.Request,
+      id,
+      payload: checkPayload(payload),
+    }),
+    reply: (payload, to) =>
+      to.kind === FrameKind.Request
+        ? {
+          kind: FrameKind.Response,
+          id: to.id,
+          payload: payload === undefined ? EMPTY : checkPayload(payload),
+        }
+        : payload === undefined
+        ? undefined
+        : { kind: FrameKind.Push, id: 0, payload: checkPayload(payload) },
+    push: (payload) => ({
+      kind: FrameKind.Push,
+      id: 0,
+      payload: checkPayload(payload),
+    }),
+    error: (error, to) =>
+      to.kind === FrameKind.Request
+        ? {
+          kind: FrameKind.Error,
+          id: to.id,
+          payload: textEncoder.encode(
+            error instanceof Error ? error.message : String(error),
+          ),
+        }
+        : undefined,
+    ping: (id) => ({ kind: FrameKind.Ping, id, payload: EMPTY }),
+    pong: (ping) => ({
+      kind: FrameKind.Pong,
+      id: ping.id,
+      payload: ping.payload,
+    }),
+    drain: () => ({ kind: FrameKind.Drain, id: 0, payload: EMPTY }),
+  };
+}
+
+function checkPayload(payload: unknown): Uint8Array {
+  if (payload instanceof Uint8Array) return payload;
+  throw new TypeError(
+    `Cannot send message: the default protocol carries Uint8Array payloads, got ${typeof payload}`,
+  );
+}
+
+/** A user codec: messages are sent as they are. */
+export function codecDialect<T>(
+  codec: Codec<T>,
+  fifo: boolean,
+): Dialect<T, T> {
+  const unsupported = (): never => {
+    throw new TypeError("Cannot build a control frame for a custom codec");
+  };
+  return {
+    codec,
+    mode: fifo ? "fifo" : "message",
+    framed: false,
+    kind: () => Inbound.Message,
+    id: fifo ? () => undefined : (wire) => codec.correlationId?.(wire),
+    message: (wire) => wire,
+    errorText: () => "",
+    request: (message) => message,
+    reply: (message) => message,
+    push: (message) => message,
+    error: () => undefined,
+    ping: unsupported,
+    pong: unsupported,
+    drain: unsupported,
+  };
+}

@@ -1,0 +1,117 @@
+/**
+ * One timer per client or server that checks every session for idleness,
+ * missed heartbeats and stalled writes — instead of timers per session.
+ *
+ * @module
+ */
+
+import type { SessionImpl } from "./session.ts";
+import { ConnectionClosedError, TimeoutError } from "./errors.ts";
+
+/** Liveness settings. */
+export interface LivenessOptions<T> {
+  /** Close a session that read nothing for this long (ms); 0 = never. */
+  idleTimeout: number;
+  /** Heartbeat interval (ms); 0 = off. */
+  heartbeatInterval: number;
+  /** Consecutive unanswered heartbeats that close the session. */
+  maxMissed: number;
+  /** Builds a heartbeat request for custom codecs; the default protocol pings. */
+  heartbeatMessage: (() => T) | undefined;
+  /** Cut off a peer whose write has not completed for this long (ms); 0 = never. */
+  writeTimeout: number;
+}
+
+/** Runs liveness checks over a set of sessions. */
+export class Housekeeper<T> {
+  readonly #sessions: () => Iterable<SessionImpl<T>>;
+  readonly #options: LivenessOptions<T>;
+  readonly #period: number;
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    sessions: () => Iterable<SessionImpl<T>>,
+    options: LivenessOptions<T>,
+  ) {
+    this.#sessions = sessions;
+    this.#options = options;
+    const candidates = [
+      options.idleTimeout / 4,
+      options.heartbeatInterval / 4,
+      options.writeTimeout / 4,
+    ].filter((ms) => ms > 0);
+    this.#period = candidates.length === 0
+      ? 0
+      : Math.min(1000, Math.max(10, Math.min(...candidates)));
+  }
+
+  /** Starts the periodic check (no-op when every check is off). */
+  start(): void {
+    if (this.#period === 0 || this.#timer !== undefined) return;
+    this.#timer = setInterval(() => this.#tick(), this.#period);
+  }
+
+  /** Stops it. */
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    const { idleTimeout, heartbeatInterval, writeTimeout } = this.#options;
+    for (const session of this.#sessions()) {
+      if (session.state === "closed") continue;
+      const silent = now - session.lastReadAt;
+      if (idleTimeout > 0 && silent >= idleTimeout) {
+        session.close(
+          new ConnectionClosedError(
+            `Session ${session.id} closed: nothing read for ${idleTimeout} ms (idleTimeout)`,
+          ),
+        );
+        continue;
+      }
+      if (
+        writeTimeout > 0 && session.isWriting && session.writeStartedAt > 0 &&
+        now - session.writeStartedAt >= writeTimeout
+      ) {
+        session.stalled(now - session.writeStartedAt);
+        continue;
+      }
+      if (
+        heartbeatInterval > 0 && !session.heartbeatInFlight &&
+        silent >= heartbeatInterval / 2
+      ) {
+        this.#beat(session, heartbeatInterval / 2);
+      }
+    }
+  }
+
+  #beat(session: SessionImpl<T>, timeout: number): void {
+    const message = this.#options.heartbeatMessage;
+    session.heartbeatInFlight = true;
+    session.requestOn(
+      message === undefined ? undefined as T : message(),
+      timeout,
+      undefined,
+      message === undefined,
+    ).then(
+      () => {
+        session.heartbeatInFlight = false;
+        session.missedHeartbeats = 0;
+      },
+      (error) => {
+        session.heartbeatInFlight = false;
+        if (!(error instanceof TimeoutError)) return;
+        session.missedHeartbeats++;
+        if (session.missedHeartbeats >= this.#options.maxMissed) {
+          session.close(
+            new ConnectionClosedError(
+              `Session ${session.id} closed: ${session.missedHeartbeats} heartbeats went unanswered (half-open connection)`,
+            ),
+          );
+        }
+      },
+    );
+  }
+}

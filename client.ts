@@ -1,0 +1,1022 @@
+/**
+ * The client: a pool of persistent sessions over one or more endpoints, with
+ * reconnect, routing, request/response and pushes from the server.
+ *
+ * @module
+ */
+
+import type { Codec } from "./framing/codec.ts";
+import {
+  type ClientTlsOptions,
+  connect,
+  type Endpoint,
+  formatEndpoint,
+  parseEndpoint,
+} from "./_transport.ts";
+import { Correlator } from "./_correlation.ts";
+import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
+import type { Timed } from "./_timeouts.ts";
+import { Housekeeper } from "./_housekeeping.ts";
+import {
+  abortable,
+  type Counters,
+  type Handler,
+  type RequestOptions,
+  type SendOptions,
+  type Session,
+  type SessionConfig,
+  SessionImpl,
+  type SessionState,
+} from "./session.ts";
+import { type BackoffOptions, delay, exponentialBackoff } from "./backoff.ts";
+import { type Logger, noopLogger } from "./logger.ts";
+import {
+  ClosedError,
+  ConnectionError,
+  NoSessionError,
+  RetryExhaustedError,
+} from "./errors.ts";
+
+/** Where to connect: `"host:port"`, `"unix:/path"`, an endpoint object, or a list of them. */
+export type DialTarget = string | Endpoint | ReadonlyArray<string | Endpoint>;
+
+/** Heartbeat settings. */
+export interface HeartbeatOptions<T> {
+  /**
+   * Milliseconds of read silence before a heartbeat. A heartbeat is sent
+   * after half of it, each waits half of it for an answer, and after
+   * `maxMissed` unanswered ones in a row the session is closed: a half-open
+   * connection is found within about 1.5 intervals.
+   *
+   * @default {30000}
+   */
+  interval?: number;
+  /**
+   * Unanswered heartbeats in a row that close the session.
+   *
+   * @default {2}
+   */
+  maxMissed?: number;
+  /**
+   * Builds the heartbeat request for a custom codec (for example an ISO 8583
+   * echo 0800 with a fresh STAN); its reply is matched like any request.
+   * Required for custom codecs; the default protocol uses ping frames.
+   */
+  message?: () => T;
+}
+
+/** Reconnect settings. */
+export interface ReconnectOptions extends BackoffOptions {
+  /**
+   * A session that stayed ready this long (ms) resets the backoff.
+   *
+   * @default {1000}
+   */
+  stableAfter?: number;
+  /**
+   * Give up a slot after this many failed attempts in a row (0 = never).
+   *
+   * @default {0}
+   */
+  maxAttempts?: number;
+  /**
+   * Called before each retry; return `false` to stop reconnecting this slot.
+   */
+  shouldReconnect?: (error: unknown, attempt: number) => boolean;
+}
+
+/**
+ * Options of {@linkcode dial}.
+ *
+ * @typeParam T The message type.
+ */
+export interface DialOptions<T> {
+  /**
+   * Sessions per endpoint.
+   *
+   * @default {1}
+   */
+  sessions?: number;
+  /** TLS (`Deno.connectTls`); with `cert` and `key`, mTLS. */
+  tls?: ClientTlsOptions;
+  /**
+   * Milliseconds `dial()` waits for the first ready session, and each
+   * connection attempt (handshake included) may take.
+   *
+   * @default {10000}
+   */
+  connectTimeout?: number;
+  /** Aborts `dial()` (the client is closed). */
+  signal?: AbortSignal;
+  /**
+   * Default request timeout, in milliseconds.
+   *
+   * @default {5000}
+   */
+  requestTimeout?: number;
+  /**
+   * How requests pick a session: in turn, or the one with the fewest
+   * pending requests.
+   *
+   * @default {"round-robin"}
+   */
+  routing?: "round-robin" | "least-pending";
+  /**
+   * Custom codecs: match replies by the codec's `correlationId` ("id"), or
+   * by order on each session ("fifo", for Redis-like protocols).
+   *
+   * @default {"id"}
+   */
+  correlation?: "id" | "fifo";
+  /**
+   * Whether a request made while no session is ready waits for one (until
+   * its own deadline) instead of failing at once with `NoSessionError`.
+   *
+   * @default {true}
+   */
+  waitForSession?: boolean;
+  /**
+   * Requests that may wait for a session at once; more fail with
+   * `NoSessionError`.
+   *
+   * @default {10000}
+   */
+  maxWaitingRequests?: number;
+  /** Handles pushes and requests from the server; its return value is sent back. */
+  handler?: Handler<T>;
+  /**
+   * Custom codecs: turns a handler error into a reply message; without it the
+   * error is logged.
+   */
+  onHandlerError?: (
+    error: unknown,
+    message: T,
+    session: Session<T>,
+  ) => T | undefined;
+  /**
+   * Runs after each connect, before the session takes requests (sign-on,
+   * auth). It may use `session.request()`. A throw closes the session and
+   * the slot backs off.
+   */
+  onConnect?: (
+    session: Session<T>,
+    context: { signal: AbortSignal },
+  ) => void | Promise<void>;
+  /** Reconnect backoff. */
+  reconnect?: ReconnectOptions;
+  /**
+   * Heartbeat. On by default with the default protocol; custom codecs need
+   * `heartbeat.message`. `false` turns it off.
+   */
+  heartbeat?: HeartbeatOptions<T> | false;
+  /**
+   * Close a session that read nothing for this long (ms); 0 = never.
+   *
+   * @default {0}
+   */
+  idleTimeout?: number;
+  /**
+   * Inbound handlers running at once per session; reading pauses at the limit.
+   *
+   * @default {64}
+   */
+  maxConcurrentHandlers?: number;
+  /**
+   * Messages waiting in a session's write queue before `request`/`send` wait.
+   *
+   * @default {100}
+   */
+  outboundBuffer?: number;
+  /**
+   * Bytes queued for writing to a session before it is cut off as a slow consumer.
+   *
+   * @default {67108864}
+   */
+  maxWriteBytes?: number;
+  /**
+   * A write that does not complete in this long (ms) cuts the session off; 0 = never.
+   *
+   * @default {60000}
+   */
+  writeTimeout?: number;
+  /**
+   * Default protocol: largest payload accepted.
+   *
+   * @default {8388608}
+   */
+  maxFrameBytes?: number;
+  /** Where the client logs; structurally compatible with LogTape. */
+  logger?: Logger;
+}
+
+/** Options of {@linkcode Client.request}. */
+export interface ClientRequestOptions<T> extends RequestOptions {
+  /** Send on this session (from `client.sessions`) instead of routing. */
+  session?: Session<T>;
+  /** Overrides the client's `waitForSession` for this call. */
+  waitForSession?: boolean;
+}
+
+/** Options of {@linkcode Client.send}. */
+export interface ClientSendOptions<T> extends SendOptions {
+  /** Send on this session instead of routing. */
+  session?: Session<T>;
+  /**
+   * Milliseconds to wait for a ready session.
+   *
+   * @default {5000} (the client's `requestTimeout`)
+   */
+  timeout?: number;
+}
+
+/** Options of {@linkcode Client.close}. */
+export interface CloseOptions {
+  /**
+   * Milliseconds to let pending requests finish before sockets are forced shut.
+   *
+   * @default {5000}
+   */
+  timeout?: number;
+}
+
+/** Counters of a client. */
+export interface ClientStats {
+  /** Sessions by state. */
+  sessions: Record<SessionState | "connecting", number>;
+  /** Requests waiting for a reply. */
+  pending: number;
+  /** Requests waiting for a ready session. */
+  waiting: number;
+  /** Messages decoded. */
+  messagesIn: number;
+  /** Messages written. */
+  messagesOut: number;
+  /** Bytes read. */
+  bytesIn: number;
+  /** Bytes written. */
+  bytesOut: number;
+  /** Requests that timed out. */
+  timeouts: number;
+  /** Replies that came after their request settled (dropped). */
+  lateReplies: number;
+  /** Reconnect attempts made. */
+  reconnects: number;
+  /** Handler failures. */
+  handlerErrors: number;
+  /** Sessions closed for bad input. */
+  protocolErrors: number;
+}
+
+/** Detail of client events (`event.detail` of a `CustomEvent`). */
+export type ClientEventDetail =
+  | { type: "connect"; endpoint: string; session: number }
+  | { type: "ready"; endpoint: string; session: number }
+  | { type: "disconnect"; endpoint: string; session: number; reason: unknown }
+  | { type: "reconnecting"; endpoint: string; attempt: number; delay: number }
+  | { type: "error"; endpoint: string; error: unknown }
+  | { type: "close" };
+
+interface Slot {
+  endpoint: Endpoint;
+  name: string;
+  session: SessionImpl<unknown> | undefined;
+  connecting: boolean;
+  stopped: boolean;
+  lastError: unknown;
+  done: Promise<void>;
+}
+
+interface Waiter extends Timed {
+  settled: boolean;
+  resolve(session: SessionImpl<unknown>): void;
+  reject(reason: unknown): void;
+}
+
+/**
+ * A pool of persistent sessions. Make one with {@linkcode dial}.
+ *
+ * Events (`addEventListener`): `connect`, `ready`, `disconnect`,
+ * `reconnecting`, `error`, `close`, each a `CustomEvent` whose `detail` is a
+ * {@linkcode ClientEventDetail}.
+ *
+ * @typeParam T The message type (`Uint8Array` payloads with the default protocol).
+ */
+export class Client<T> extends EventTarget implements AsyncDisposable {
+  readonly #options: DialOptions<T>;
+  readonly #dialect: Dialect<T>;
+  readonly #correlator = new Correlator();
+  readonly #counters: Counters = {
+    messagesIn: 0,
+    messagesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    lateReplies: 0,
+    handlerErrors: 0,
+    protocolErrors: 0,
+  };
+  readonly #slots: Slot[] = [];
+  readonly #ready: SessionImpl<T>[] = [];
+  readonly #all = new Set<SessionImpl<T>>();
+  readonly #waiters: Waiter[] = [];
+  readonly #stop = new AbortController();
+  readonly #config: SessionConfig<T>;
+  readonly #housekeeper: Housekeeper<T>;
+  readonly #logger: Logger;
+  readonly #closed = Promise.withResolvers<void>();
+  #handler: Handler<T> | undefined;
+  #roundRobin = 0;
+  #reconnects = 0;
+  #closing: Promise<void> | undefined;
+  #firstReady = Promise.withResolvers<void>();
+
+  /** @internal Use {@linkcode dial}. */
+  constructor(
+    endpoints: Endpoint[],
+    dialect: Dialect<T>,
+    options: DialOptions<T>,
+  ) {
+    super();
+    this.#options = options;
+    this.#dialect = dialect;
+    this.#logger = options.logger ?? noopLogger;
+    this.#handler = options.handler;
+    this.#firstReady.promise.catch(() => {});
+    this.#config = {
+      side: "client",
+      dialect,
+      correlator: this.#correlator,
+      counters: this.#counters,
+      logger: this.#logger,
+      handler: () => this.#handler,
+      onHandlerError: options.onHandlerError,
+      maxConcurrentHandlers: positive(
+        options.maxConcurrentHandlers ?? 64,
+        "maxConcurrentHandlers",
+      ),
+      highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
+      maxWriteBytes: positive(
+        options.maxWriteBytes ?? 64 * 1024 * 1024,
+        "maxWriteBytes",
+      ),
+      requestTimeout: nonNegative(
+        options.requestTimeout ?? 5000,
+        "requestTimeout",
+      ),
+      onClose: (session) => this.#sessionClosed(session),
+      onPeerDrain: (session) => this.#unroute(session),
+    };
+    const heartbeat = options.heartbeat === false
+      ? undefined
+      : options.heartbeat ?? (dialect.framed ? {} : undefined);
+    if (
+      heartbeat !== undefined && !dialect.framed &&
+      heartbeat.message === undefined
+    ) {
+      throw new TypeError(
+        "Cannot use heartbeat: a custom codec needs heartbeat.message",
+      );
+    }
+    this.#housekeeper = new Housekeeper(() => this.#all, {
+      idleTimeout: nonNegative(options.idleTimeout ?? 0, "idleTimeout"),
+      heartbeatInterval: heartbeat === undefined
+        ? 0
+        : positive(heartbeat.interval ?? 30_000, "heartbeat.interval"),
+      maxMissed: positive(heartbeat?.maxMissed ?? 2, "heartbeat.maxMissed"),
+      heartbeatMessage: heartbeat?.message,
+      writeTimeout: nonNegative(options.writeTimeout ?? 60_000, "writeTimeout"),
+    });
+    const perEndpoint = positive(options.sessions ?? 1, "sessions");
+    for (const endpoint of endpoints) {
+      for (let i = 0; i < perEndpoint; i++) {
+        this.#slots.push({
+          endpoint,
+          name: formatEndpoint(endpoint),
+          session: undefined,
+          connecting: false,
+          stopped: false,
+          lastError: undefined,
+          done: Promise.resolve(),
+        });
+      }
+    }
+  }
+
+  /** @internal Starts the slots. */
+  start(): void {
+    this.#housekeeper.start();
+    for (const slot of this.#slots) slot.done = this.#runSlot(slot);
+  }
+
+  /** @internal Resolves when the first session is ready. */
+  get firstReady(): Promise<void> {
+    return this.#firstReady.promise;
+  }
+
+  /** The sessions currently open (ready, handshaking or draining). */
+  get sessions(): readonly Session<T>[] {
+    return [...this.#all];
+  }
+
+  /** Whether `close()` has been called. */
+  get isClosed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  /** Resolves once the client is fully closed. */
+  get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
+
+  /** The inbound handler (pushes and requests from the server). */
+  get handler(): Handler<T> | undefined {
+    return this.#handler;
+  }
+
+  /** Replaces the inbound handler. */
+  set handler(handler: Handler<T> | undefined) {
+    this.#handler = handler;
+  }
+
+  /**
+   * Sends a request and waits for its reply, on the next ready session.
+   *
+   * @param message The request (payload bytes with the default protocol).
+   * @param options Timeout, signal, a session to use, whether to wait for one.
+   * @returns The reply.
+   * @throws {TimeoutError} No reply before the timeout.
+   * @throws {NoSessionError} No session became ready in time (or at once, with `waitForSession: false`).
+   * @throws {ConnectionClosedError} The session closed while the request was pending.
+   * @throws {RemoteError} The server's handler failed (default protocol).
+   * @throws {DuplicateIdError} Custom codecs: the id is already pending.
+   * @throws {ClosedError} The client is closing or closed.
+   *
+   * @example Abort a request
+   * ```ts
+   * import { dial, serve } from "@tcpbutler/core";
+   * import assert from "node:assert/strict";
+   *
+   * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: () => new Promise(() => {}) });
+   * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+   * const controller = new AbortController();
+   * const reply = client.request(new Uint8Array([1]), { signal: controller.signal });
+   * controller.abort(new Error("changed my mind"));
+   * await assert.rejects(reply, { message: "changed my mind" });
+   * await server.shutdown({ timeout: 100 });
+   * ```
+   */
+  request(message: T, options: ClientRequestOptions<T> = {}): Promise<T> {
+    if (this.#closing !== undefined) {
+      return Promise.reject(
+        new ClosedError("Cannot send request: client is closed"),
+      );
+    }
+    const session = options.session !== undefined
+      ? this.#own(options.session)
+      : this.#pick();
+    if (session !== undefined) {
+      if (options.session !== undefined) {
+        return session.request(message, options);
+      }
+      return session.requestOn(
+        message,
+        options.timeout,
+        options.signal,
+        false,
+      );
+    }
+    if (options.session !== undefined) {
+      return Promise.reject(
+        new NoSessionError("Cannot send request: that session is closed"),
+      );
+    }
+    const timeout = options.timeout ?? this.#config.requestTimeout;
+    const start = performance.now();
+    return this.#waitForSession(
+      timeout,
+      options.signal,
+      options.waitForSession,
+    ).then((ready) =>
+      ready.requestOn(
+        message,
+        Math.max(0, timeout - (performance.now() - start)),
+        options.signal,
+        false,
+      ) as Promise<T>
+    );
+  }
+
+  /**
+   * Sends a message that expects no reply (a push with the default
+   * protocol). Resolves once written to the socket.
+   *
+   * @param message The message.
+   * @param options Signal, session, timeout for finding a session.
+   * @throws {NoSessionError} No session became ready in time.
+   * @throws {ConnectionClosedError} The session closed before the write.
+   * @throws {ClosedError} The client is closing or closed.
+   */
+  async send(message: T, options: ClientSendOptions<T> = {}): Promise<void> {
+    if (this.#closing !== undefined) {
+      throw new ClosedError("Cannot send: client is closed");
+    }
+    let session = options.session !== undefined
+      ? this.#own(options.session)
+      : this.#pick();
+    if (session === undefined) {
+      if (options.session !== undefined) {
+        throw new NoSessionError("Cannot send: that session is closed");
+      }
+      session = await this.#waitForSession(
+        options.timeout ?? this.#config.requestTimeout,
+        options.signal,
+        undefined,
+      ) as SessionImpl<T>;
+    }
+    return session.send(
+      message,
+      options.signal ? { signal: options.signal } : {},
+    );
+  }
+
+  #own(session: Session<T>): SessionImpl<T> | undefined {
+    const impl = session as SessionImpl<T>;
+    if (!this.#all.has(impl)) {
+      throw new TypeError(
+        "Cannot use session: it does not belong to this client",
+      );
+    }
+    return impl.state === "closed" ? undefined : impl;
+  }
+
+  #pick(): SessionImpl<T> | undefined {
+    const ready = this.#ready;
+    const n = ready.length;
+    if (n === 0) return undefined;
+    if (n === 1) return ready[0];
+    if (this.#options.routing === "least-pending") {
+      let best = ready[0]!;
+      for (let i = 1; i < n; i++) {
+        const s = ready[i]!;
+        if (s.pendingCount < best.pendingCount) best = s;
+      }
+      return best;
+    }
+    const i = this.#roundRobin++ % n;
+    if (this.#roundRobin >= 0x3fff_ffff) this.#roundRobin = 0;
+    return ready[i];
+  }
+
+  #waitForSession(
+    timeout: number,
+    signal: AbortSignal | undefined,
+    wait: boolean | undefined,
+  ): Promise<SessionImpl<T>> {
+    if ((wait ?? this.#options.waitForSession ?? true) === false) {
+      return Promise.reject(
+        new NoSessionError("Cannot send request: no session is ready", {
+          cause: this.#lastError(),
+        }),
+      );
+    }
+    if (this.#slots.every((slot) => slot.stopped)) {
+      return Promise.reject(
+        new NoSessionError(
+          "Cannot send request: every session slot gave up reconnecting",
+          { cause: this.#lastError() },
+        ),
+      );
+    }
+    if (this.#waiters.length >= (this.#options.maxWaitingRequests ?? 10_000)) {
+      return Promise.reject(
+        new NoSessionError(
+          "Cannot send request: no session is ready and the waiting queue is full",
+        ),
+      );
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const { promise, resolve, reject } = Promise.withResolvers<
+      SessionImpl<T>
+    >();
+    const onAbort = () => waiter.reject(signal!.reason);
+    const waiter: Waiter = {
+      deadline: performance.now() + timeout,
+      tick: 0,
+      settled: false,
+      resolve: (session) => {
+        if (waiter.settled) return;
+        finish();
+        resolve(session as SessionImpl<T>);
+      },
+      reject: (reason) => {
+        if (waiter.settled) return;
+        finish();
+        reject(reason);
+      },
+      expire: () =>
+        waiter.reject(
+          new NoSessionError(
+            `Cannot send request: no session became ready within ${timeout} ms`,
+            { cause: this.#lastError() },
+          ),
+        ),
+    };
+    const finish = () => {
+      waiter.settled = true;
+      this.#correlator.timeouts.delete(waiter);
+      signal?.removeEventListener("abort", onAbort);
+      const i = this.#waiters.indexOf(waiter);
+      if (i >= 0) this.#waiters.splice(i, 1);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    this.#waiters.push(waiter);
+    this.#correlator.timeouts.add(waiter);
+    return promise;
+  }
+
+  #wakeWaiters(): void {
+    while (this.#waiters.length > 0) {
+      const session = this.#pick();
+      if (session === undefined) return;
+      this.#waiters[0]!.resolve(session as SessionImpl<unknown>);
+    }
+  }
+
+  #lastError(): unknown {
+    for (const slot of this.#slots) {
+      if (slot.lastError !== undefined) return slot.lastError;
+    }
+    return undefined;
+  }
+
+  /** @internal The most recent connection error of any slot. */
+  get lastError(): unknown {
+    return this.#lastError();
+  }
+
+  #emit(detail: ClientEventDetail): void {
+    this.dispatchEvent(new CustomEvent(detail.type, { detail }));
+  }
+
+  async #runSlot(slot: Slot): Promise<void> {
+    const reconnect = this.#options.reconnect ?? {};
+    const backoff = exponentialBackoff(reconnect);
+    const stableAfter = reconnect.stableAfter ?? 1000;
+    const connectTimeout = this.#options.connectTimeout ?? 10_000;
+    let failures = 0;
+    while (!this.#stop.signal.aborted) {
+      let session: SessionImpl<T> | undefined;
+      let readyAt = 0;
+      const attempt = new AbortController();
+      const timer = setTimeout(
+        () =>
+          attempt.abort(
+            new ConnectionError(
+              `Cannot connect to ${slot.name}: no ready session within ${connectTimeout} ms`,
+            ),
+          ),
+        connectTimeout,
+      );
+      const onStop = () => attempt.abort(this.#stop.signal.reason);
+      this.#stop.signal.addEventListener("abort", onStop, { once: true });
+      try {
+        slot.connecting = true;
+        const conn = await connect(
+          slot.endpoint,
+          this.#options.tls,
+          attempt.signal,
+        );
+        session = new SessionImpl(conn, this.#config);
+        slot.session = session as SessionImpl<unknown>;
+        this.#all.add(session);
+        this.#emit({
+          type: "connect",
+          endpoint: slot.name,
+          session: session.id,
+        });
+        session.start();
+        if (this.#options.onConnect !== undefined) {
+          await abortable(
+            Promise.resolve(
+              this.#options.onConnect(session, { signal: attempt.signal }),
+            ),
+            attempt.signal,
+          );
+        }
+        if (session.state !== "handshaking") {
+          throw session.closeReason ?? new ConnectionError(
+            `Cannot connect to ${slot.name}: the session closed during the handshake`,
+          );
+        }
+        clearTimeout(timer);
+        this.#stop.signal.removeEventListener("abort", onStop);
+        slot.connecting = false;
+        session.markReady();
+        readyAt = performance.now();
+        failures = 0;
+        slot.lastError = undefined;
+        this.#ready.push(session);
+        this.#logger.info("Session ready", {
+          endpoint: slot.name,
+          session: session.id,
+        });
+        this.#emit({ type: "ready", endpoint: slot.name, session: session.id });
+        this.#firstReady.resolve();
+        this.#wakeWaiters();
+        await session.closed;
+        slot.lastError = session.closeReason;
+      } catch (error) {
+        slot.lastError = error;
+        session?.close(error);
+        if (!this.#stop.signal.aborted) {
+          this.#logger.warn("Connection attempt failed", {
+            endpoint: slot.name,
+            error,
+          });
+          this.#emit({ type: "error", endpoint: slot.name, error });
+        }
+      } finally {
+        clearTimeout(timer);
+        this.#stop.signal.removeEventListener("abort", onStop);
+        slot.connecting = false;
+        slot.session = undefined;
+      }
+      if (session !== undefined) await session.closed;
+      if (this.#stop.signal.aborted) break;
+      if (readyAt > 0 && performance.now() - readyAt >= stableAfter) {
+        backoff.reset();
+      }
+      failures++;
+      if (
+        (reconnect.maxAttempts !== undefined && reconnect.maxAttempts > 0 &&
+          failures >= reconnect.maxAttempts) ||
+        reconnect.shouldReconnect?.(slot.lastError, failures) === false
+      ) {
+        this.#giveUp(slot, failures);
+        return;
+      }
+      const wait = backoff.next();
+      this.#reconnects++;
+      this.#emit({
+        type: "reconnecting",
+        endpoint: slot.name,
+        attempt: failures,
+        delay: wait,
+      });
+      try {
+        await delay(wait, { signal: this.#stop.signal });
+      } catch {
+        break;
+      }
+    }
+  }
+
+  #giveUp(slot: Slot, attempts: number): void {
+    slot.stopped = true;
+    const error = new RetryExhaustedError(attempts, { cause: slot.lastError });
+    this.#logger.error("Stopped reconnecting", {
+      endpoint: slot.name,
+      attempts,
+    });
+    this.#emit({ type: "error", endpoint: slot.name, error });
+    if (this.#slots.every((s) => s.stopped)) {
+      this.#firstReady.reject(error);
+      for (const waiter of [...this.#waiters]) {
+        waiter.reject(
+          new NoSessionError("Cannot send request: every slot gave up", {
+            cause: error,
+          }),
+        );
+      }
+    }
+  }
+
+  #unroute(session: SessionImpl<T>): void {
+    const i = this.#ready.indexOf(session);
+    if (i >= 0) this.#ready.splice(i, 1);
+  }
+
+  #sessionClosed(session: SessionImpl<T>): void {
+    this.#unroute(session);
+    this.#all.delete(session);
+    const slot = this.#slots.find((s) => s.session === session);
+    this.#logger.info("Session closed", {
+      session: session.id,
+      reason: session.closeReason,
+    });
+    this.#emit({
+      type: "disconnect",
+      endpoint: slot?.name ?? formatEndpointOf(session),
+      session: session.id,
+      reason: session.closeReason,
+    });
+  }
+
+  /**
+   * Counters and gauges.
+   *
+   * @returns A snapshot.
+   */
+  stats(): ClientStats {
+    const sessions = {
+      connecting: 0,
+      handshaking: 0,
+      ready: 0,
+      draining: 0,
+      closed: 0,
+    };
+    for (const slot of this.#slots) {
+      if (slot.session === undefined && slot.connecting) sessions.connecting++;
+    }
+    for (const session of this.#all) sessions[session.state]++;
+    const c = this.#counters;
+    return {
+      sessions,
+      pending: this.#correlator.count,
+      waiting: this.#waiters.length,
+      messagesIn: c.messagesIn,
+      messagesOut: c.messagesOut,
+      bytesIn: c.bytesIn,
+      bytesOut: c.bytesOut,
+      timeouts: this.#correlator.timedOut,
+      lateReplies: c.lateReplies,
+      reconnects: this.#reconnects,
+      handlerErrors: c.handlerErrors,
+      protocolErrors: c.protocolErrors,
+    };
+  }
+
+  /**
+   * Closes the client gracefully: new requests fail with `ClosedError`,
+   * pending requests get `timeout` ms to complete, then sockets close
+   * (forced at the timeout). Idempotent; resolves when closed.
+   *
+   * @param options The grace period.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    this.#closing ??= this.#close(options.timeout ?? 5000);
+    return this.#closing;
+  }
+
+  async #close(timeout: number): Promise<void> {
+    this.#stop.abort(new ClosedError("Client is closed"));
+    for (const waiter of [...this.#waiters]) {
+      waiter.reject(new ClosedError("Cannot send request: client is closed"));
+    }
+    this.#firstReady.reject(new ClosedError("Client is closed"));
+    const grace = new AbortController();
+    const timer = setTimeout(
+      () => grace.abort(new ClosedError("Client close timeout")),
+      timeout,
+    );
+    try {
+      await Promise.all(
+        [...this.#all].map((session) => session.drain(grace.signal)),
+      );
+      await Promise.all(this.#slots.map((slot) => slot.done));
+    } finally {
+      clearTimeout(timer);
+      this.#housekeeper.stop();
+      this.#correlator.close();
+    }
+    this.#emit({ type: "close" });
+    this.#closed.resolve();
+  }
+
+  /** Same as `close()`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function formatEndpointOf<T>(session: SessionImpl<T>): string {
+  const addr = session.remoteAddr;
+  return addr.transport === "tcp"
+    ? formatEndpoint(addr)
+    : addr.transport === "unix"
+    ? `unix:${addr.path}`
+    : "unknown";
+}
+
+function positive(value: number, name: string): number {
+  if (!(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(
+      `Cannot use ${name} ${value}: expected a positive number`,
+    );
+  }
+  return value;
+}
+
+function nonNegative(value: number, name: string): number {
+  if (!(value >= 0) || !Number.isFinite(value)) {
+    throw new RangeError(
+      `Cannot use ${name} ${value}: expected a non-negative number`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Connects a client speaking the default protocol (`Uint8Array` payloads).
+ * Resolves once the first session is ready; the other slots keep
+ * connecting in the background.
+ *
+ * @param target Where to connect.
+ * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
+ * @returns The client.
+ * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ *
+ * @example Usage
+ * ```ts
+ * import { dial, serve } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: (payload) => payload });
+ * await using client = await dial(`127.0.0.1:${server.addr.port}`, { sessions: 2 });
+ * const reply = await client.request(new TextEncoder().encode("hello"));
+ * assert.equal(new TextDecoder().decode(reply), "hello");
+ * ```
+ */
+export function dial(
+  target: DialTarget,
+  options?: DialOptions<Uint8Array>,
+): Promise<Client<Uint8Array>>;
+/**
+ * Connects a client speaking a custom codec.
+ *
+ * @typeParam T The message type.
+ * @param target Where to connect.
+ * @param codec How messages cross the wire (with `correlationId` unless `correlation: "fifo"`).
+ * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
+ * @returns The client.
+ * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ */
+export function dial<T>(
+  target: DialTarget,
+  codec: Codec<T>,
+  options?: DialOptions<T>,
+): Promise<Client<T>>;
+export async function dial<T>(
+  target: DialTarget,
+  codecOrOptions?: Codec<T> | DialOptions<T>,
+  maybeOptions?: DialOptions<T>,
+): Promise<Client<T>> {
+  const isCodec = codecOrOptions !== undefined &&
+    typeof (codecOrOptions as Codec<T>).decoder === "function";
+  const options = (isCodec ? maybeOptions : codecOrOptions) as
+    | DialOptions<T>
+    | undefined ?? {};
+  const targets = Array.isArray(target) ? target : [target];
+  if (targets.length === 0) {
+    throw new TypeError("Cannot dial: no endpoint given");
+  }
+  const endpoints = targets.map((t) => parseEndpoint(t as string | Endpoint));
+  const dialect = isCodec
+    ? codecDialect(codecOrOptions as Codec<T>, options.correlation === "fifo")
+    : defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>;
+  if (
+    isCodec && options.correlation !== "fifo" &&
+    (codecOrOptions as Codec<T>).correlationId === undefined
+  ) {
+    throw new TypeError(
+      'Cannot dial: the codec has no correlationId; give one or use correlation: "fifo"',
+    );
+  }
+  const client = new Client<T>(endpoints, dialect, options);
+  client.start();
+  const timeout = options.connectTimeout ?? 10_000;
+  const failed = Promise.withResolvers<never>();
+  const timer = setTimeout(
+    () =>
+      failed.reject(
+        new ConnectionError(
+          `Cannot connect to ${
+            endpoints.map(formatEndpoint).join(", ")
+          }: no session ready within ${timeout} ms`,
+          { cause: client.lastError },
+        ),
+      ),
+    timeout,
+  );
+  const signal = options.signal;
+  const onAbort = () => failed.reject(signal!.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    signal?.throwIfAborted();
+    await Promise.race([client.firstReady, failed.promise]);
+    return client;
+  } catch (error) {
+    await client.close({ timeout: 0 });
+    if (error instanceof RetryExhaustedError) {
+      throw new ConnectionError(
+        `Cannot connect to ${
+          endpoints.map(formatEndpoint).join(", ")
+        }: ${error.message}`,
+        { cause: error },
+      );
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * tcpbutler: persistent TCP sessions made simple.
+ *
+ * A client ({@linkcode dial}) keeps a pool of sessions alive with
+ * reconnect and backoff, routes requests across them, matches replies by
+ * correlation id (or by order, for in-order protocols), and takes messages
+ * pushed by the server. A server ({@linkcode serve}) answers requests with a
+ * handler, pushes to clients, and shuts down without losing work in flight.
+ * Both speak the default wire format ({@linkcode defaultCodec}) or any
+ * {@linkcode Codec} (see `@tcpbutler/core/framing`).
+ *
+ * @example Usage
+ * ```ts
+ * import { dial, serve } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serve({
+ *   hostname: "127.0.0.1",
+ *   port: 0,
+ *   handler: (payload) => new TextEncoder().encode(`echo: ${new TextDecoder().decode(payload)}`),
+ * });
+ * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+ * const reply = await client.request(new TextEncoder().encode("hello"));
+ * assert.equal(new TextDecoder().decode(reply), "echo: hello");
+ * ```
+ *
+ * @module
+ */
+
+export { Client, dial } from "./client.ts";
+export type {
+  ClientEventDetail,
+  ClientRequestOptions,
+  ClientSendOptions,
+  ClientStats,
+  CloseOptions,
+  DialOptions,
+  DialTarget,
+  HeartbeatOptions,
+  ReconnectOptions,
+} from "./client.ts";
+export { serve, serveMutualTls, Server } from "./server.ts";
+export type {
+  ServeOptions,
+  ServerEventDetail,
+  ServerStats,
+  ServerTlsOptions,
+  ShutdownOptions,
+  ShutdownReport,
+} from "./server.ts";
+export type {
+  Handler,
+  HandlerContext,
+  PeerCertificate,
+  ProxyInfo,
+  RequestOptions,
+  SendOptions,
+  Session,
+  SessionState,
+  SessionStats,
+} from "./session.ts";
+export type {
+  ClientTlsOptions,
+  Endpoint,
+  TcpEndpoint,
+  Transport,
+  TransportListener,
+  UnixEndpoint,
+} from "./_transport.ts";
+export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
+export type { DefaultCodecOptions, Frame } from "./protocol.ts";
+export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
+export {
+  ClosedError,
+  ConnectionClosedError,
+  ConnectionError,
+  DuplicateIdError,
+  FrameTooLargeError,
+  isRetryableError,
+  NoSessionError,
+  ProtocolError,
+  ProxyProtocolError,
+  RemoteError,
+  RetryExhaustedError,
+  SlowConsumerError,
+  TimeoutError,
+} from "./errors.ts";
+export { delay, exponentialBackoff } from "./backoff.ts";
+export type { Backoff, BackoffOptions, DelayOptions } from "./backoff.ts";
+export { consoleLogger, noopLogger, withFields } from "./logger.ts";
+export type { ConsoleLoggerOptions, Logger, LogLevel } from "./logger.ts";

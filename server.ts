@@ -1,0 +1,775 @@
+/**
+ * The server: listeners, accept loop, session registry, handler, push and a
+ * graceful shutdown that loses nothing in flight.
+ *
+ * @module
+ */
+
+import type { Codec } from "./framing/codec.ts";
+import type { Transport, TransportListener } from "./_transport.ts";
+import { formatAddr } from "./_transport.ts";
+import { Correlator } from "./_correlation.ts";
+import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
+import { Housekeeper } from "./_housekeeping.ts";
+import {
+  type Counters,
+  type Handler,
+  type PeerCertificate,
+  type Session,
+  type SessionConfig,
+  SessionImpl,
+} from "./session.ts";
+import { type Logger, noopLogger } from "./logger.ts";
+import { ClosedError } from "./errors.ts";
+import { readProxyHeader } from "./proxy_protocol.ts";
+import { listenMutualTls } from "./_node_tls.ts";
+
+/** TLS settings of a server. */
+export interface ServerTlsOptions {
+  /** PEM certificate chain. */
+  cert: string;
+  /** PEM private key. */
+  key: string;
+  /**
+   * PEM CA certificate(s) that client certificates must chain to. Setting it
+   * turns on mutual TLS: clients without a valid certificate are refused
+   * during the handshake. (Served through `node:tls`, since
+   * `Deno.listenTls` cannot request client certificates.)
+   */
+  ca?: string | string[];
+}
+
+/**
+ * Options of {@linkcode serve}.
+ *
+ * @typeParam T The message type.
+ */
+export interface ServeOptions<T> {
+  /**
+   * Interface to listen on.
+   *
+   * @default {"0.0.0.0"}
+   */
+  hostname?: string;
+  /**
+   * TCP port; 0 picks a free one (read it from `server.addr`).
+   *
+   * @default {9000}
+   */
+  port?: number;
+  /** Listen on a Unix domain socket at this path instead of TCP. */
+  path?: string;
+  /** Serve connections from this listener instead (TCP, TLS, Unix, or your own). */
+  listener?: Deno.Listener | TransportListener;
+  /** TLS; with `ca`, mutual TLS. */
+  tls?: ServerTlsOptions;
+  /** Aborting it shuts the server down gracefully. */
+  signal?: AbortSignal;
+  /** Called once listening. */
+  onListen?: (addr: Deno.Addr) => void;
+  /** Handles requests and pushes; its return value is the reply. */
+  handler?: Handler<T>;
+  /**
+   * The wire format. Without it the server speaks the default protocol
+   * (`Uint8Array` payloads).
+   */
+  codec?: Codec<T>;
+  /**
+   * Custom codecs: match replies to the server's own requests by the codec's
+   * `correlationId`, or by order.
+   *
+   * @default {"id"}
+   */
+  correlation?: "id" | "fifo";
+  /**
+   * Runs for each new session before its messages are handled (auth,
+   * greeting). A throw closes that session.
+   */
+  onConnect?: (session: Session<T>) => void | Promise<void>;
+  /**
+   * Custom codecs: tell a session's peer the server is draining (for example
+   * send a "going away" message). The default protocol sends a drain frame.
+   */
+  onDrain?: (session: Session<T>) => void | Promise<void>;
+  /** Custom codecs: turns a handler error into a reply; else it is logged. */
+  onHandlerError?: (
+    error: unknown,
+    message: T,
+    session: Session<T>,
+  ) => T | undefined;
+  /**
+   * Open sessions at most; connections past it are closed at once (logged).
+   *
+   * @default {10000}
+   */
+  maxConnections?: number;
+  /**
+   * Handlers running at once per session; reading pauses at the limit.
+   *
+   * @default {64}
+   */
+  maxConcurrentHandlers?: number;
+  /**
+   * Messages in a session's write queue before senders wait and reading pauses.
+   *
+   * @default {100}
+   */
+  outboundBuffer?: number;
+  /**
+   * Bytes queued for one session before it is cut off as a slow consumer.
+   *
+   * @default {67108864}
+   */
+  maxWriteBytes?: number;
+  /**
+   * A write that does not complete in this long (ms) cuts the session off; 0 = never.
+   *
+   * @default {30000}
+   */
+  writeTimeout?: number;
+  /**
+   * Close a session that read nothing for this long (ms); 0 = never.
+   *
+   * @default {0}
+   */
+  idleTimeout?: number;
+  /**
+   * Default protocol: largest payload accepted.
+   *
+   * @default {8388608}
+   */
+  maxFrameBytes?: number;
+  /**
+   * Expect a PROXY protocol (v1 or v2) header on every connection; the
+   * session's `remoteAddr` is then the original client's. A connection
+   * without a valid header is closed.
+   *
+   * @default {false}
+   */
+  proxyProtocol?: boolean | { timeout?: number; maxHeaderBytes?: number };
+  /**
+   * Timeout of the server's own requests to clients (`session.request`).
+   *
+   * @default {5000}
+   */
+  requestTimeout?: number;
+  /** Where the server logs; structurally compatible with LogTape. */
+  logger?: Logger;
+}
+
+/** Options of {@linkcode Server.shutdown}. */
+export interface ShutdownOptions {
+  /**
+   * Milliseconds to let in-flight work finish before sessions are forced shut.
+   *
+   * @default {10000}
+   */
+  timeout?: number;
+  /** Aborting forces the shutdown at once. */
+  signal?: AbortSignal;
+}
+
+/** What a shutdown did. */
+export interface ShutdownReport {
+  /** Sessions open when the shutdown began. */
+  sessions: number;
+  /** Sessions that drained cleanly. */
+  drained: number;
+  /** Sessions force-closed at the timeout. */
+  forced: number;
+  /** Handlers still running when their session was forced shut (their replies were not sent). */
+  handlersCut: number;
+  /** The server's own requests to clients that were still pending when forced. */
+  requestsCut: number;
+  /** How long the shutdown took, in milliseconds. */
+  durationMs: number;
+}
+
+/** Counters of a server. */
+export interface ServerStats {
+  /** Open sessions. */
+  sessions: number;
+  /** Connections accepted since start. */
+  accepted: number;
+  /** Connections refused by `maxConnections`. */
+  refused: number;
+  /** Connections closed for a bad PROXY header or failed `onConnect`. */
+  rejected: number;
+  /** Messages decoded. */
+  messagesIn: number;
+  /** Messages written. */
+  messagesOut: number;
+  /** Bytes read. */
+  bytesIn: number;
+  /** Bytes written. */
+  bytesOut: number;
+  /** Handler failures. */
+  handlerErrors: number;
+  /** Sessions closed for bad input. */
+  protocolErrors: number;
+  /** Replies to the server's own requests that came too late. */
+  lateReplies: number;
+}
+
+/** Detail of server events (`event.detail` of a `CustomEvent`). */
+export type ServerEventDetail =
+  | { type: "connect"; session: number; remote: string }
+  | { type: "disconnect"; session: number; reason: unknown }
+  | { type: "error"; error: unknown; remote?: string }
+  | { type: "shutdown"; report: ShutdownReport };
+
+/**
+ * A running server. Make one with {@linkcode serve}.
+ *
+ * Events (`addEventListener`): `connect`, `disconnect`, `error`, `shutdown`,
+ * each a `CustomEvent` whose `detail` is a {@linkcode ServerEventDetail}.
+ *
+ * @typeParam T The message type (`Uint8Array` payloads with the default protocol).
+ */
+export class Server<T> extends EventTarget implements AsyncDisposable {
+  /** The address the server listens on. */
+  readonly addr: Deno.Addr;
+  readonly #listener: TransportListener;
+  readonly #options: ServeOptions<T>;
+  readonly #config: SessionConfig<T>;
+  readonly #sessions = new Set<SessionImpl<T>>();
+  readonly #correlator = new Correlator();
+  readonly #counters: Counters = {
+    messagesIn: 0,
+    messagesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    lateReplies: 0,
+    handlerErrors: 0,
+    protocolErrors: 0,
+  };
+  readonly #housekeeper: Housekeeper<T>;
+  readonly #logger: Logger;
+  readonly #finished = Promise.withResolvers<ShutdownReport>();
+  readonly #stopAccepting = new AbortController();
+  readonly #handshakes = new Set<Promise<void>>();
+  readonly #maxConnections: number;
+  #acceptLoop: Promise<void> = Promise.resolve();
+  #handler: Handler<T> | undefined;
+  #shutdown: Promise<ShutdownReport> | undefined;
+  #accepted = 0;
+  #refused = 0;
+  #rejected = 0;
+  #forceNow: AbortController | undefined;
+
+  /** @internal Use {@linkcode serve}. */
+  constructor(
+    listener: TransportListener,
+    dialect: Dialect<T>,
+    options: ServeOptions<T>,
+  ) {
+    super();
+    this.#listener = listener;
+    this.addr = listener.addr;
+    this.#options = options;
+    this.#handler = options.handler;
+    this.#logger = options.logger ?? noopLogger;
+    this.#finished.promise.catch(() => {});
+    this.#maxConnections = positive(
+      options.maxConnections ?? 10_000,
+      "maxConnections",
+    );
+    this.#config = {
+      side: "server",
+      dialect,
+      correlator: this.#correlator,
+      counters: this.#counters,
+      logger: this.#logger,
+      handler: () => this.#handler,
+      onHandlerError: options.onHandlerError,
+      maxConcurrentHandlers: positive(
+        options.maxConcurrentHandlers ?? 64,
+        "maxConcurrentHandlers",
+      ),
+      highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
+      maxWriteBytes: positive(
+        options.maxWriteBytes ?? 64 * 1024 * 1024,
+        "maxWriteBytes",
+      ),
+      requestTimeout: positive(
+        options.requestTimeout ?? 5000,
+        "requestTimeout",
+      ),
+      onClose: (session) => this.#sessionClosed(session),
+      onPeerDrain: () => {},
+    };
+    this.#housekeeper = new Housekeeper(() => this.#sessions, {
+      idleTimeout: options.idleTimeout ?? 0,
+      heartbeatInterval: 0,
+      maxMissed: 2,
+      heartbeatMessage: undefined,
+      writeTimeout: options.writeTimeout ?? 30_000,
+    });
+  }
+
+  /** @internal Starts accepting. */
+  start(): void {
+    this.#housekeeper.start();
+    this.#acceptLoop = this.#accept();
+    const signal = this.#options.signal;
+    if (signal !== undefined) {
+      if (signal.aborted) this.shutdown();
+      else {
+        signal.addEventListener("abort", () => this.shutdown(), {
+          once: true,
+        });
+      }
+    }
+  }
+
+  /** The open sessions. */
+  get sessions(): readonly Session<T>[] {
+    return [...this.#sessions];
+  }
+
+  /** The handler (settable, for example to swap it at run time). */
+  get handler(): Handler<T> | undefined {
+    return this.#handler;
+  }
+
+  /** Replaces the handler. */
+  set handler(handler: Handler<T> | undefined) {
+    this.#handler = handler;
+  }
+
+  /** Resolves with the shutdown report once the server has stopped. */
+  get finished(): Promise<ShutdownReport> {
+    return this.#finished.promise;
+  }
+
+  /** Whether a shutdown has begun. */
+  get isClosed(): boolean {
+    return this.#shutdown !== undefined;
+  }
+
+  /**
+   * Pushes a message to every ready session without waiting (a session whose
+   * write queue is over `maxWriteBytes` is cut off, not buffered forever).
+   *
+   * @param message The message.
+   * @returns The number of sessions it was queued for.
+   */
+  broadcast(message: T): number {
+    let n = 0;
+    for (const session of this.#sessions) {
+      if (session.state === "ready" && session.pushNow(message)) n++;
+    }
+    return n;
+  }
+
+  /**
+   * Counters and gauges.
+   *
+   * @returns A snapshot.
+   */
+  stats(): ServerStats {
+    const c = this.#counters;
+    return {
+      sessions: this.#sessions.size,
+      accepted: this.#accepted,
+      refused: this.#refused,
+      rejected: this.#rejected,
+      messagesIn: c.messagesIn,
+      messagesOut: c.messagesOut,
+      bytesIn: c.bytesIn,
+      bytesOut: c.bytesOut,
+      handlerErrors: c.handlerErrors,
+      protocolErrors: c.protocolErrors,
+      lateReplies: c.lateReplies,
+    };
+  }
+
+  #emit(detail: ServerEventDetail): void {
+    this.dispatchEvent(new CustomEvent(detail.type, { detail }));
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let conn: Transport;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (this.#stopAccepting.signal.aborted) return;
+        if (
+          error instanceof Deno.errors.BadResource ||
+          error instanceof Deno.errors.Interrupted
+        ) {
+          return;
+        }
+        // Transient accept failures (EMFILE, ECONNABORTED): log and go on.
+        this.#logger.error("Accept failed", { error });
+        this.#emit({ type: "error", error });
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 50);
+          this.#stopAccepting.signal.addEventListener("abort", () => {
+            clearTimeout(timer);
+            resolve();
+          }, { once: true });
+        });
+        if (this.#stopAccepting.signal.aborted) return;
+        continue;
+      }
+      if (this.#stopAccepting.signal.aborted) {
+        conn.close();
+        return;
+      }
+      this.#accepted++;
+      if (this.#sessions.size + this.#handshakes.size >= this.#maxConnections) {
+        this.#refused++;
+        this.#logger.warn("Connection refused: maxConnections reached", {
+          remote: formatAddr(conn.remoteAddr),
+          maxConnections: this.#maxConnections,
+        });
+        try {
+          conn.close();
+        } catch {
+          // Already closed.
+        }
+        continue;
+      }
+      const handshake = this.#open(conn);
+      this.#handshakes.add(handshake);
+      handshake.finally(() => this.#handshakes.delete(handshake));
+    }
+  }
+
+  async #open(conn: Transport): Promise<void> {
+    const remote = formatAddr(conn.remoteAddr);
+    let transport: Transport = conn;
+    let proxy: { source?: Deno.Addr; destination?: Deno.Addr } | undefined;
+    const proxyOptions = this.#options.proxyProtocol;
+    if (proxyOptions) {
+      const settings = typeof proxyOptions === "object" ? proxyOptions : {};
+      const timeout = settings.timeout ?? 5000;
+      const abort = new AbortController();
+      const timer = setTimeout(
+        () =>
+          abort.abort(
+            new Error(`no PROXY header within ${timeout} ms`),
+          ),
+        timeout,
+      );
+      const onStop = () => abort.abort(new ClosedError("Server is closed"));
+      this.#stopAccepting.signal.addEventListener("abort", onStop, {
+        once: true,
+      });
+      try {
+        const { header, rest } = await readProxyHeader(conn, {
+          signal: abort.signal,
+          ...(settings.maxHeaderBytes === undefined
+            ? {}
+            : { maxHeaderBytes: settings.maxHeaderBytes }),
+        });
+        proxy = {
+          ...(header.source ? { source: header.source } : {}),
+          ...(header.destination ? { destination: header.destination } : {}),
+        };
+        transport = rest.length > 0 ? prepend(conn, rest) : conn;
+      } catch (error) {
+        this.#rejected++;
+        this.#counters.protocolErrors++;
+        this.#logger.warn("Connection rejected: bad PROXY protocol header", {
+          remote,
+          error,
+        });
+        this.#emit({ type: "error", error, remote });
+        try {
+          conn.close();
+        } catch {
+          // Already closed.
+        }
+        return;
+      } finally {
+        clearTimeout(timer);
+        this.#stopAccepting.signal.removeEventListener("abort", onStop);
+      }
+    }
+    const session = new SessionImpl(transport, this.#config);
+    if (proxy !== undefined) {
+      session.proxy = proxy;
+      if (proxy.source !== undefined) session.remoteAddr = proxy.source;
+    }
+    const certificate = (conn as { peerCertificate?: PeerCertificate })
+      .peerCertificate;
+    if (certificate !== undefined) session.peerCertificate = certificate;
+    this.#sessions.add(session);
+    this.#emit({
+      type: "connect",
+      session: session.id,
+      remote: formatAddr(session.remoteAddr),
+    });
+    this.#logger.debug("Session opened", {
+      session: session.id,
+      remote: formatAddr(session.remoteAddr),
+    });
+    const onConnect = this.#options.onConnect;
+    if (onConnect !== undefined) {
+      try {
+        await onConnect(session);
+      } catch (error) {
+        this.#rejected++;
+        this.#logger.warn("Session rejected by onConnect", {
+          session: session.id,
+          error,
+        });
+        session.close(error);
+        return;
+      }
+    }
+    session.markReady();
+    session.start();
+  }
+
+  #sessionClosed(session: SessionImpl<T>): void {
+    this.#sessions.delete(session);
+    this.#logger.debug("Session closed", {
+      session: session.id,
+      reason: session.closeReason,
+    });
+    this.#emit({
+      type: "disconnect",
+      session: session.id,
+      reason: session.closeReason,
+    });
+  }
+
+  /**
+   * Graceful shutdown, as Go's `http.Server.Shutdown`: stop accepting; tell
+   * every peer to drain (default protocol: a drain frame, which clients
+   * acknowledge once they have stopped sending requests here; custom codecs:
+   * `onDrain`); let running handlers finish and their replies flush; wait for
+   * the server's own pending requests; half-close; close once the peer has
+   * closed. Sessions still busy at `timeout` are forced shut and reported.
+   * Idempotent: a second call returns the same report.
+   *
+   * @param options Timeout and a signal that forces the shutdown.
+   * @returns What was drained and what was cut.
+   */
+  shutdown(options: ShutdownOptions = {}): Promise<ShutdownReport> {
+    this.#shutdown ??= this.#runShutdown(options);
+    return this.#shutdown;
+  }
+
+  async #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
+    const started = performance.now();
+    const timeout = options.timeout ?? 10_000;
+    this.#stopAccepting.abort(new ClosedError("Server is shutting down"));
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#acceptLoop;
+    await Promise.all(this.#handshakes);
+    const force = this.#forceNow = new AbortController();
+    const timer = setTimeout(
+      () => force.abort(new ClosedError("Shutdown timeout passed")),
+      timeout,
+    );
+    const onSignal = () => force.abort(options.signal!.reason);
+    if (options.signal?.aborted) onSignal();
+    options.signal?.addEventListener("abort", onSignal, { once: true });
+    const sessions = [...this.#sessions];
+    this.#logger.info("Shutting down", {
+      sessions: sessions.length,
+      timeout,
+    });
+    let results;
+    try {
+      results = await Promise.all(
+        sessions.map((session) =>
+          session.drain(force.signal, this.#options.onDrain)
+        ),
+      );
+    } finally {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onSignal);
+      this.#housekeeper.stop();
+      this.#correlator.close();
+    }
+    const report: ShutdownReport = {
+      sessions: sessions.length,
+      drained: 0,
+      forced: 0,
+      handlersCut: 0,
+      requestsCut: 0,
+      durationMs: Math.round(performance.now() - started),
+    };
+    results.forEach((cut, i) => {
+      const wasForced = sessions[i]!.closeReason instanceof ClosedError;
+      if (wasForced) report.forced++;
+      else report.drained++;
+      report.handlersCut += cut.handlers;
+      report.requestsCut += cut.requests;
+    });
+    const log = report.forced > 0 ? "warn" : "info";
+    this.#logger[log]("Shutdown complete", { ...report });
+    this.#emit({ type: "shutdown", report });
+    this.#finished.resolve(report);
+    return report;
+  }
+
+  /**
+   * Stops at once: closes the listener and every session (pending requests
+   * reject, running handlers' replies are dropped).
+   *
+   * @returns The shutdown report.
+   */
+  close(): Promise<ShutdownReport> {
+    const report = this.shutdown({ timeout: 0 });
+    this.#forceNow?.abort(new ClosedError("Server closed"));
+    return report;
+  }
+
+  /** Graceful shutdown with the default timeout; resolves when finished. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}
+
+/** A transport whose first reads return `head` (bytes read past a PROXY header). */
+function prepend(conn: Transport, head: Uint8Array): Transport {
+  let rest: Uint8Array | undefined = head;
+  return {
+    read(p) {
+      if (rest === undefined) return conn.read(p);
+      const n = Math.min(p.length, rest.length);
+      p.set(rest.subarray(0, n));
+      rest = n === rest.length ? undefined : rest.subarray(n);
+      return Promise.resolve(n);
+    },
+    write: (p) => conn.write(p),
+    closeWrite: () => conn.closeWrite(),
+    close: () => conn.close(),
+    get localAddr() {
+      return conn.localAddr;
+    },
+    get remoteAddr() {
+      return conn.remoteAddr;
+    },
+  };
+}
+
+function positive(value: number, name: string): number {
+  if (!(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(
+      `Cannot use ${name} ${value}: expected a positive number`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Starts a server. Shaped like `Deno.serve`: options (with the handler) or
+ * options and a handler. Without a `codec` it speaks the default protocol
+ * (`Uint8Array` payloads).
+ *
+ * @typeParam T The message type.
+ * @param options Where to listen, codec, handler, limits.
+ * @param handler The handler, if not in `options`.
+ * @returns The running server; `server.addr` is known at once.
+ *
+ * @example Usage
+ * ```ts
+ * import { dial, serve } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serve({ hostname: "127.0.0.1", port: 0 }, (payload) => payload.toReversed());
+ * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+ * assert.deepEqual([...await client.request(new Uint8Array([1, 2, 3]))], [3, 2, 1]);
+ * const report = await server.shutdown({ timeout: 1000 });
+ * assert.equal(report.forced, 0);
+ * ```
+ */
+export function serve<T = Uint8Array>(
+  options: ServeOptions<T>,
+  handler?: Handler<T>,
+): Server<T> {
+  const dialect = options.codec === undefined
+    ? defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>
+    : codecDialect(options.codec, options.correlation === "fifo");
+  const merged = handler === undefined ? options : { ...options, handler };
+  let listener: TransportListener;
+  if (options.listener !== undefined) {
+    listener = options.listener;
+  } else if (options.path !== undefined) {
+    listener = Deno.listen({ transport: "unix", path: options.path });
+  } else if (options.tls?.ca !== undefined) {
+    throw new TypeError(
+      "Cannot serve mutual TLS synchronously: use serveMutualTls()",
+    );
+  } else if (options.tls !== undefined) {
+    listener = Deno.listenTls({
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? 9000,
+      cert: options.tls.cert,
+      key: options.tls.key,
+    });
+  } else {
+    listener = Deno.listen({
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? 9000,
+    });
+  }
+  return startServer(listener, dialect, merged);
+}
+
+function startServer<T>(
+  listener: TransportListener,
+  dialect: Dialect<T>,
+  options: ServeOptions<T>,
+): Server<T> {
+  const server = new Server<T>(listener, dialect, options);
+  server.start();
+  options.onListen?.(server.addr);
+  return server;
+}
+
+/**
+ * Starts a server that requires client certificates (mutual TLS). Resolves
+ * once listening. `options.tls.ca` is the CA that client certificates must
+ * chain to; `session.peerCertificate` holds the verified certificate.
+ *
+ * @typeParam T The message type.
+ * @param options As {@linkcode serve}, with `tls` including `ca`.
+ * @param handler The handler, if not in `options`.
+ * @returns The running server.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { serveMutualTls } from "@tcpbutler/core";
+ *
+ * const server = await serveMutualTls({
+ *   port: 9443,
+ *   tls: { cert: serverCertPem, key: serverKeyPem, ca: clientCaPem },
+ *   handler: (payload, { session }) => {
+ *     console.log(session.peerCertificate?.subject);
+ *     return payload;
+ *   },
+ * });
+ * ```
+ */
+export async function serveMutualTls<T = Uint8Array>(
+  options: ServeOptions<T> & {
+    tls: ServerTlsOptions & { ca: string | string[] };
+  },
+  handler?: Handler<T>,
+): Promise<Server<T>> {
+  const dialect = options.codec === undefined
+    ? defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>
+    : codecDialect(options.codec, options.correlation === "fifo");
+  const merged = handler === undefined ? options : { ...options, handler };
+  const listener = await listenMutualTls({
+    hostname: options.hostname ?? "0.0.0.0",
+    port: options.port ?? 9000,
+    cert: options.tls.cert,
+    key: options.tls.key,
+    ca: options.tls.ca,
+  });
+  return startServer(listener, dialect, merged);
+}

@@ -1,0 +1,1045 @@
+/**
+ * One connection: read pipeline, dispatcher, write queue, drain.
+ *
+ * The pipeline: an own `read()` loop into a slab (a 1 KiB buffer while idle),
+ * decoded inside the pull source of a `ReadableStream` that yields one batch
+ * of messages per read, read by the dispatcher; replies, pushes and requests
+ * go to a bounded queue that is encoded into one buffer and written with one
+ * `write()` per burst (flushed from a microtask).
+ *
+ * @module
+ */
+
+import type { FrameDecoder } from "./framing/codec.ts";
+import type { Transport } from "./_transport.ts";
+import { formatAddr } from "./_transport.ts";
+import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
+import { type Dialect, Inbound } from "./_dialect.ts";
+import {
+  ClosedError,
+  ConnectionClosedError,
+  RemoteError,
+  SlowConsumerError,
+} from "./errors.ts";
+import type { Logger } from "./logger.ts";
+
+/** Where a session is in its life. */
+export type SessionState = "handshaking" | "ready" | "draining" | "closed";
+
+/** Options of a request. */
+export interface RequestOptions {
+  /**
+   * Milliseconds to wait for the reply (and for a session and room in the
+   * write queue before it is sent).
+   *
+   * @default {5000} (the client's or server's `requestTimeout`)
+   */
+  timeout?: number;
+  /** Aborts the request: it rejects with `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+/** Options of a fire-and-forget send. */
+export interface SendOptions {
+  /** Aborts the wait for room in the write queue. */
+  signal?: AbortSignal;
+}
+
+/** Counters of one session. */
+export interface SessionStats {
+  /** Messages decoded. */
+  messagesIn: number;
+  /** Messages written. */
+  messagesOut: number;
+  /** Bytes read. */
+  bytesIn: number;
+  /** Bytes written. */
+  bytesOut: number;
+  /** Requests sent on this session and waiting for a reply. */
+  pending: number;
+  /** Inbound handlers running. */
+  handlersRunning: number;
+  /** Messages waiting in the write queue. */
+  queued: number;
+}
+
+/** A PROXY protocol header's view of the original connection. */
+export interface ProxyInfo {
+  /** The original client's address. */
+  readonly source?: Deno.Addr;
+  /** The address the original client connected to. */
+  readonly destination?: Deno.Addr;
+}
+
+/**
+ * One live connection of a client or server.
+ *
+ * @typeParam T The message type users exchange.
+ */
+export interface Session<T> extends AsyncDisposable {
+  /** Process-unique session number. */
+  readonly id: number;
+  /** Which end of the connection this is. */
+  readonly side: "client" | "server";
+  /**
+   * The peer's address. Behind a PROXY protocol header it is the original
+   * client's address.
+   */
+  readonly remoteAddr: Deno.Addr;
+  /** This end's address. */
+  readonly localAddr: Deno.Addr;
+  /** Lifecycle state. */
+  readonly state: SessionState;
+  /** Resolves once the session is closed. Never rejects. */
+  readonly closed: Promise<void>;
+  /** Why the session closed, once it has (an Error, or undefined for a clean close). */
+  readonly closeReason: unknown;
+  /** The verified client certificate, on servers that require one. */
+  readonly peerCertificate?: PeerCertificate;
+  /** What the PROXY protocol header said, on servers that accept one. */
+  readonly proxy?: ProxyInfo;
+  /**
+   * Sends a request on this session and waits for its reply.
+   *
+   * @param message The request.
+   * @param options Timeout and signal.
+   * @returns The reply.
+   * @throws {TimeoutError} No reply before the timeout.
+   * @throws {ConnectionClosedError} The session closed first.
+   * @throws {RemoteError} The peer's handler failed (default protocol).
+   */
+  request(message: T, options?: RequestOptions): Promise<T>;
+  /**
+   * Sends a message that expects no reply (a push, with the default
+   * protocol). Resolves once it has been written to the socket.
+   *
+   * @param message The message.
+   * @param options Signal for the wait on a full write queue.
+   * @throws {ConnectionClosedError} The session closed first.
+   */
+  send(message: T, options?: SendOptions): Promise<void>;
+  /**
+   * Closes at once: pending requests reject with `ConnectionClosedError`,
+   * queued writes are dropped.
+   *
+   * @param reason Recorded as `closeReason` and used as `cause`.
+   */
+  close(reason?: unknown): void;
+  /**
+   * Counters.
+   *
+   * @returns A snapshot.
+   */
+  stats(): SessionStats;
+}
+
+/** A verified peer certificate. */
+export interface PeerCertificate {
+  /** Subject distinguished name. */
+  readonly subject: string;
+  /** Issuer distinguished name. */
+  readonly issuer: string;
+  /** SHA-256 fingerprint, colon-separated hex. */
+  readonly fingerprint256: string;
+  /** DER bytes. */
+  readonly raw: Uint8Array;
+}
+
+/**
+ * The context an inbound handler receives with each message.
+ *
+ * @typeParam T The message type.
+ */
+export interface HandlerContext<T> {
+  /** The session the message came in on; reply, push or request through it. */
+  readonly session: Session<T>;
+  /** Aborted when the session closes (or the server is forced to stop). */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Handles a message that is not a reply to one of ours: a request or a push.
+ * The value it returns (sync or async) is sent back on the same session:
+ * with the default protocol a request always gets a response (empty when the
+ * handler returns nothing); a thrown error becomes an error frame.
+ *
+ * @typeParam T The message type.
+ */
+export type Handler<T> = (
+  message: T,
+  context: HandlerContext<T>,
+) => T | undefined | void | Promise<T | undefined | void>;
+
+/** Shared counters of a client or server. @internal */
+export interface Counters {
+  messagesIn: number;
+  messagesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  lateReplies: number;
+  handlerErrors: number;
+  protocolErrors: number;
+}
+
+/** What a session needs from its client or server. @internal */
+export interface SessionConfig<T> {
+  side: "client" | "server";
+  dialect: Dialect<T>;
+  correlator: Correlator;
+  counters: Counters;
+  logger: Logger;
+  handler(): Handler<T> | undefined;
+  onHandlerError:
+    | ((error: unknown, message: T, session: Session<T>) => T | undefined)
+    | undefined;
+  maxConcurrentHandlers: number;
+  highWaterMark: number;
+  maxWriteBytes: number;
+  requestTimeout: number;
+  /** Called once when the session has closed. */
+  onClose(session: SessionImpl<T>): void;
+  /** Called when the peer asked us to stop sending requests. */
+  onPeerDrain(session: SessionImpl<T>): void;
+}
+
+const IDLE_READ_BYTES = 1024;
+const SLAB_BYTES = 256 * 1024;
+const MIN_SLAB_READ = 16 * 1024;
+const RETAIN_WRITE_BYTES = 64 * 1024;
+
+let nextSessionId = 1;
+
+/** The session implementation shared by client and server. @internal */
+export class SessionImpl<T> implements Session<T>, PendingOwner {
+  readonly id: number = nextSessionId++;
+  readonly side: "client" | "server";
+  readonly localAddr: Deno.Addr;
+  remoteAddr: Deno.Addr;
+  peerCertificate?: PeerCertificate;
+  proxy?: ProxyInfo;
+  readonly pending: Set<Pending> = new Set();
+  readonly closed: Promise<void>;
+  closeReason: unknown = undefined;
+  /** `performance.now()` of the last read. */
+  lastReadAt: number = performance.now();
+  /** `performance.now()` when the write in flight started, or 0. */
+  writeStartedAt = 0;
+  /** Heartbeats sent without an answer. */
+  missedHeartbeats = 0;
+  heartbeatInFlight = false;
+
+  #state: SessionState = "handshaking";
+  readonly #conn: Transport;
+  readonly #cfg: SessionConfig<T>;
+  readonly #decoder: FrameDecoder<unknown>;
+  readonly #resolveClosed: () => void;
+  readonly #context: HandlerContext<T>;
+  #abort: AbortController | undefined;
+
+  // read side
+  #small: Uint8Array | undefined;
+  #slab: Uint8Array | undefined;
+  #slabPos = 0;
+  #eof = false;
+  readonly #eofSeen = Promise.withResolvers<void>();
+  #handlersRunning = 0;
+  #slotWaiter: PromiseWithResolvers<void> | undefined;
+  /** FIFO correlation: requests in the order they were written. */
+  readonly #fifo: Pending[] = [];
+  #fifoHead = 0;
+
+  // write side
+  #queue: unknown[] = [];
+  #queueNotify: (PromiseWithResolvers<void> | undefined)[] = [];
+  #notifyCount = 0;
+  #writing = false;
+  #flushScheduled = false;
+  #writeBuffer: Uint8Array | undefined;
+  #queuedBytes = 0;
+  #roomWaiters: (() => void)[] = [];
+  #idleWaiters: (() => void)[] = [];
+
+  // drain
+  #drainSent = false;
+  #peerDrained = Promise.withResolvers<void>();
+
+  #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
+
+  constructor(conn: Transport, cfg: SessionConfig<T>) {
+    this.#conn = conn;
+    this.#cfg = cfg;
+    this.side = cfg.side;
+    this.localAddr = conn.localAddr;
+    this.remoteAddr = conn.remoteAddr;
+    this.#decoder = cfg.dialect.codec.decoder();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.closed = promise;
+    this.#resolveClosed = resolve;
+    const self = this;
+    this.#context = {
+      session: this,
+      get signal(): AbortSignal {
+        self.#abort ??= new AbortController();
+        if (self.#state === "closed" && !self.#abort.signal.aborted) {
+          self.#abort.abort(self.closeReason);
+        }
+        return self.#abort.signal;
+      },
+    };
+  }
+
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  /** Re-reads the state after an await (defeats narrowing). */
+  #isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  /** Whether new requests may be routed here. */
+  get isReady(): boolean {
+    return this.#state === "ready";
+  }
+
+  /** Requests pending on this session. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Handlers running. */
+  get handlersRunning(): number {
+    return this.#handlersRunning;
+  }
+
+  /** Whether a write has been in flight since `writeStartedAt`. */
+  get isWriting(): boolean {
+    return this.#writing;
+  }
+
+  /** Starts reading. Inbound messages flow from now on. */
+  start(): void {
+    this.#run().catch((error) => this.#fail(error));
+  }
+
+  /** Marks the session ready for routing (after the handshake). */
+  markReady(): void {
+    if (this.#state === "handshaking") this.#state = "ready";
+  }
+
+  stats(): SessionStats {
+    return {
+      ...this.#stats,
+      pending: this.pending.size,
+      handlersRunning: this.#handlersRunning,
+      queued: this.#queue.length,
+    };
+  }
+
+  // ---- outbound -------------------------------------------------------
+
+  request(message: T, options: RequestOptions = {}): Promise<T> {
+    if (this.#state === "closed" || this.#state === "draining") {
+      return Promise.reject(
+        new ConnectionClosedError(
+          `Cannot send request: session ${this.id} is ${this.#state}`,
+          { cause: this.closeReason },
+        ),
+      );
+    }
+    return this.requestOn(message, options.timeout, options.signal, false);
+  }
+
+  /**
+   * Registers and writes a request. Used by the client router too; it may
+   * route to a draining session only when `force` (heartbeats).
+   */
+  requestOn(
+    message: T,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+    heartbeat: boolean,
+  ): Promise<T> {
+    const dialect = this.#cfg.dialect;
+    const correlator = this.#cfg.correlator;
+    let entry: Pending;
+    let wire: unknown;
+    try {
+      const ms = timeout ?? this.#cfg.requestTimeout;
+      if (dialect.mode === "assign") {
+        const id = correlator.nextId();
+        entry = correlator.add(id, this, ms, signal);
+        wire = heartbeat ? dialect.ping(id) : dialect.request(message, id);
+      } else if (dialect.mode === "fifo") {
+        entry = correlator.add(undefined, this, ms, signal);
+        wire = message;
+      } else {
+        const id = dialect.codec.correlationId?.(message);
+        if (id === undefined) {
+          throw new TypeError(
+            "Cannot send request: the codec found no correlation id in the message",
+          );
+        }
+        entry = correlator.add(id, this, ms, signal);
+        wire = message;
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (this.#queue.length < this.#cfg.highWaterMark) {
+      this.#enqueueRequest(entry, wire);
+    } else {
+      this.#waitForRoom(entry).then(
+        () => this.#enqueueRequest(entry, wire),
+        (error) => entry.fail(error),
+      );
+    }
+    return entry.promise as Promise<T>;
+  }
+
+  #enqueueRequest(entry: Pending, wire: unknown): void {
+    if (entry.settled) return;
+    if (this.#state === "closed") {
+      entry.fail(this.#closedError("request"));
+      return;
+    }
+    if (this.#cfg.dialect.mode === "fifo") this.#fifo.push(entry);
+    this.#enqueue(wire, undefined);
+  }
+
+  async #waitForRoom(entry: Pending | undefined): Promise<void> {
+    while (this.#queue.length >= this.#cfg.highWaterMark) {
+      if (this.#state === "closed") throw this.#closedError("request");
+      if (entry?.settled) return;
+      await new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
+    }
+  }
+
+  async send(message: T, options: SendOptions = {}): Promise<void> {
+    if (this.#state === "closed") throw this.#closedError("send");
+    options.signal?.throwIfAborted();
+    if (this.#queue.length >= this.#cfg.highWaterMark) {
+      await abortable(this.#waitForRoom(undefined), options.signal);
+    }
+    if (this.#isClosed()) throw this.#closedError("send");
+    const done = Promise.withResolvers<void>();
+    this.#enqueue(this.#cfg.dialect.push(message), done);
+    return done.promise;
+  }
+
+  /** Queues a push without waiting (broadcast); cuts off a peer over the byte limit. */
+  pushNow(message: T): boolean {
+    if (this.#state === "closed") return false;
+    this.#enqueue(this.#cfg.dialect.push(message), undefined);
+    return true;
+  }
+
+  #closedError(what: string): ConnectionClosedError {
+    return new ConnectionClosedError(
+      `Cannot ${what}: session ${this.id} is closed`,
+      { cause: this.closeReason },
+    );
+  }
+
+  #enqueue(wire: unknown, done: PromiseWithResolvers<void> | undefined): void {
+    this.#queue.push(wire);
+    this.#queueNotify.push(done);
+    if (done !== undefined) this.#notifyCount++;
+    const codec = this.#cfg.dialect.codec;
+    if (codec.encodedLength !== undefined) {
+      this.#queuedBytes += codec.encodedLength(wire);
+      if (this.#queuedBytes > this.#cfg.maxWriteBytes) {
+        this.#cutOff(
+          `write queue holds ${this.#queuedBytes} bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
+        );
+        return;
+      }
+    }
+    if (!this.#writing && !this.#flushScheduled) {
+      this.#flushScheduled = true;
+      queueMicrotask(this.#flush);
+    }
+  }
+
+  /** Closes a peer that does not read what it is sent. */
+  #cutOff(why: string): void {
+    const error = new SlowConsumerError(
+      `Cutting off session ${this.id} (${formatAddr(this.remoteAddr)}): ${why}`,
+    );
+    this.#cfg.logger.warn(error.message, { session: this.id });
+    this.close(error);
+  }
+
+  /** Called by the housekeeping tick when a write stalled too long. */
+  stalled(ms: number): void {
+    this.#cutOff(`a write has not completed for ${Math.round(ms)} ms`);
+  }
+
+  #flush = async (): Promise<void> => {
+    this.#flushScheduled = false;
+    if (this.#writing || this.#state === "closed") return;
+    this.#writing = true;
+    try {
+      while (this.#queue.length > 0 && !this.#isClosed()) {
+        const batch = this.#queue;
+        const notify = this.#notifyCount > 0 ? this.#queueNotify : undefined;
+        this.#queue = [];
+        this.#queueNotify = [];
+        this.#notifyCount = 0;
+        const bytes = this.#encode(batch);
+        this.#wakeRoom();
+        this.writeStartedAt = performance.now();
+        let offset = 0;
+        while (offset < bytes.length) {
+          offset += await this.#conn.write(bytes.subarray(offset));
+        }
+        this.writeStartedAt = 0;
+        this.#queuedBytes = Math.max(0, this.#queuedBytes - bytes.length);
+        this.#stats.messagesOut += batch.length;
+        this.#stats.bytesOut += bytes.length;
+        this.#cfg.counters.messagesOut += batch.length;
+        this.#cfg.counters.bytesOut += bytes.length;
+        if (notify !== undefined) {
+          for (const done of notify) done?.resolve();
+        }
+      }
+      if (
+        this.#writeBuffer !== undefined &&
+        this.#writeBuffer.length > RETAIN_WRITE_BYTES
+      ) {
+        this.#writeBuffer = undefined;
+      }
+    } catch (error) {
+      this.writeStartedAt = 0;
+      this.#fail(
+        error instanceof SlowConsumerError ? error : new ConnectionClosedError(
+          `Session ${this.id} write failed: ${
+            error instanceof Error ? error.message : String(error)
+          }`,
+          { cause: error },
+        ),
+      );
+    } finally {
+      this.#writing = false;
+      this.#checkIdle();
+    }
+  };
+
+  #encode(batch: unknown[]): Uint8Array {
+    const codec = this.#cfg.dialect.codec;
+    if (codec.encodedLength !== undefined && codec.encodeInto !== undefined) {
+      let total = 0;
+      for (const wire of batch) total += codec.encodedLength(wire);
+      const buffer = this.#buffer(total);
+      let offset = 0;
+      for (const wire of batch) {
+        offset += codec.encodeInto(wire, buffer, offset);
+      }
+      return buffer.subarray(0, offset);
+    }
+    if (batch.length === 1) return codec.encode(batch[0]);
+    const parts = batch.map((wire) => codec.encode(wire));
+    let total = 0;
+    for (const part of parts) total += part.length;
+    const buffer = this.#buffer(total);
+    let offset = 0;
+    for (const part of parts) {
+      buffer.set(part, offset);
+      offset += part.length;
+    }
+    return buffer.subarray(0, offset);
+  }
+
+  #buffer(size: number): Uint8Array {
+    let buffer = this.#writeBuffer;
+    if (buffer === undefined || buffer.length < size) {
+      let capacity = buffer === undefined ? 4096 : buffer.length * 2;
+      while (capacity < size) capacity *= 2;
+      buffer = this.#writeBuffer = new Uint8Array(capacity);
+    }
+    return buffer;
+  }
+
+  #wakeRoom(): void {
+    if (this.#roomWaiters.length === 0) return;
+    const waiters = this.#roomWaiters;
+    this.#roomWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  // ---- inbound --------------------------------------------------------
+
+  /** Reads one chunk: into a small reused buffer while idle, a slab when busy. */
+  async #readChunk(): Promise<Uint8Array | null> {
+    const slab = this.#slab;
+    if (slab === undefined) {
+      const small = this.#small ??= new Uint8Array(IDLE_READ_BYTES);
+      const n = await this.#conn.read(small);
+      if (n === null) return null;
+      if (n < small.length) return small.slice(0, n);
+      // Data is flowing: move to a slab for the following reads.
+      const next = this.#slab = new Uint8Array(SLAB_BYTES);
+      next.set(small);
+      this.#slabPos = n;
+      this.#small = undefined;
+      return next.subarray(0, n);
+    }
+    if (slab.length - this.#slabPos < MIN_SLAB_READ) {
+      this.#slab = new Uint8Array(SLAB_BYTES);
+      this.#slabPos = 0;
+    }
+    const target = this.#slab!;
+    const start = this.#slabPos;
+    const n = await this.#conn.read(target.subarray(start));
+    if (n === null) return null;
+    this.#slabPos = start + n;
+    if (n < IDLE_READ_BYTES / 2) {
+      // Traffic is light again: let the slab go once its views are gone.
+      this.#slab = undefined;
+    }
+    return target.subarray(start, start + n);
+  }
+
+  async #run(): Promise<void> {
+    const decoder = this.#decoder;
+    const batches = new ReadableStream<unknown[]>({
+      pull: async (controller) => {
+        for (;;) {
+          const chunk = await this.#readChunk();
+          if (chunk === null) {
+            decoder.end?.();
+            controller.close();
+            return;
+          }
+          this.lastReadAt = performance.now();
+          this.missedHeartbeats = 0;
+          this.#stats.bytesIn += chunk.length;
+          this.#cfg.counters.bytesIn += chunk.length;
+          const batch = decoder.decode(chunk);
+          if (batch.length > 0) {
+            controller.enqueue(batch);
+            return;
+          }
+        }
+      },
+    }, { highWaterMark: 0 });
+    const reader = batches.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this.#stats.messagesIn += value.length;
+        this.#cfg.counters.messagesIn += value.length;
+        for (const wire of value) {
+          if (this.#state === "closed") return;
+          this.#dispatch(wire);
+          if (this.#handlersRunning >= this.#cfg.maxConcurrentHandlers) {
+            await this.#slotFree();
+          }
+        }
+        // Backpressure from our own write side: a peer that does not read
+        // our replies stops being read.
+        if (this.#queue.length >= this.#cfg.highWaterMark) {
+          await this.#waitForRoom(undefined).catch(() => {});
+        }
+      }
+    } finally {
+      reader.releaseLock();
+    }
+    this.#onEof();
+  }
+
+  #slotFree(): Promise<void> {
+    this.#slotWaiter ??= Promise.withResolvers<void>();
+    return this.#slotWaiter.promise;
+  }
+
+  #dispatch(wire: unknown): void {
+    const dialect = this.#cfg.dialect;
+    const correlator = this.#cfg.correlator;
+    switch (dialect.kind(wire)) {
+      case Inbound.Reply:
+      case Inbound.Pong: {
+        const id = dialect.id(wire)!;
+        const entry = correlator.get(id);
+        if (entry === undefined) return this.#late(id);
+        entry.succeed(dialect.message(wire));
+        return;
+      }
+      case Inbound.Error: {
+        const id = dialect.id(wire)!;
+        const entry = correlator.get(id);
+        if (entry === undefined) return this.#late(id);
+        entry.fail(new RemoteError(dialect.errorText(wire)));
+        return;
+      }
+      case Inbound.Request:
+      case Inbound.Push:
+        return this.#handle(wire);
+      case Inbound.Ping:
+        this.#enqueue(dialect.pong(wire), undefined);
+        return;
+      case Inbound.Drain:
+        return this.#onDrainFrame();
+      default:
+        return this.#dispatchMessage(wire);
+    }
+  }
+
+  /** A custom-codec message: a reply if it matches, else for the handler. */
+  #dispatchMessage(wire: unknown): void {
+    const dialect = this.#cfg.dialect;
+    if (dialect.mode === "fifo") {
+      if (this.#fifoHead < this.#fifo.length) {
+        const entry = this.#fifo[this.#fifoHead]!;
+        this.#fifo[this.#fifoHead++] = undefined as unknown as Pending;
+        if (this.#fifoHead > 1024 && this.#fifoHead * 2 > this.#fifo.length) {
+          this.#fifo.splice(0, this.#fifoHead);
+          this.#fifoHead = 0;
+        }
+        if (entry.settled) return this.#late(undefined);
+        entry.succeed(wire);
+        return;
+      }
+      return this.#handle(wire);
+    }
+    const id = dialect.id(wire);
+    if (id !== undefined) {
+      const entry = this.#cfg.correlator.get(id);
+      if (entry !== undefined) return entry.succeed(wire);
+      if (this.#cfg.correlator.isExpired(id)) {
+        this.#cfg.correlator.forgetExpired(id);
+        return this.#late(id);
+      }
+    }
+    this.#handle(wire);
+  }
+
+  #late(id: unknown): void {
+    this.#cfg.counters.lateReplies++;
+    this.#cfg.correlator.lateReplies++;
+    this.#cfg.logger.debug("Dropped a reply that matched no pending request", {
+      session: this.id,
+      id: id === undefined ? undefined : String(id),
+    });
+  }
+
+  #handle(wire: unknown): void {
+    const handler = this.#cfg.handler();
+    const message = this.#cfg.dialect.message(wire);
+    if (handler === undefined) {
+      this.#handlerFailed(
+        new Error("No handler is set for inbound messages"),
+        wire,
+        message,
+      );
+      return;
+    }
+    let result;
+    try {
+      result = handler(message, this.#context);
+    } catch (error) {
+      this.#handlerFailed(error, wire, message);
+      return;
+    }
+    if (result instanceof Promise) {
+      this.#handlersRunning++;
+      result.then(
+        (value) => {
+          this.#handlerDone();
+          this.#reply(value ?? undefined, wire);
+        },
+        (error) => {
+          this.#handlerDone();
+          this.#handlerFailed(error, wire, message);
+        },
+      );
+    } else {
+      this.#reply(result ?? undefined, wire);
+    }
+  }
+
+  #handlerDone(): void {
+    this.#handlersRunning--;
+    const waiter = this.#slotWaiter;
+    if (
+      waiter !== undefined &&
+      this.#handlersRunning < this.#cfg.maxConcurrentHandlers
+    ) {
+      this.#slotWaiter = undefined;
+      waiter.resolve();
+    }
+    this.#checkIdle();
+  }
+
+  #reply(value: T | undefined, to: unknown): void {
+    if (this.#state === "closed") {
+      this.#cfg.logger.debug("Dropped a reply: the session is closed", {
+        session: this.id,
+      });
+      return;
+    }
+    let wire: unknown;
+    try {
+      wire = this.#cfg.dialect.reply(value, to);
+    } catch (error) {
+      this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
+      return;
+    }
+    if (wire !== undefined) this.#enqueue(wire, undefined);
+  }
+
+  #handlerFailed(error: unknown, wire: unknown, message: T): void {
+    this.#cfg.counters.handlerErrors++;
+    const dialect = this.#cfg.dialect;
+    let reply: unknown;
+    if (dialect.framed) {
+      reply = dialect.error(error, wire);
+    } else if (this.#cfg.onHandlerError !== undefined) {
+      try {
+        reply = this.#cfg.onHandlerError(error, message, this);
+      } catch (mapError) {
+        error = mapError;
+      }
+    }
+    if (reply !== undefined && this.#state !== "closed") {
+      this.#enqueue(reply, undefined);
+      this.#cfg.logger.debug("Handler failed; an error reply was sent", {
+        session: this.id,
+        error,
+      });
+    } else {
+      this.#cfg.logger.error("Handler failed", { session: this.id, error });
+    }
+  }
+
+  // ---- lifecycle ------------------------------------------------------
+
+  #onEof(): void {
+    this.#eof = true;
+    this.#eofSeen.resolve();
+    this.#peerDrained.resolve();
+    if (this.#state === "closed") return;
+    // The peer will send nothing more: its replies cannot come.
+    this.#cfg.correlator.failOwner(
+      this,
+      new ConnectionClosedError(
+        `Session ${this.id} ended: the peer closed the connection`,
+      ),
+    );
+    // Finish what we owe the peer (handlers, queued writes), then close.
+    this.#whenIdle().then(() =>
+      this.close(
+        this.#state === "draining" ? undefined : new ConnectionClosedError(
+          `Session ${this.id} ended: the peer closed the connection`,
+        ),
+      )
+    );
+  }
+
+  #fail(error: unknown): void {
+    if (this.#state === "closed") return;
+    if (
+      error instanceof Deno.errors.BadResource ||
+      error instanceof Deno.errors.Interrupted
+    ) {
+      error = new ConnectionClosedError(`Session ${this.id} was closed`, {
+        cause: error,
+      });
+    } else if (
+      !(error instanceof ConnectionClosedError) &&
+      !(error instanceof SlowConsumerError)
+    ) {
+      const protocol = error instanceof Error &&
+        (error.name === "ProtocolError" ||
+          error.name === "FrameTooLargeError" ||
+          error.name === "ProxyProtocolError");
+      if (protocol) {
+        this.#cfg.counters.protocolErrors++;
+        this.#cfg.logger.warn("Closing session: bad input from peer", {
+          session: this.id,
+          remote: formatAddr(this.remoteAddr),
+          error,
+        });
+      } else {
+        error = new ConnectionClosedError(
+          `Session ${this.id} failed: ${
+            error instanceof Error ? error.message : String(error)
+          }`,
+          { cause: error },
+        );
+      }
+    }
+    this.close(error);
+  }
+
+  close(reason?: unknown): void {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.closeReason = reason;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the runtime.
+    }
+    const error = reason instanceof ConnectionClosedError
+      ? reason
+      : new ConnectionClosedError(`Session ${this.id} closed`, {
+        cause: reason,
+      });
+    this.#cfg.correlator.failOwner(this, error);
+    this.#fifo.length = 0;
+    this.#fifoHead = 0;
+    for (const done of this.#queueNotify) done?.reject(error);
+    this.#queue = [];
+    this.#queueNotify = [];
+    this.#wakeRoom();
+    this.#slotWaiter?.resolve();
+    this.#slotWaiter = undefined;
+    this.#eofSeen.resolve();
+    this.#peerDrained.resolve();
+    this.#abort?.abort(reason ?? new ClosedError("Session closed"));
+    this.#checkIdle();
+    this.#cfg.onClose(this);
+    this.#resolveClosed();
+  }
+
+  /** Resolves when nothing is owed: no handler running, nothing to write, no own request pending. */
+  #whenIdle(): Promise<void> {
+    if (this.#isIdle()) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #isIdle(): boolean {
+    return this.#state === "closed" ||
+      (this.#handlersRunning === 0 && !this.#writing &&
+        this.#queue.length === 0 && !this.#flushScheduled &&
+        this.pending.size === 0);
+  }
+
+  #checkIdle(): void {
+    if (this.#idleWaiters.length === 0) return;
+    // Pending entries leave `pending` without telling us: poll on each event.
+    if (!this.#isIdle()) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** A pending request of this session settled (called by the client/server). */
+  requestSettled(): void {
+    this.#checkIdle();
+  }
+
+  #onDrainFrame(): void {
+    if (this.#drainSent) {
+      // Our drain was acknowledged: every request the peer sent has arrived.
+      this.#peerDrained.resolve();
+      return;
+    }
+    // The peer is going away: stop sending it requests and acknowledge.
+    if (this.#state === "ready" || this.#state === "handshaking") {
+      this.#state = "draining";
+    }
+    this.#drainSent = true;
+    this.#enqueue(this.#cfg.dialect.drain(), undefined);
+    this.#peerDrained.resolve();
+    this.#cfg.onPeerDrain(this);
+  }
+
+  /**
+   * Graceful close: stop taking requests, tell the peer (drain frame, or the
+   * `onDrain` hook), let handlers finish and replies flush, wait for our own
+   * pending requests, half-close, wait for the peer to close, then close.
+   * When `signal` aborts first, the session is closed at once.
+   *
+   * @returns What was cut by the abort (zeros on a clean drain).
+   */
+  async drain(
+    signal: AbortSignal,
+    onDrain?: (session: Session<T>) => void | Promise<void>,
+  ): Promise<{ handlers: number; requests: number }> {
+    if (this.#state === "closed") return { handlers: 0, requests: 0 };
+    if (this.#state !== "draining") this.#state = "draining";
+    const forced = abortPromise(signal);
+    try {
+      if (this.#cfg.dialect.framed) {
+        if (!this.#drainSent) {
+          this.#drainSent = true;
+          this.#enqueue(this.#cfg.dialect.drain(), undefined);
+        }
+        await Promise.race([this.#peerDrained.promise, forced.promise]);
+      } else if (onDrain !== undefined) {
+        await Promise.race([onDrain(this), forced.promise]);
+      }
+      await Promise.race([this.#whenIdle(), forced.promise]);
+      if (!this.#isClosed() && !signal.aborted) {
+        try {
+          await this.#conn.closeWrite();
+        } catch {
+          // The peer may already be gone.
+        }
+        await Promise.race([this.#eofSeen.promise, forced.promise]);
+      }
+      this.close();
+      return { handlers: 0, requests: 0 };
+    } catch {
+      const cut = {
+        handlers: this.#handlersRunning,
+        requests: this.pending.size,
+      };
+      this.close(
+        new ClosedError(
+          `Session ${this.id} was force-closed: the drain timeout passed`,
+          { cause: signal.reason },
+        ),
+      );
+      return cut;
+    } finally {
+      forced.dispose();
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    if (this.#state !== "closed") {
+      this.drain(AbortSignal.timeout(this.#cfg.requestTimeout)).catch(() => {});
+    }
+    return this.closed;
+  }
+
+  get eof(): boolean {
+    return this.#eof;
+  }
+}
+
+/** A promise that rejects when the signal aborts, with cleanup. */
+function abortPromise(
+  signal: AbortSignal,
+): { promise: Promise<never>; dispose(): void } {
+  const { promise, reject } = Promise.withResolvers<never>();
+  promise.catch(() => {});
+  if (signal.aborted) {
+    reject(signal.reason);
+    return { promise, dispose() {} };
+  }
+  const onAbort = () => reject(signal.reason);
+  signal.addEventListener("abort", onAbort, { once: true });
+  return {
+    promise,
+    dispose: () => signal.removeEventListener("abort", onAbort),
+  };
+}
+
+/** Races a promise with an optional signal; rejects with `signal.reason`. */
+export async function abortable<R>(
+  promise: Promise<R>,
+  signal: AbortSignal | undefined,
+): Promise<R> {
+  if (signal === undefined) return await promise;
+  const abort = abortPromise(signal);
+  try {
+    return await Promise.race([promise, abort.promise]);
+  } finally {
+    abort.dispose();
+  }
+}
