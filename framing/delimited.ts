@@ -79,6 +79,9 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
     const delimiter = this.#delimiter;
     const start = this.#start;
     const length = chunk.length;
+    // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
+    const buffer = chunk.buffer;
+    const base = chunk.byteOffset;
     while (pos < length) {
       if (!this.#inside) {
         pos = this.#readStart(chunk, pos, 0);
@@ -92,7 +95,7 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
       if (end - pos > this.#max) {
         throw new FrameTooLargeError(this.#max, end - pos);
       }
-      out.push(chunk.subarray(pos, end));
+      out.push(new Uint8Array(buffer, base + pos, end - pos));
       pos = end + delimiter.length;
       if (start !== undefined) this.#inside = false;
     }

@@ -50,8 +50,11 @@ class FixedLengthDecoder implements FrameDecoder<Uint8Array> {
       this.#filled = 0;
       pos = want;
     }
+    // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
+    const buffer = chunk.buffer;
+    const base = chunk.byteOffset;
     while (length - pos >= size) {
-      out.push(chunk.subarray(pos, pos + size));
+      out.push(new Uint8Array(buffer, base + pos, size));
       pos += size;
     }
     if (pos < length) {
