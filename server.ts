@@ -82,8 +82,10 @@ export interface ServeOptions<T> {
    */
   correlation?: "id" | "fifo";
   /**
-   * Runs for each new session before its messages are handled (auth,
-   * greeting). A throw closes that session.
+   * Runs for each new session (greeting, a sign-on request of the server's
+   * own). The session reads from the start, so it may `await
+   * session.request()`; inbound messages are handled meanwhile. A throw
+   * closes that session. The session counts as ready once it returns.
    */
   onConnect?: (session: Session<T>) => void | Promise<void>;
   /**
@@ -507,6 +509,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       session: session.id,
       remote: formatAddr(session.remoteAddr),
     });
+    // Read from the start: onConnect may make requests of its own.
+    session.start();
     const onConnect = this.#options.onConnect;
     if (onConnect !== undefined) {
       try {
@@ -522,7 +526,6 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       }
     }
     session.markReady();
-    session.start();
   }
 
   #sessionClosed(session: SessionImpl<T>): void {

@@ -1000,11 +1000,18 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    if (this.#state !== "closed") {
-      this.drain(AbortSignal.timeout(this.#cfg.requestTimeout)).catch(() => {});
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#state === "closed") return;
+    const grace = new AbortController();
+    const timer = setTimeout(
+      () => grace.abort(new ClosedError("Session drain timeout")),
+      this.#cfg.requestTimeout,
+    );
+    try {
+      await this.drain(grace.signal);
+    } finally {
+      clearTimeout(timer);
     }
-    return this.closed;
   }
 
   get eof(): boolean {
