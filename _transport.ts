@@ -209,3 +209,33 @@ async function connectTls(
   }
   return conn;
 }
+
+/**
+ * A transport whose first reads return `head` (bytes already read from
+ * `conn`, for example past a PROXY header or by a protocol sniffer).
+ */
+export function prepend(conn: Transport, head: Uint8Array): Transport {
+  if (head.length === 0) return conn;
+  let rest: Uint8Array | undefined = head;
+  const wrapped: Transport & { peerCertificate?: unknown } = {
+    read(p) {
+      if (rest === undefined) return conn.read(p);
+      const n = Math.min(p.length, rest.length);
+      p.set(rest.subarray(0, n));
+      rest = n === rest.length ? undefined : rest.subarray(n);
+      return Promise.resolve(n);
+    },
+    write: (p) => conn.write(p),
+    closeWrite: () => conn.closeWrite(),
+    close: () => conn.close(),
+    get localAddr() {
+      return conn.localAddr;
+    },
+    get remoteAddr() {
+      return conn.remoteAddr;
+    },
+  };
+  const certificate = (conn as { peerCertificate?: unknown }).peerCertificate;
+  if (certificate !== undefined) wrapped.peerCertificate = certificate;
+  return wrapped;
+}

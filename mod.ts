@@ -67,6 +67,13 @@ export type {
   TransportListener,
   UnixEndpoint,
 } from "./_transport.ts";
+export {
+  matchAny,
+  matchDefaultProtocol,
+  matchPrefix,
+  muxListener,
+} from "./mux.ts";
+export type { Matcher, MuxListener, MuxOptions } from "./mux.ts";
 export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
 export type { DefaultCodecOptions, Frame } from "./protocol.ts";
 export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
