@@ -195,9 +195,12 @@ class DefaultDecoder implements FrameDecoder<Frame> {
     }
     const id = ((bytes[pos + 5]! << 24) | (bytes[pos + 6]! << 16) |
       (bytes[pos + 7]! << 8) | bytes[pos + 8]!) >>> 0;
-    const payload = total === HEADER_BYTES
-      ? EMPTY
-      : bytes.subarray(pos + HEADER_BYTES, pos + total);
+    // The constructor makes a view faster than subarray() on V8.
+    const payload = total === HEADER_BYTES ? EMPTY : new Uint8Array(
+      bytes.buffer,
+      bytes.byteOffset + pos + HEADER_BYTES,
+      total - HEADER_BYTES,
+    );
     return { kind: kind as FrameKind, id, payload };
   }
 

@@ -15,6 +15,7 @@ import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
 import { type Dialect, Inbound } from "./_dialect.ts";
+import { coarseNow } from "./_timeouts.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -488,7 +489,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#notifyCount = 0;
         const bytes = this.#encode(batch);
         this.#wakeRoom();
-        this.writeStartedAt = performance.now();
+        this.writeStartedAt = coarseNow();
         let offset = 0;
         while (offset < bytes.length) {
           offset += await this.#conn.write(bytes.subarray(offset));
@@ -611,7 +612,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
             controller.close();
             return;
           }
-          this.lastReadAt = performance.now();
+          this.lastReadAt = coarseNow();
           this.missedHeartbeats = 0;
           this.#stats.bytesIn += chunk.length;
           this.#cfg.counters.bytesIn += chunk.length;
