@@ -1,0 +1,78 @@
+/**
+ * tcpbutler's load generator: `dial()` with `--sessions` sessions, and
+ * `--inflight` concurrent request loops (`await client.request(...)`, then the
+ * next). `--variant default` uses the default protocol (the library assigns
+ * ids); `--variant plain` the baselines' wire format through
+ * `lengthPrefixed()`, with the id written into each request's first 4 bytes.
+ * `--inproc` runs tcpbutler's server in this process. Prints one
+ * `RESULT {json}` line.
+ *
+ * @module
+ */
+
+import { dial } from "../mod.ts";
+import {
+  makePayload,
+  parseClientArgs,
+  printResult,
+  readU32,
+  Recorder,
+  writeU32,
+} from "./_shared.ts";
+import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
+
+async function main() {
+  const opts = parseClientArgs(Deno.args);
+  const plain = opts.variant === "plain";
+  const server = opts.inproc
+    ? startTcpbutlerServer(opts.variant, opts.hostname)
+    : undefined;
+  const port = server ? server.port : opts.port;
+  if (server) opts.serverPid = 0;
+
+  const address = { hostname: opts.hostname, port };
+  const client = plain
+    ? await dial(address, plainCodec(), { sessions: opts.sessions })
+    : await dial(address, { sessions: opts.sessions });
+  const rec = new Recorder(opts);
+  const payload = makePayload(opts.payload);
+  let nextId = 0;
+
+  const loop = async () => {
+    // Each loop reuses its request buffer: it is rewritten only after the
+    // reply to the previous request came back.
+    const frame = plain ? new Uint8Array(4 + opts.payload) : payload;
+    if (plain) frame.set(payload, 4);
+    const expected = frame.length;
+    while (rec.sending) {
+      const id = nextId;
+      nextId = (nextId + 1) >>> 0;
+      if (plain) writeU32(frame, 0, id);
+      const t = performance.now();
+      try {
+        const reply = await client.request(frame);
+        rec.record(performance.now() - t);
+        if (
+          reply.length !== expected || (plain && readU32(reply, 0) !== id)
+        ) rec.errors++;
+      } catch {
+        rec.errors++;
+        // A failing request can reject without ever yielding to the event
+        // loop: give the timers a turn so the run still ends.
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    }
+  };
+  const loops = Array.from({ length: opts.inflight }, loop);
+  await rec.run();
+  await Promise.all(loops);
+  const result = rec.result();
+  await client.close();
+  await server?.close();
+  printResult(result);
+}
+
+if (import.meta.main) {
+  await main();
+  Deno.exit(0);
+}
