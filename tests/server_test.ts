@@ -409,7 +409,7 @@ Deno.test("Server.shutdown() during a rolling restart loses zero requests and th
     return async (payload: Uint8Array) => {
       counter.add();
       // A little asynchronous work, so requests are in flight at shutdown.
-      await Promise.resolve();
+      await delay(Math.random() * 2);
       return payload;
     };
   };
@@ -771,4 +771,115 @@ Deno.test("Server ends a session whose peer sends a truncated frame then EOF", a
   assert.equal(server.stats().protocolErrors, 1);
   assert.equal(server.stats().sessions, 1);
   assert.equal(text(await clean.request(bytes("fine"))), "fine");
+});
+
+Deno.test("Server closes a session whose frame length is shorter than kind and id", async () => {
+  await using server = serve({ hostname: HOST, port: 0, handler: echo });
+  await using raw = await connectRaw(portOf(server));
+  const gone = nextEvents<Detail<"disconnect">>(server, "disconnect");
+  await raw.write(new Uint8Array([0, 0, 0, 2, 1, 0]));
+  const end = await withTimeout(raw.end(), 2000, "short length end");
+  assert.deepEqual(end.frames, []);
+  const [detail] = await gone;
+  assert.ok(detail!.reason instanceof ProtocolError);
+  assert.equal(server.stats().protocolErrors, 1);
+});
+
+Deno.test("Server answers a ping with a pong of the same id and payload, and drops a reply that matches nothing", async () => {
+  await using server = serve({ hostname: HOST, port: 0, handler: echo });
+  await using raw = await connectRaw(portOf(server));
+  await raw.send(FrameKind.Ping, 9, bytes("are you there"));
+  const pong = await raw.expect(FrameKind.Pong);
+  assert.equal(pong.id, 9);
+  assert.equal(text(pong.payload), "are you there");
+  // A response and an error for requests the server never made.
+  await raw.send(FrameKind.Response, 12345, bytes("stray"));
+  await raw.send(FrameKind.Error, 12346, bytes("stray error"));
+  await raw.request(3, "still here");
+  const reply = await raw.expect(FrameKind.Response);
+  assert.equal(reply.id, 3);
+  assert.equal(server.stats().lateReplies, 2);
+  assert.equal(server.stats().protocolErrors, 0);
+  assert.equal(server.stats().sessions, 1);
+});
+
+Deno.test("Server idleTimeout closes a session that sends nothing, and not one that keeps talking", async () => {
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    handler: echo,
+    idleTimeout: 300,
+  });
+  const port = portOf(server);
+  const silentIn = nextEvents<Detail<"connect">>(server, "connect");
+  await using silent = await connectRaw(port);
+  const silentId = (await silentIn)[0]!.session;
+  const gone = nextEvents<Detail<"disconnect">>(
+    server,
+    "disconnect",
+    1,
+    (d) => d.session === silentId,
+  );
+  await using chatty = await connectRaw(port);
+  const started = performance.now();
+  // The chatty peer talks every 50 ms until the silent one is closed.
+  let closed = false;
+  gone.then(() => closed = true);
+  let id = 0;
+  while (!closed && performance.now() - started < 5000) {
+    await chatty.request(++id, "hi");
+    await chatty.expect(FrameKind.Response);
+    await delay(50);
+  }
+  const [detail] = await withTimeout(gone, 5000, "idle close");
+  assert.ok(performance.now() - started >= 290);
+  assert.ok(detail!.reason instanceof ConnectionClosedError);
+  assert.match(String((detail!.reason as Error).message), /idleTimeout/);
+  const end = await withTimeout(silent.end(), 2000, "silent end");
+  assert.deepEqual(end.frames, []);
+  await chatty.request(++id, "still open");
+  assert.equal((await chatty.expect(FrameKind.Response)).id, id);
+});
+
+Deno.test("Server.broadcast() cuts off a peer whose write queue passes maxWriteBytes while the others keep receiving", async () => {
+  const logger = new CaptureLogger();
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    handler: echo,
+    maxWriteBytes: 1024 * 1024,
+    writeTimeout: 0,
+    logger,
+  });
+  const inbox = new Inbox();
+  await using clean = await dial(endpointOf(server), {
+    handler: inbox.handler,
+  });
+  assert.equal(text(await clean.request(bytes("ready"))), "ready");
+  const rawIn = nextEvents<Detail<"connect">>(server, "connect");
+  await using _neverReads = await connectRaw(portOf(server));
+  const rawId = (await rawIn)[0]!.session;
+  let cut: unknown;
+  server.addEventListener("disconnect", (event) => {
+    const detail = (event as CustomEvent<Detail<"disconnect">>).detail;
+    if (detail.session === rawId) cut = detail.reason;
+  });
+  const chunk = new Uint8Array(64 * 1024).fill(1);
+  chunk[0] = 0x30;
+  let sent = 0;
+  const counts: number[] = [];
+  // One push at a time, paced by the clean client receiving it.
+  while (cut === undefined && sent < 2000) {
+    counts.push(server.broadcast(chunk));
+    sent++;
+    await inbox.count(sent);
+  }
+  assert.ok(cut instanceof SlowConsumerError, `cut for ${String(cut)}`);
+  assert.match(String((cut as Error).message), /maxWriteBytes/);
+  assert.equal(counts[0], 2);
+  // After the cut, broadcasts reach only the clean client.
+  assert.equal(server.broadcast(chunk), 1);
+  await inbox.count(sent + 1);
+  assert.equal(server.stats().sessions, 1);
+  assert.ok(logger.entries.some((e) => e.message.includes("Cutting off")));
 });

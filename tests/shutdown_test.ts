@@ -235,6 +235,39 @@ Deno.test("Server.shutdown() under load with a 100 ms timeout settles every requ
   for (const key of delivered) assert.ok(started.has(key));
 });
 
+Deno.test("Server.shutdown() counts replies lost in the write queue of a peer that stopped reading as handlersCut", async () => {
+  const REPLY_BYTES = 4 * 1024 * 1024;
+  const REQUESTS = 8;
+  const handled = latch(REQUESTS);
+  const server = serve({ hostname: HOST, port: 0, writeTimeout: 0 }, () => {
+    handled.count();
+    return new Uint8Array(REPLY_BYTES);
+  });
+  await using raw = await connectRaw(portOf(server), {
+    maxFrameBytes: REPLY_BYTES,
+  });
+  for (let id = 1; id <= REQUESTS; id++) await raw.request(id, "big");
+  await withTimeout(handled.promise, 2000, "handlers");
+  // The peer reads nothing: 32 MiB of replies cannot all leave the server.
+  const report = await withTimeout(
+    server.shutdown({ timeout: 300 }),
+    3000,
+    "shutdown",
+  );
+  const end = await withTimeout(raw.end(), 5000, "read what arrived");
+  const delivered = end.frames.filter((f) => f.kind === FrameKind.Response)
+    .length;
+  assert.ok(delivered < REQUESTS, `all ${delivered} replies arrived`);
+  assert.equal(report.forced, 1);
+  assert.equal(
+    report.handlersCut,
+    REQUESTS - delivered,
+    `${REQUESTS} handled, ${delivered} replies arrived, report ${
+      JSON.stringify(report)
+    }`,
+  );
+});
+
 Deno.test("Server.shutdown() ends at its timeout despite a handler that never returns, and finished resolves with the report", async () => {
   const running = Promise.withResolvers<void>();
   const server = serve({ hostname: HOST, port: 0 }, (payload) => {
