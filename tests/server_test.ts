@@ -883,3 +883,216 @@ Deno.test("Server.broadcast() cuts off a peer whose write queue passes maxWriteB
   assert.equal(server.stats().sessions, 1);
   assert.ok(logger.entries.some((e) => e.message.includes("Cutting off")));
 });
+
+// ---------------------------------------------------------------------------
+// PROXY protocol (headers written by hand, as HAProxy would send them)
+
+const PROXY_V2_SIGNATURE = [
+  0x0d,
+  0x0a,
+  0x0d,
+  0x0a,
+  0x00,
+  0x0d,
+  0x0a,
+  0x51,
+  0x55,
+  0x49,
+  0x54,
+  0x0a,
+];
+
+/** A PROXY v2 header for TCP over IPv4 (command PROXY, or LOCAL), with optional TLV bytes. */
+function proxyV2(
+  source: [number, number, number, number, number],
+  destination: [number, number, number, number, number],
+  options: { local?: boolean; tlv?: number[] } = {},
+): Uint8Array {
+  const tlv = options.tlv ?? [];
+  const length = 12 + tlv.length;
+  const out = new Uint8Array(16 + length);
+  out.set(PROXY_V2_SIGNATURE, 0);
+  out[12] = options.local ? 0x20 : 0x21;
+  out[13] = 0x11; // AF_INET, STREAM
+  new DataView(out.buffer).setUint16(14, length);
+  out.set(source.slice(0, 4), 16);
+  out.set(destination.slice(0, 4), 20);
+  new DataView(out.buffer).setUint16(24, source[4]);
+  new DataView(out.buffer).setUint16(26, destination[4]);
+  out.set(tlv, 28);
+  return out;
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** A server with PROXY protocol on, whose handler reports the session's view of the peer. */
+function proxyServer(
+  proxyProtocol: boolean | { timeout?: number } = true,
+): Server<Uint8Array> {
+  return serve({
+    hostname: HOST,
+    port: 0,
+    proxyProtocol,
+    handler: (_payload, ctx) =>
+      bytes(JSON.stringify({
+        remote: ctx.session.remoteAddr,
+        destination: ctx.session.proxy?.destination ?? null,
+      })),
+  });
+}
+
+Deno.test("serve({ proxyProtocol }) takes the client address from a PROXY v1 header", async () => {
+  await using server = proxyServer();
+  await using raw = await connectRaw(portOf(server));
+  // Header and first request in one write: the bytes after the header are kept.
+  await raw.write(concat(
+    bytes("PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\r\n"),
+    encodeFrame(FrameKind.Request, 1, bytes("who am I")),
+  ));
+  const reply = await withTimeout(raw.expect(FrameKind.Response), 2000, "v1");
+  const view = JSON.parse(text(reply.payload));
+  assert.deepEqual(view.remote, {
+    transport: "tcp",
+    hostname: "203.0.113.7",
+    port: 56324,
+  });
+  assert.deepEqual(view.destination, {
+    transport: "tcp",
+    hostname: "192.0.2.1",
+    port: 443,
+  });
+  // IPv6 in v1, on another connection.
+  await using raw6 = await connectRaw(portOf(server));
+  await raw6.write(bytes("PROXY TCP6 2001:db8::1 2001:db8::2 1000 2000\r\n"));
+  await raw6.request(2, "and me");
+  const reply6 = await withTimeout(
+    raw6.expect(FrameKind.Response),
+    2000,
+    "v1 ipv6",
+  );
+  const view6 = JSON.parse(text(reply6.payload));
+  assert.equal(view6.remote.port, 1000);
+  assert.match(view6.remote.hostname, /^2001:db8::1$/i);
+  assert.equal(server.stats().rejected, 0);
+});
+
+Deno.test("serve({ proxyProtocol }) takes the client address from a PROXY v2 header, TLVs included", async () => {
+  await using server = proxyServer();
+  await using raw = await connectRaw(portOf(server));
+  // Header alone first (with a NOOP TLV), the request in a later write.
+  await raw.write(
+    proxyV2([198, 51, 100, 9, 40000], [192, 0, 2, 1, 9000], {
+      tlv: [0x04, 0x00, 0x02, 0xaa, 0xbb],
+    }),
+  );
+  await raw.request(1, "who am I");
+  const reply = await withTimeout(raw.expect(FrameKind.Response), 2000, "v2");
+  const view = JSON.parse(text(reply.payload));
+  assert.deepEqual(view.remote, {
+    transport: "tcp",
+    hostname: "198.51.100.9",
+    port: 40000,
+  });
+  assert.deepEqual(view.destination, {
+    transport: "tcp",
+    hostname: "192.0.2.1",
+    port: 9000,
+  });
+  // LOCAL (a health check of the proxy itself): the real peer address stays.
+  await using local = await connectRaw(portOf(server));
+  await local.write(
+    concat(
+      proxyV2([0, 0, 0, 0, 0], [0, 0, 0, 0, 0], { local: true }),
+      encodeFrame(FrameKind.Request, 2, bytes("local")),
+    ),
+  );
+  const localReply = await withTimeout(
+    local.expect(FrameKind.Response),
+    2000,
+    "v2 local",
+  );
+  const localView = JSON.parse(text(localReply.payload));
+  assert.equal(localView.remote.hostname, HOST);
+  assert.equal(
+    localView.remote.port,
+    (local.conn.localAddr as Deno.NetAddr).port,
+  );
+  assert.equal(server.stats().rejected, 0);
+});
+
+Deno.test("serve({ proxyProtocol }) closes only a connection with a malformed or missing header and counts it", async () => {
+  await using server = proxyServer();
+  const port = portOf(server);
+  await using good = await connectRaw(port);
+  await good.write(bytes("PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\n"));
+  await good.request(1, "first");
+  await withTimeout(good.expect(FrameKind.Response), 2000, "good");
+  const cases: [string, Uint8Array][] = [
+    ["bad address", bytes("PROXY TCP4 999.1.1.1 192.0.2.1 1 2\r\n")],
+    ["bad port", bytes("PROXY TCP4 1.1.1.1 192.0.2.1 1 99999\r\n")],
+    ["no CRLF in 107 bytes", bytes(`PROXY TCP4 ${"1".repeat(120)}`)],
+    [
+      "bad v2 version",
+      (() => {
+        const header = proxyV2([1, 2, 3, 4, 5], [5, 6, 7, 8, 9]);
+        header[12] = 0x31;
+        return header;
+      })(),
+    ],
+    ["missing header", encodeFrame(FrameKind.Request, 1, bytes("plain"))],
+  ];
+  let rejected = 0;
+  for (const [name, header] of cases) {
+    await using bad = await connectRaw(port);
+    const gone = nextEvents(server, "error");
+    await bad.write(header).catch(() => {});
+    const end = await withTimeout(bad.end(), 2000, name);
+    assert.deepEqual(end.frames, [], name);
+    await gone;
+    rejected++;
+    assert.equal(server.stats().rejected, rejected, name);
+  }
+  assert.equal(server.stats().sessions, 1);
+  await good.request(2, "still fine");
+  assert.equal((await good.expect(FrameKind.Response)).id, 2);
+});
+
+Deno.test("serve({ proxyProtocol: { timeout } }) closes a connection that sends half a header and stalls", async () => {
+  await using server = proxyServer({ timeout: 200 });
+  await using slow = await connectRaw(portOf(server));
+  const started = performance.now();
+  await slow.write(bytes("PROXY TCP4 203.0"));
+  const end = await withTimeout(slow.end(), 3000, "slowloris close");
+  const elapsed = performance.now() - started;
+  assert.deepEqual(end.frames, []);
+  assert.ok(elapsed >= 190, `closed after ${Math.round(elapsed)} ms`);
+  assert.equal(server.stats().rejected, 1);
+  assert.equal(server.stats().sessions, 0);
+});
+
+Deno.test("Server.shutdown() does not wait for a connection still sending its PROXY header", async () => {
+  const server = proxyServer({ timeout: 10_000 });
+  await using slow = await connectRaw(portOf(server));
+  await slow.write(bytes("PROXY TCP4 "));
+  // Make sure the server is reading the header before shutting down.
+  await using probe = await connectRaw(portOf(server));
+  await probe.write(bytes("PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\n"));
+  await probe.request(1, "probe");
+  await withTimeout(probe.expect(FrameKind.Response), 2000, "probe");
+  const report = await withTimeout(
+    server.shutdown({ timeout: 5000 }),
+    2000,
+    "shutdown",
+  );
+  assert.equal(report.sessions, 1);
+  const end = await withTimeout(slow.end(), 2000, "slow end");
+  assert.deepEqual(end.frames, []);
+});
