@@ -13,6 +13,7 @@ import {
   parseClientArgs,
   printResult,
   Recorder,
+  stdinClosed,
 } from "./_node_shared.mjs";
 import { startNodeServer } from "./node_server.mjs";
 
@@ -30,6 +31,9 @@ function connect(hostname, port) {
 }
 
 const opts = parseClientArgs(process.argv.slice(2));
+// The orchestrator keeps stdin open while it waits for the result: if it
+// dies, stop at once.
+stdinClosed().then(() => process.exit(2));
 const variant = opts.variant || "batch";
 const server = opts.inproc
   ? await startNodeServer(opts.hostname, variant)

@@ -42,6 +42,9 @@ async function idle(hostname: string, port: number, count: number) {
 async function main() {
   const opts = parseClientArgs(Deno.args);
   if (opts.idle > 0) return await idle(opts.hostname, opts.port, opts.idle);
+  // The orchestrator keeps stdin open while it waits for the result: if it
+  // dies, stop at once.
+  stdinClosed().then(() => Deno.exit(2));
   const server = opts.inproc ? startRawServer(opts.hostname) : undefined;
   const port = server ? server.port : opts.port;
   if (server) opts.serverPid = 0;

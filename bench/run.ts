@@ -22,6 +22,7 @@
  * writing one frame per `write()` between cork/uncork), `tcpbutler-srv`
  * (tcpbutler's plain server under the raw client) and `tcpbutler-cli`
  * (tcpbutler's plain client against the raw server)), `--filter TEXT` (scenario names containing it),
+ * `--pin` (server on CPU 1, client on CPU 0, via taskset),
  * `--no-idle`, `--idle-conns N`, `--out PATH` (without extension; default
  * `bench/results/latest`).
  *
@@ -50,6 +51,7 @@ const { values: flags } = parseArgs({
     "no-idle": { type: "boolean", default: false },
     "idle-conns": { type: "string", default: "5000" },
     out: { type: "string", default: `${BENCH}results/latest` },
+    pin: { type: "boolean", default: false },
   },
 });
 const quick = flags.quick;
@@ -57,6 +59,7 @@ const runs = Math.max(1, Number(flags.runs));
 const duration = Number(flags.duration ?? (quick ? 1000 : 3000));
 const warmup = Number(flags.warmup ?? (quick ? 250 : 500));
 const idleConns = Number(flags["idle-conns"]);
+const pin = flags.pin;
 
 // ---------------------------------------------------------------- implementations
 
@@ -195,13 +198,15 @@ class Child {
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
   readonly status: Promise<Deno.CommandStatus>;
 
-  constructor(argv: string[]) {
+  constructor(argv: string[], cpu?: number) {
+    const pin = cpu === undefined ? [] : ["taskset", "-c", String(cpu)];
     // Raise the descriptor limit to the hard limit (5,000 idle connections).
     this.proc = new Deno.Command("sh", {
       args: [
         "-c",
         'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"',
         "sh",
+        ...pin,
         ...argv,
       ],
       stdin: "piped",
@@ -333,7 +338,7 @@ async function runOnce(impl: Impl, sc: Scenario): Promise<ClientResult> {
     if (sc.inproc) {
       client = new Child([...impl.client, ...args, "--inproc"]);
     } else {
-      server = new Child(impl.server);
+      server = new Child(impl.server, pin ? 1 : undefined);
       const port = (await server.line("LISTENING ", 20_000)).trim();
       client = new Child([
         ...impl.client,
@@ -342,7 +347,7 @@ async function runOnce(impl: Impl, sc: Scenario): Promise<ClientResult> {
         port,
         "--server-pid",
         String(server.pid),
-      ]);
+      ], pin ? 0 : undefined);
     }
     const line = await client.line("RESULT ", warmup + duration + 30_000);
     await client.stop();
@@ -546,7 +551,13 @@ export interface Report {
     inproc: boolean;
     results: Record<
       string,
-      { median: Summary; ratioToRaw: number | null; runs: ClientResult[] }
+      {
+        median: Summary;
+        /** Slowest and fastest run's req/s. */
+        reqPerSecRange: [number, number];
+        ratioToRaw: number | null;
+        runs: ClientResult[];
+      }
     >;
     failures: Record<string, string>;
   }[];
@@ -646,7 +657,13 @@ async function main() {
     }
     const results: Report["scenarios"][number]["results"] = {};
     for (const [name, list] of Object.entries(perImpl)) {
-      results[name] = { median: summarize(list), ratioToRaw: null, runs: list };
+      const rates = list.map((r) => r.reqPerSec);
+      results[name] = {
+        median: summarize(list),
+        reqPerSecRange: [Math.min(...rates), Math.max(...rates)],
+        ratioToRaw: null,
+        runs: list,
+      };
     }
     const raw = results.raw?.median.reqPerSec;
     for (const r of Object.values(results)) {
@@ -684,13 +701,19 @@ async function main() {
     "p99.9",
     "CPU µs/req",
     "× raw",
+    ...(runs > 1 ? ["max/min"] : []),
   ]];
   for (const sc of report.scenarios) {
     for (const impl of impls) {
       if (sc.inproc && !impl.inproc) continue;
       const r = sc.results[impl.name];
       if (!r) {
-        rows.push([sc.name, impl.name, "failed", "", "", "", "", "", ""]);
+        rows.push([
+          sc.name,
+          impl.name,
+          "failed",
+          ...rows[0]!.slice(3).map(() => ""),
+        ]);
         continue;
       }
       const x = r.median;
@@ -704,6 +727,9 @@ async function main() {
         fmtUs(x.p999),
         fmtNum(x.cpuUsPerReq, 2),
         fmtNum(r.ratioToRaw, 2),
+        ...(runs > 1
+          ? [fmtNum(r.reqPerSecRange[1] / r.reqPerSecRange[0], 2)]
+          : []),
       ]);
     }
   }
@@ -743,7 +769,9 @@ async function main() {
   );
   await Deno.writeTextFile(`${out}.svg`, renderChart(report));
   console.log(
-    `\nMB/s = payload one way; CPU = client + server. Wrote ${out}.json and ${out}.svg in ${
+    `\nMB/s = payload one way; CPU = client + server${
+      runs > 1 ? `; medians of ${runs} runs, max/min = spread of req/s` : ""
+    }. Wrote ${out}.json and ${out}.svg in ${
       ((Date.now() - started) / 1000).toFixed(0)
     } s.`,
   );

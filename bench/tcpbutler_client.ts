@@ -17,6 +17,7 @@ import {
   printResult,
   readU32,
   Recorder,
+  stdinClosed,
   writeU32,
 } from "./_shared.ts";
 import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
@@ -24,6 +25,9 @@ import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
 async function main() {
   const opts = parseClientArgs(Deno.args);
   const plain = opts.variant === "plain";
+  // The orchestrator keeps stdin open while it waits for the result: if it
+  // dies, stop at once.
+  stdinClosed().then(() => Deno.exit(2));
   const server = opts.inproc
     ? startTcpbutlerServer(opts.variant, opts.hostname)
     : undefined;
