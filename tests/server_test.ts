@@ -330,6 +330,53 @@ Deno.test("Server handler without a handler set answers requests with an error",
   assert.equal(text(await client.request(bytes("now"))), "now");
 });
 
+Deno.test("Server handler returning a value that is not a Uint8Array answers with RemoteError", async () => {
+  await using server = serve(
+    { hostname: HOST, port: 0 },
+    // deno-lint-ignore no-explicit-any
+    (() => "a string, not bytes") as any,
+  );
+  await using client = await dial(endpointOf(server));
+  await assert.rejects(client.request(bytes("x")), (error: unknown) => {
+    assert.ok(error instanceof RemoteError);
+    assert.match(error.message, /Uint8Array/);
+    return true;
+  });
+  assert.equal(server.stats().sessions, 1);
+});
+
+Deno.test("Server handler returning a payload over maxFrameBytes answers with an error and keeps the session", async () => {
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    maxFrameBytes: 1024,
+    handler: (payload) =>
+      text(payload) === "big" ? new Uint8Array(4096) : payload,
+  });
+  await using client = await dial(endpointOf(server), {
+    maxFrameBytes: 1024,
+  });
+  const before = client.sessions[0]!;
+  const [big, other] = await Promise.allSettled([
+    client.request(bytes("big")),
+    client.request(bytes("other")),
+  ]);
+  assert.equal(big.status, "rejected");
+  assert.ok(
+    big.reason instanceof RemoteError,
+    `big reply failed with ${String(big.reason)}`,
+  );
+  assert.equal(
+    other.status,
+    "fulfilled",
+    String((other as PromiseRejectedResult).reason),
+  );
+  assert.equal(text(other.value), "other");
+  assert.equal(text(await client.request(bytes("after"))), "after");
+  assert.equal(client.sessions[0], before, "the same session still serves");
+  assert.equal(client.stats().protocolErrors, 0);
+});
+
 // ---------------------------------------------------------------------------
 // Push and server → client requests
 
