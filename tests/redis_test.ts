@@ -15,7 +15,7 @@ import {
   type RespValue,
 } from "../framing/resp.ts";
 import { hasRedis, redisTestName, startRedis } from "./_redis.ts";
-import { withTimeout } from "./_process.ts";
+import { startProcess, withTimeout } from "./_process.ts";
 
 const ignore = !hasRedis();
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -337,5 +337,32 @@ Deno.test({
       );
     }
     assert.ok(client.stats().reconnects >= 4);
+  },
+});
+
+Deno.test({
+  name: redisTestName("examples/redis.ts runs against redis-server"),
+  ignore,
+  async fn() {
+    const password = "example-password";
+    await using redis = await startRedis({ password });
+    // The last line it prints is "stats: …"; startProcess bounds the wait.
+    await using example = await startProcess([
+      "deno",
+      "run",
+      "--allow-net=127.0.0.1",
+      new URL("../examples/redis.ts", import.meta.url).pathname,
+      "--port",
+      String(redis.port),
+      "--password",
+      password,
+    ], { readyLine: /^stats: / });
+    const status = await example.status;
+    const stdout = example.stdoutLines.join("\n");
+    assert.equal(status.code, 0, stdout + example.stderrLines.join("\n"));
+    assert.match(stdout, /^PING -> PONG$/m);
+    assert.match(stdout, /^GET -> "hello"$/m);
+    assert.match(stdout, /^1000 x INCR -> last 1000 /m);
+    assert.match(stdout, /^INCR on a string -> \(error ERR\)/m);
   },
 });
