@@ -1,0 +1,180 @@
+/**
+ * Client over TLS and mutual TLS, with certificates made on the fly by
+ * openssl (tests/_certs.ts). Ignored when openssl is missing.
+ */
+
+import assert from "node:assert/strict";
+import { ConnectionError, dial, serve, serveMutualTls } from "../mod.ts";
+import {
+  hasOpenssl,
+  makeTestPki,
+  OPENSSL_SUFFIX,
+  TEST_PKI_NAMES,
+} from "./_certs.ts";
+import { dec, enc, HOST, portOf } from "./_loopback.ts";
+
+const ignore = !hasOpenssl();
+
+/** Awaits a dial that must fail; closes the client if it did not. */
+async function dialError<T>(
+  pending: Promise<{ close(o?: { timeout?: number }): Promise<void> } & T>,
+  why = "dial() resolved but was expected to reject",
+): Promise<unknown> {
+  let client;
+  try {
+    client = await pending;
+  } catch (error) {
+    return error;
+  }
+  await client.close({ timeout: 0 });
+  assert.fail(why);
+}
+
+Deno.test({
+  name: `dial() speaks TLS to a server whose CA it trusts${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async () => {
+    await using pki = await makeTestPki();
+    await using server = serve({
+      hostname: HOST,
+      port: 0,
+      tls: { cert: pki.serverCert, key: pki.serverKey },
+      handler: (p: Uint8Array) => enc(`tls: ${dec(p)}`),
+    });
+    await using client = await dial(`${HOST}:${portOf(server.addr)}`, {
+      tls: { caCerts: [pki.caCert] },
+    });
+    assert.equal(dec(await client.request(enc("hello"))), "tls: hello");
+    const replies = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => client.request(enc(String(i)))),
+    );
+    replies.forEach((r, i) => assert.equal(dec(r), `tls: ${i}`));
+  },
+});
+
+Deno.test({
+  name:
+    `dial() fails with ConnectionError when it does not trust the server's CA${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async () => {
+    await using pki = await makeTestPki();
+    await using server = serve({
+      hostname: HOST,
+      port: 0,
+      tls: { cert: pki.serverCert, key: pki.serverKey },
+      handler: (p: Uint8Array) => p,
+    });
+    const target = `${HOST}:${portOf(server.addr)}`;
+    // The system roots, then another CA: neither signed the server.
+    for (const tls of [{}, { caCerts: [pki.otherCaCert] }]) {
+      const error = await dialError(dial(target, {
+        tls,
+        connectTimeout: 2000,
+        reconnect: { initial: 10, max: 50, maxAttempts: 1 },
+      }));
+      assert.ok(error instanceof ConnectionError, `got ${error}`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    `dial() with a client certificate talks to serveMutualTls() and the server sees its subject${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async () => {
+    await using pki = await makeTestPki();
+    await using server = await serveMutualTls({
+      hostname: HOST,
+      port: 0,
+      tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert },
+      handler: (_p: Uint8Array, { session }) =>
+        enc(session.peerCertificate?.subject ?? "none"),
+    });
+    await using client = await dial(`${HOST}:${portOf(server.addr)}`, {
+      tls: {
+        caCerts: [pki.caCert],
+        cert: pki.clientCert,
+        key: pki.clientKey,
+      },
+    });
+    const subject = dec(await client.request(enc("who am I?")));
+    assert.match(subject, new RegExp(`CN=${TEST_PKI_NAMES.client}`));
+    assert.equal(server.sessions.length, 1);
+    assert.match(
+      server.sessions[0]!.peerCertificate!.subject,
+      new RegExp(`CN=${TEST_PKI_NAMES.client}`),
+    );
+  },
+});
+
+Deno.test({
+  name:
+    `dial() to serveMutualTls() fails with ConnectionError without a trusted client certificate${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async (t) => {
+    await using pki = await makeTestPki();
+    await using server = await serveMutualTls({
+      hostname: HOST,
+      port: 0,
+      tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert },
+      handler: (p: Uint8Array) => p,
+    });
+    const target = `${HOST}:${portOf(server.addr)}`;
+    const cases = {
+      "no client certificate": { caCerts: [pki.caCert] },
+      "a certificate from an untrusted CA": {
+        caCerts: [pki.caCert],
+        cert: pki.otherClientCert,
+        key: pki.otherClientKey,
+      },
+    };
+    for (const [name, tls] of Object.entries(cases)) {
+      await t.step(name, async () => {
+        const error = await dialError(
+          dial(target, {
+            tls,
+            connectTimeout: 2000,
+            reconnect: { initial: 10, max: 50, maxAttempts: 1 },
+          }),
+          "dial() resolved with a ready session although the server refused the client certificate: " +
+            "with TLS 1.3 the client's handshake completes before the server checks the certificate, " +
+            "and the refusal (alert CertificateRequired) only shows on the first read",
+        );
+        assert.ok(error instanceof ConnectionError, `got ${error}`);
+      });
+    }
+    assert.equal(server.sessions.length, 0);
+  },
+});
+
+Deno.test({
+  name:
+    `dial() to serveMutualTls() fails with ConnectionError without a client certificate when onConnect signs on${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async () => {
+    await using pki = await makeTestPki();
+    await using server = await serveMutualTls({
+      hostname: HOST,
+      port: 0,
+      tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert },
+      handler: (p: Uint8Array) => p,
+    });
+    // A round trip before ready proves the server accepted the connection.
+    const error = await dialError(
+      dial(`${HOST}:${portOf(server.addr)}`, {
+        tls: { caCerts: [pki.caCert] },
+        connectTimeout: 2000,
+        reconnect: { initial: 10, max: 50, maxAttempts: 1 },
+        onConnect: async (session) => {
+          await session.request(enc("sign-on"));
+        },
+      }),
+    );
+    assert.ok(error instanceof ConnectionError, `got ${error}`);
+    let cause: unknown = error;
+    while (cause instanceof Error && cause.cause !== undefined) {
+      cause = cause.cause;
+    }
+    assert.match(String(cause), /CertificateRequired/);
+  },
+});
