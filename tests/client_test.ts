@@ -69,6 +69,18 @@ async function dialError<T>(pending: Promise<Client<T>>): Promise<unknown> {
   assert.fail("dial() resolved but was expected to reject");
 }
 
+/**
+ * Makes `await using` force-close the client: raw peers do not answer the
+ * drain of a graceful close, which would otherwise wait its full timeout when
+ * a test fails early.
+ */
+function forceOnDispose<T>(client: Client<T>): Client<T> {
+  Object.defineProperty(client, Symbol.asyncDispose, {
+    value: () => client.close({ timeout: 0 }),
+  });
+  return client;
+}
+
 function rootCause(error: unknown): unknown {
   let e = error;
   while (e instanceof Error && e.cause !== undefined) e = e.cause;
@@ -457,10 +469,12 @@ Deno.test("dial() option maxWaitingRequests bounds the requests waiting for a se
 Deno.test("Client.request() rejects at once with ConnectionClosedError when the server closes the connection, then the slot reconnects", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    reconnect: FAST_RECONNECT,
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      reconnect: FAST_RECONNECT,
+    }),
+  );
   const conn = await accepted;
   using log = events(client);
   const start = performance.now();
@@ -499,7 +513,12 @@ Deno.test("Client recovers on its own when the server restarts on the same port 
   for (let attempt = 1;; attempt++) {
     const outcome = await restartScenario();
     if (outcome === "done") return;
-    if (attempt === 3) assert.fail("the port was taken 3 times in a row");
+    if (attempt === 3) {
+      assert.fail(
+        "listening again on the port failed with AddrInUse 3 times in a row: " +
+          "is the old listener still open after `await server.close()`?",
+      );
+    }
   }
 });
 
@@ -603,10 +622,12 @@ Deno.test("Client routes new requests to its other endpoint while one drains: ze
 Deno.test("Client.request() times out after requestTimeout by default and after its own timeout per call", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    requestTimeout: 200,
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      requestTimeout: 200,
+    }),
+  );
   const conn = await accepted;
   const sink = conn.drainAll();
 
@@ -638,10 +659,12 @@ Deno.test("Client.request() waits for room in a full write queue (outboundBuffer
   // those whose deadline passes while waiting must not be written at all.
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    outboundBuffer: 1,
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      outboundBuffer: 1,
+    }),
+  );
   const conn = await accepted;
   const big = new Uint8Array(1024 * 1024);
   const requests = Array.from(
@@ -670,10 +693,47 @@ Deno.test("Client.request() waits for room in a full write queue (outboundBuffer
   await client.close({ timeout: 0 });
 });
 
+Deno.test("Client.request() never times out before its timeout, even after synchronous work in the same tick", async () => {
+  await using peer = rawPeer();
+  const accepted = peer.accept();
+  await using client = forceOnDispose(
+    await dial(peer.target, { heartbeat: false }),
+  );
+  const conn = await accepted;
+  const sink = conn.drainAll();
+  // A first request reads the clock; then the caller works for 150 ms
+  // without yielding (building a batch, parsing); then makes a request
+  // with a 100 ms timeout in the same tick.
+  const first = client.request(enc("first"), { timeout: 1000 }).catch((
+    e,
+  ) => e);
+  const busyUntil = performance.now() + 150;
+  while (performance.now() < busyUntil) {
+    // Synchronous work.
+  }
+  const start = performance.now();
+  const error = await client.request(enc("second"), { timeout: 100 }).catch((
+    e,
+  ) => e);
+  const elapsed = performance.now() - start;
+  assert.ok(error instanceof TimeoutError, `got ${error}`);
+  assert.ok(
+    elapsed >= 95,
+    `a 100 ms timeout fired after ${
+      elapsed.toFixed(1)
+    } ms: the deadline was computed from a clock reading taken before the synchronous work`,
+  );
+  assert.ok((await first) instanceof TimeoutError);
+  await client.close({ timeout: 0 });
+  await sink;
+});
+
 Deno.test("Client.request() rejects with signal.reason unchanged when aborted", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, { heartbeat: false });
+  await using client = forceOnDispose(
+    await dial(peer.target, { heartbeat: false }),
+  );
   const conn = await accepted;
   const sink = conn.drainAll();
 
@@ -752,19 +812,21 @@ Deno.test("Client drops a reply that arrives after its request timed out, counts
   const marker = Promise.withResolvers<void>();
   const debug: [string, Record<string, unknown> | undefined][] = [];
   const nothing = () => {};
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    logger: {
-      debug: (message, fields) => debug.push([message, fields]),
-      info: nothing,
-      warn: nothing,
-      error: nothing,
-    },
-    handler: (p) => {
-      pushes.push(dec(p));
-      if (dec(p) === "marker") marker.resolve();
-    },
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      logger: {
+        debug: (message, fields) => debug.push([message, fields]),
+        info: nothing,
+        warn: nothing,
+        error: nothing,
+      },
+      handler: (p) => {
+        pushes.push(dec(p));
+        if (dec(p) === "marker") marker.resolve();
+      },
+    }),
+  );
   const conn = await accepted;
   const reply = client.request(enc("slow"), { timeout: 50 });
   const frame = await conn.read();
@@ -787,10 +849,12 @@ Deno.test("Client drops a reply that arrives after its request timed out, counts
 Deno.test("Client.request() leaves nothing behind after 100,000 requests that all time out", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    requestTimeout: 50,
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      requestTimeout: 50,
+    }),
+  );
   const conn = await accepted;
   const sink = conn.drainAll();
   const payload = new Uint8Array(8);
@@ -835,10 +899,12 @@ Deno.test("Client.request() leaves nothing behind after 100,000 requests that al
 Deno.test("Client delivers a reply that arrives on a different session than its request", async () => {
   await using peer = rawPeer();
   const accepting = (async () => [await peer.accept(), await peer.accept()])();
-  await using client = await dial(peer.target, {
-    sessions: 2,
-    heartbeat: false,
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      sessions: 2,
+      heartbeat: false,
+    }),
+  );
   const conns = await accepting;
   using log = events(client);
   await log.until(() => client.stats().sessions.ready === 2);
@@ -953,10 +1019,12 @@ Deno.test("Client heartbeat closes a session whose peer never answers pings", as
   await using peer = rawPeer();
   const accepted = peer.accept();
   const interval = 200;
-  await using client = await dial(peer.target, {
-    heartbeat: { interval },
-    reconnect: { initial: 5000, max: 5000 },
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: { interval },
+      reconnect: { initial: 5000, max: 5000 },
+    }),
+  );
   const connected = performance.now();
   const conn = await accepted;
   using log = events(client);
@@ -1000,11 +1068,13 @@ Deno.test("Client heartbeat keeps a session to a real server up across several i
 Deno.test("dial() option idleTimeout closes a silent session", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
-  await using client = await dial(peer.target, {
-    heartbeat: false,
-    idleTimeout: 200,
-    reconnect: { initial: 5000, max: 5000 },
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, {
+      heartbeat: false,
+      idleTimeout: 200,
+      reconnect: { initial: 5000, max: 5000 },
+    }),
+  );
   const connected = performance.now();
   const conn = await accepted;
   using log = events(client);
@@ -1134,9 +1204,11 @@ Deno.test('dial() with correlation: "fifo" matches replies in request order', as
   const codec = lengthPrefixed();
   await using peer = rawPeer(codec);
   const accepted = peer.accept();
-  await using client = await dial(peer.target, codec, {
-    correlation: "fifo",
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, codec, {
+      correlation: "fifo",
+    }),
+  );
   const conn = await accepted;
   const replies = Promise.all(
     ["a", "b", "c"].map((x) => client.request(enc(x))),
@@ -1155,12 +1227,14 @@ Deno.test('dial() with correlation: "fifo" drops the late reply of a timed-out r
   await using peer = rawPeer(codec);
   const accepted = peer.accept();
   const pushes: string[] = [];
-  await using client = await dial(peer.target, codec, {
-    correlation: "fifo",
-    handler: (m) => {
-      pushes.push(dec(m));
-    },
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, codec, {
+      correlation: "fifo",
+      handler: (m) => {
+        pushes.push(dec(m));
+      },
+    }),
+  );
   const conn = await accepted;
   const a = client.request(enc("a"), { timeout: 5000 });
   const b = client.request(enc("b"), { timeout: 50 });
@@ -1187,10 +1261,12 @@ Deno.test("dial() heartbeat.message pings a custom-codec peer and closes the ses
   const accepted = peer.accept();
   let nextId = 1;
   const interval = 200;
-  await using client = await dial(peer.target, codec, {
-    heartbeat: { interval, message: () => idMessage(nextId++, "echo") },
-    reconnect: { initial: 5000, max: 5000 },
-  });
+  await using client = forceOnDispose(
+    await dial(peer.target, codec, {
+      heartbeat: { interval, message: () => idMessage(nextId++, "echo") },
+      reconnect: { initial: 5000, max: 5000 },
+    }),
+  );
   const connected = performance.now();
   const conn = await accepted;
   using log = events(client);
