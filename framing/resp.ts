@@ -794,13 +794,29 @@ export function resp(options: RespOptions = {}): RespCodec {
   };
 }
 
-const EMPTY = new Uint8Array(0);
+/** Commands are encoded into views of a shared slab (one allocation per many commands). */
+const COMMAND_SLAB_BYTES = 64 * 1024;
+/** Commands needing more than this get a buffer of their own. */
+const COMMAND_OWN_BUFFER = 8 * 1024;
+let commandSlab = new Uint8Array(0);
+let commandSlabUsed = 0;
+
+/** Room for `bytes` bytes of command arguments; written from the returned offset. */
+function commandStore(bytes: number): [Uint8Array, number] {
+  if (bytes > COMMAND_OWN_BUFFER) return [new Uint8Array(bytes), 0];
+  if (commandSlab.length - commandSlabUsed < bytes) {
+    // The old slab lives on while commands still refer to it; it is never reused.
+    commandSlab = new Uint8Array(COMMAND_SLAB_BYTES);
+    commandSlabUsed = 0;
+  }
+  return [commandSlab, commandSlabUsed];
+}
 
 /**
  * Builds a command: an array of bulk strings, the form Redis expects.
- * Strings are UTF-8 encoded and numbers written in decimal, all into one
- * buffer (the returned arrays are views of it); `Uint8Array` arguments are
- * used as they are.
+ * Strings are UTF-8 encoded and numbers written in decimal into views of a
+ * shared 64 KiB buffer (no allocation per command; a command kept for long
+ * keeps its buffer alive); `Uint8Array` arguments are used as they are.
  *
  * @param args The command name and its arguments.
  * @returns The command, ready for `client.request()`.
@@ -835,9 +851,10 @@ export function command(...args: RespArgument[]): Uint8Array[] {
       );
     }
   }
-  const store = bound === 0 ? EMPTY : new Uint8Array(bound);
+  const [store, start] = commandStore(bound);
+  const buffer = store.buffer;
   const out = new Array<Uint8Array>(args.length);
-  let at = 0;
+  let at = start;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     if (arg instanceof Uint8Array) {
@@ -849,9 +866,11 @@ export function command(...args: RespArgument[]): Uint8Array[] {
       at,
       typeof arg === "string" ? arg : String(arg),
     );
-    out[i] = store.subarray(at, at + written);
+    // new Uint8Array(buffer, offset, length) is faster than subarray().
+    out[i] = new Uint8Array(buffer, at, written);
     at += written;
   }
+  if (store === commandSlab) commandSlabUsed = at;
   return out;
 }
 

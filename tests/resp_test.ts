@@ -451,3 +451,16 @@ Deno.test("respCall() rejects with the RespError of an error reply and resolves 
     bytes("EXEC"),
   ]]);
 });
+
+Deno.test("command() keeps earlier commands intact while later ones fill new buffers", () => {
+  const kept = Array.from(
+    { length: 10_000 },
+    (_, i) => command("SET", `key:${i}`, "x".repeat(i % 100)),
+  );
+  const big = "é".repeat(10_000);
+  const large = command("SET", "big", big);
+  kept.forEach((args, i) => {
+    assert.deepEqual(args.map(text), ["SET", `key:${i}`, "x".repeat(i % 100)]);
+  });
+  assert.equal(text(large[2]!), big);
+});
