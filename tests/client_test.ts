@@ -728,6 +728,43 @@ Deno.test("Client.request() never times out before its timeout, even after synch
   await sink;
 });
 
+Deno.test("Client.request() with a timeout of days arms the deadline timer once instead of spinning", async () => {
+  await using peer = rawPeer();
+  const accepted = peer.accept();
+  await using client = forceOnDispose(
+    await dial(peer.target, { heartbeat: false }),
+  );
+  const conn = await accepted;
+  const sink = conn.drainAll();
+  // setTimeout takes a signed 32-bit delay: 30 days overflows it.
+  const realSetTimeout = globalThis.setTimeout;
+  let armed = 0;
+  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+    armed++;
+    return realSetTimeout(...args);
+  }) as typeof setTimeout;
+  const controller = new AbortController();
+  let pending: Promise<unknown>;
+  try {
+    pending = client.request(enc("patient"), {
+      timeout: 30 * 24 * 3600 * 1000,
+      signal: controller.signal,
+    }).catch((e) => e);
+    // Let 200 ms pass: the criterion is what happens over time.
+    await new Promise((resolve) => realSetTimeout(resolve, 200));
+  } finally {
+    globalThis.setTimeout = realSetTimeout;
+  }
+  controller.abort(new Error("enough"));
+  assert.equal(((await pending) as Error).message, "enough");
+  assert.ok(
+    armed <= 2,
+    `the deadline sweep set ${armed} timers in 200 ms: a delay over 2^31-1 ms fires at once, so it re-arms in a loop`,
+  );
+  await client.close({ timeout: 0 });
+  await sink;
+});
+
 Deno.test("Client.request() rejects with signal.reason unchanged when aborted", async () => {
   await using peer = rawPeer();
   const accepted = peer.accept();
@@ -1403,6 +1440,61 @@ Deno.test("Client.close({ timeout: 0 }) forces: pending requests reject at once"
   assert.ok(performance.now() - start < 1000);
   await client.closed;
   release.resolve();
+});
+
+Deno.test("dial() and Client.close() never treat a huge or infinite timeout as 0", async (t) => {
+  // setTimeout takes a signed 32-bit delay: Infinity and 2^32 become 0.
+  // Such a timeout must either work (wait) or be refused with RangeError.
+  await using server = serveLoopback({ handler: (p) => p });
+  const target = `${HOST}:${portOf(server.addr)}`;
+  for (const value of [Infinity, 2 ** 32]) {
+    await t.step(`dial() with connectTimeout ${value}`, async () => {
+      let client: Client<Uint8Array> | undefined;
+      try {
+        client = await dial(target, {
+          connectTimeout: value,
+          heartbeat: false,
+        });
+        assert.equal(dec(await client.request(enc("x"))), "x");
+      } catch (error) {
+        assert.ok(
+          error instanceof RangeError,
+          `connectTimeout ${value} failed at once: ${error}`,
+        );
+      } finally {
+        await client?.close({ timeout: 0 });
+      }
+    });
+    await t.step(`Client.close() with timeout ${value}`, async () => {
+      const release = Promise.withResolvers<void>();
+      const received = Promise.withResolvers<void>();
+      server.handler = async (p) => {
+        received.resolve();
+        await release.promise;
+        return p;
+      };
+      const client = await dial(target, { heartbeat: false });
+      const pending = client.request(enc("in flight")).catch((e) => e);
+      await received.promise;
+      let closing: Promise<void> | undefined;
+      try {
+        closing = client.close({ timeout: value });
+      } catch (error) {
+        assert.ok(error instanceof RangeError, `got ${error}`);
+      }
+      release.resolve();
+      const outcome = await pending;
+      await closing?.catch((e) => assert.ok(e instanceof RangeError));
+      await client.close({ timeout: 0 });
+      server.handler = (p) => p;
+      if (closing !== undefined) {
+        assert.ok(
+          outcome instanceof Uint8Array,
+          `close({ timeout: ${value} }) forced the pending request: ${outcome}`,
+        );
+      }
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------
