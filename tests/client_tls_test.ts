@@ -11,7 +11,8 @@ import {
   OPENSSL_SUFFIX,
   TEST_PKI_NAMES,
 } from "./_certs.ts";
-import { dec, enc, HOST, portOf } from "./_loopback.ts";
+import { dec, enc, HOST, portOf, rawPeer } from "./_loopback.ts";
+import { withTimeout } from "./_process.ts";
 
 const ignore = !hasOpenssl();
 
@@ -176,5 +177,45 @@ Deno.test({
       cause = cause.cause;
     }
     assert.match(String(cause), /CertificateRequired/);
+  },
+});
+
+Deno.test({
+  name:
+    `dial() over TLS rejects at connectTimeout when the server never answers the handshake, leaving nothing open${OPENSSL_SUFFIX}`,
+  ignore,
+  fn: async () => {
+    await using pki = await makeTestPki();
+    // A TCP listener that accepts and never speaks TLS.
+    await using peer = rawPeer();
+    const start = performance.now();
+    const error = await dialError(dial(peer.target, {
+      tls: { caCerts: [pki.caCert] },
+      connectTimeout: 300,
+      reconnect: { initial: 5000, max: 5000 },
+    }));
+    const elapsed = performance.now() - start;
+    assert.ok(error instanceof ConnectionError, `got ${error}`);
+    assert.ok(elapsed >= 290 && elapsed < 2000, `after ${elapsed} ms`);
+    // The attempt was given up: its socket must be closed by the client,
+    // not left waiting for the server to hang up.
+    const conn = await peer.accept();
+    const readToEnd = async () => {
+      const buffer = new Uint8Array(4096);
+      while (await conn.conn.read(buffer) !== null) {
+        // The ClientHello; then the end of stream once the client closes.
+      }
+      return "closed";
+    };
+    assert.equal(
+      await withTimeout(
+        readToEnd(),
+        2000,
+        "the end of the abandoned TLS connection",
+      )
+        .catch((e) => String(e)),
+      "closed",
+      "the client must close the TLS connection it gave up on (it stays open, its handshake op pending, until the server hangs up)",
+    );
   },
 });
