@@ -1445,7 +1445,15 @@ Deno.test("Client.close({ timeout: 0 }) forces: pending requests reject at once"
 Deno.test("dial() and Client.close() never treat a huge or infinite timeout as 0", async (t) => {
   // setTimeout takes a signed 32-bit delay: Infinity and 2^32 become 0.
   // Such a timeout must either work (wait) or be refused with RangeError.
-  await using server = serveLoopback({ handler: (p) => p });
+  // The sign-on and the in-flight request below take 50 ms, so a timer that
+  // fires at once always wins against them.
+  const slow = () => new Promise((resolve) => setTimeout(resolve, 50));
+  await using server = serveLoopback({
+    handler: async (p) => {
+      if (dec(p) !== "fast") await slow();
+      return p;
+    },
+  });
   const target = `${HOST}:${portOf(server.addr)}`;
   for (const value of [Infinity, 2 ** 32]) {
     await t.step(`dial() with connectTimeout ${value}`, async () => {
@@ -1454,8 +1462,11 @@ Deno.test("dial() and Client.close() never treat a huge or infinite timeout as 0
         client = await dial(target, {
           connectTimeout: value,
           heartbeat: false,
+          onConnect: async (session) => {
+            await session.request(enc("slow sign-on"));
+          },
         });
-        assert.equal(dec(await client.request(enc("x"))), "x");
+        assert.equal(dec(await client.request(enc("fast"))), "fast");
       } catch (error) {
         assert.ok(
           error instanceof RangeError,
@@ -1466,27 +1477,17 @@ Deno.test("dial() and Client.close() never treat a huge or infinite timeout as 0
       }
     });
     await t.step(`Client.close() with timeout ${value}`, async () => {
-      const release = Promise.withResolvers<void>();
-      const received = Promise.withResolvers<void>();
-      server.handler = async (p) => {
-        received.resolve();
-        await release.promise;
-        return p;
-      };
       const client = await dial(target, { heartbeat: false });
-      const pending = client.request(enc("in flight")).catch((e) => e);
-      await received.promise;
+      const pending = client.request(enc("slow")).catch((e) => e);
       let closing: Promise<void> | undefined;
       try {
         closing = client.close({ timeout: value });
       } catch (error) {
         assert.ok(error instanceof RangeError, `got ${error}`);
       }
-      release.resolve();
       const outcome = await pending;
       await closing?.catch((e) => assert.ok(e instanceof RangeError));
       await client.close({ timeout: 0 });
-      server.handler = (p) => p;
       if (closing !== undefined) {
         assert.ok(
           outcome instanceof Uint8Array,
