@@ -24,7 +24,7 @@
  * (tcpbutler's plain client against the raw server)), `--filter TEXT` (scenario names containing it),
  * `--pin` (server on CPU 1, client on CPU 0, via taskset),
  * `--no-idle`, `--idle-conns N`, `--out PATH` (without extension; default
- * `bench/results/latest`).
+ * `bench/results/latest`, or `bench/results/quick` with `--quick`).
  *
  * @module
  */
@@ -50,7 +50,7 @@ const { values: flags } = parseArgs({
     filter: { type: "string" },
     "no-idle": { type: "boolean", default: false },
     "idle-conns": { type: "string", default: "5000" },
-    out: { type: "string", default: `${BENCH}results/latest` },
+    out: { type: "string" },
     pin: { type: "boolean", default: false },
   },
 });
@@ -60,6 +60,8 @@ const duration = Number(flags.duration ?? (quick ? 1000 : 3000));
 const warmup = Number(flags.warmup ?? (quick ? 250 : 500));
 const idleConns = Number(flags["idle-conns"]);
 const pin = flags.pin;
+// A quick run does not overwrite the full run's figures.
+const out = flags.out ?? `${BENCH}results/${quick ? "quick" : "latest"}`;
 
 // ---------------------------------------------------------------- implementations
 
@@ -761,7 +763,6 @@ async function main() {
     console.log(`${name}: not available (${why})`);
   }
 
-  const out = flags.out;
   await Deno.mkdir(new URL(".", `file://${out}`).pathname, { recursive: true });
   await Deno.writeTextFile(
     `${out}.json`,
