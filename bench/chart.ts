@@ -14,6 +14,7 @@ import type { Report } from "./run.ts";
 
 const COLORS: Record<string, string> = {
   raw: "#4c78a8",
+  "raw-promise": "#9ecae9",
   node: "#72b7b2",
   "node-cork": "#54a24b",
   tcpbutler: "#e45756",
@@ -23,6 +24,7 @@ const COLORS: Record<string, string> = {
 };
 const ORDER = [
   "raw",
+  "raw-promise",
   "node",
   "node-cork",
   "tcpbutler",

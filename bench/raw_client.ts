@@ -6,7 +6,8 @@
  *
  * Run: `deno run -A bench/raw_client.ts --port P --server-pid PID
  * --sessions S --inflight N --payload BYTES --warmup MS --duration MS`
- * (`--inproc` starts the raw server in this process instead; `--idle N`
+ * (`--variant promise`: a promise and a `Map` entry per request, awaited by
+ * `--inflight` loops; `--inproc` starts the raw server in this process; `--idle N`
  * opens N idle connections, prints `IDLE READY`, waits for stdin EOF).
  * Prints one `RESULT {json}` line.
  *
@@ -14,6 +15,7 @@
  */
 
 import {
+  type ClientOptions,
   FrameWriter,
   inflightOf,
   makePayload,
@@ -26,7 +28,7 @@ import {
   stdinClosed,
   writeU32,
 } from "./_shared.ts";
-import { startRawServer } from "./raw_server.ts";
+import { type BenchServer, startRawServer } from "./raw_server.ts";
 
 const RING = 1 << 20;
 const MASK = RING - 1;
@@ -63,6 +65,9 @@ async function main() {
       () => Deno.connect({ hostname: opts.hostname, port }),
     ),
   );
+  if (opts.variant === "promise") {
+    return await promiseLoops(opts, conns, rec, payload, server);
+  }
   const loops = conns.map((conn, i) => {
     conn.setNoDelay(true);
     const writer = new FrameWriter(conn);
@@ -107,6 +112,67 @@ async function main() {
     conn.close();
   }
   await Promise.all(loops.map((l) => l.reading));
+  await server?.close();
+  printResult(result);
+}
+
+/**
+ * `--variant promise`: the same wire work, but through a request/response
+ * API: a pending `Map` entry and a promise per request, `--inflight` async
+ * loops each awaiting its reply before sending the next. What a promise-based
+ * client cannot avoid paying; a yardstick for tcpbutler's client.
+ */
+async function promiseLoops(
+  opts: ClientOptions,
+  conns: Deno.TcpConn[],
+  rec: Recorder,
+  payload: Uint8Array,
+  server: BenchServer | undefined,
+) {
+  const frameBytes = 8 + opts.payload;
+  const pending = new Map<number, PromiseWithResolvers<Uint8Array>>();
+  let nextId = 0;
+  const sessions = conns.map((conn) => {
+    conn.setNoDelay(true);
+    const writer = new FrameWriter(conn);
+    const reading = readFrames(conn, (body) => {
+      const id = readU32(body, 0);
+      const waiter = pending.get(id);
+      if (waiter === undefined) return void rec.errors++;
+      pending.delete(id);
+      waiter.resolve(body);
+    });
+    return { conn, writer, reading };
+  });
+  const request = (writer: FrameWriter): Promise<Uint8Array> => {
+    const id = nextId;
+    nextId = (nextId + 1) >>> 0;
+    const [buf, off] = writer.reserve(frameBytes);
+    writeU32(buf, off, frameBytes - 4);
+    writeU32(buf, off + 4, id);
+    buf.set(payload, off + 8);
+    const waiter = Promise.withResolvers<Uint8Array>();
+    pending.set(id, waiter);
+    return waiter.promise;
+  };
+  const loop = async (k: number) => {
+    const { writer } = sessions[k % sessions.length]!;
+    while (rec.sending) {
+      const t = performance.now();
+      const reply = await request(writer);
+      rec.record(performance.now() - t);
+      if (reply.length !== frameBytes - 4) rec.errors++;
+    }
+  };
+  const loops = Array.from({ length: opts.inflight }, (_, k) => loop(k));
+  await rec.run();
+  await Promise.all(loops);
+  const result = rec.result();
+  for (const { conn, writer } of sessions) {
+    writer.close();
+    conn.close();
+  }
+  await Promise.all(sessions.map((s) => s.reading));
   await server?.close();
   printResult(result);
 }

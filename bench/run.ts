@@ -19,7 +19,9 @@
  * (median of N runs per scenario and metric, runs interleaved across
  * implementations), `--duration MS`, `--warmup MS`, `--impls raw,node,…`
  * (default `raw,node,tcpbutler,tcpbutler-plain`; also `node-cork` (Node
- * writing one frame per `write()` between cork/uncork), `tcpbutler-srv`
+ * writing one frame per `write()` between cork/uncork), `raw-promise` (the
+ * raw client through a promise + `Map` entry per request, awaited by N
+ * loops: the floor of any promise-based client), `tcpbutler-srv`
  * (tcpbutler's plain server under the raw client) and `tcpbutler-cli`
  * (tcpbutler's plain client against the raw server)), `--filter TEXT` (scenario names containing it),
  * `--pin` (server on CPU 1, client on CPU 0, via taskset),
@@ -104,6 +106,13 @@ const IMPLS: Record<string, Impl> = {
     inproc: true,
     server: ["node", `${BENCH}node_server.mjs`, "--variant", "cork"],
     client: ["node", `${BENCH}node_client.mjs`, "--variant", "cork"],
+  },
+  "raw-promise": {
+    name: "raw-promise",
+    idle: false,
+    inproc: true,
+    server: denoRun("raw_server.ts"),
+    client: denoRun("raw_client.ts", "--variant", "promise"),
   },
   tcpbutler: {
     name: "tcpbutler",
