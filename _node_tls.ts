@@ -4,6 +4,16 @@
  * certificates. Accepted connections implement the same minimal
  * {@linkcode Transport} interface that `Deno.Conn` satisfies.
  *
+ * What this relies on in Deno 2.9.6 (checked by tests/node_tls_test.ts):
+ * - `createServer({ requestCert: true, rejectUnauthorized: true, ca })`
+ *   verifies client certificates (rustls underneath); clients without one or
+ *   from another CA fail the handshake and surface as `tlsClientError`.
+ * - `socket.pause()` stops 'data' events but not the TLS layer's reads from
+ *   TCP, which then buffers without bound; pausing also stops the TCP handle
+ *   (see `tcpHandleOf`).
+ * - node:net/node:tls handles are not in Deno's resource table: the test
+ *   sanitizers cannot see a listener or socket left open.
+ *
  * @module
  */
 
@@ -406,7 +416,11 @@ class NodeTlsListener implements MutualTlsListener {
     server.on("secureConnection", (socket: TLSSocket) => {
       this.#onSecureConnection(socket, requireClientCert);
     });
-    server.on("error", () => this.close());
+    // After listening, errors come from accepting (EMFILE, …): hand them to
+    // the accept() calls waiting now, as Deno.Listener.accept() would.
+    server.on("error", (error: Error) => {
+      for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
+    });
   }
 
   get rejected(): number {
@@ -523,7 +537,7 @@ function toDenoError(error: unknown): unknown {
  *
  * @param options Address, certificate, key, trusted CA(s) and limits.
  * @returns The listener, once it is bound.
- * @throws {TypeError} When `cert`, `key` or `ca` is missing.
+ * @throws {TypeError} When `cert`, `key` or `ca` is missing or not PEM.
  * @throws {RangeError} When `port`, `backlog` or `handshakeTimeout` is out of range.
  * @throws {Deno.errors.AddrInUse} When the address is taken (other bind errors likewise).
  *
