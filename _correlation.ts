@@ -8,7 +8,7 @@
 
 import type { CorrelationId } from "./framing/codec.ts";
 import { DuplicateIdError, TimeoutError } from "./errors.ts";
-import { coarseNow, type Timed, Timeouts } from "./_timeouts.ts";
+import { type Timed, Timeouts } from "./_timeouts.ts";
 
 /** What a pending entry needs from the session that sent it. */
 export interface PendingOwner {
@@ -152,7 +152,8 @@ export class Correlator {
     }
     owner.pending.add(entry);
     this.count++;
-    entry.deadline = coarseNow() + timeout;
+    // A fresh reading: a burst of synchronous work must not shorten deadlines.
+    entry.deadline = performance.now() + timeout;
     this.timeouts.add(entry);
     return entry;
   }

@@ -8,6 +8,9 @@
 import type { SessionImpl } from "./session.ts";
 import { ConnectionClosedError, TimeoutError } from "./errors.ts";
 
+/** Read silence (ms) after which a session gives back its read slabs. */
+const RELEASE_BUFFERS_AFTER = 5000;
+
 /** Liveness settings. */
 export interface LivenessOptions<T> {
   /** Close a session that read nothing for this long (ms); 0 = never. */
@@ -63,6 +66,7 @@ export class Housekeeper<T> {
     for (const session of this.#sessions()) {
       if (session.state === "closed") continue;
       const silent = now - session.lastReadAt;
+      if (silent >= RELEASE_BUFFERS_AFTER) session.releaseIdleBuffers();
       if (idleTimeout > 0 && silent >= idleTimeout) {
         session.close(
           new ConnectionClosedError(

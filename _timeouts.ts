@@ -7,6 +7,28 @@
  * @module
  */
 
+/** The longest delay `setTimeout` honours (longer ones fire at once). */
+export const MAX_TIMER_DELAY = 0x7fff_ffff;
+
+/**
+ * Calls `fn` after `ms` milliseconds; `Infinity` never does. Delays past
+ * what `setTimeout` takes are chained. Returns the canceller.
+ */
+export function after(ms: number, fn: () => void): () => void {
+  if (ms === Infinity) return () => {};
+  let timer: ReturnType<typeof setTimeout>;
+  const deadline = performance.now() + ms;
+  const arm = (wait: number) => {
+    timer = setTimeout(() => {
+      const left = deadline - performance.now();
+      if (left > 1) arm(left);
+      else fn();
+    }, Math.min(MAX_TIMER_DELAY, Math.max(0, wait)));
+  };
+  arm(ms);
+  return () => clearTimeout(timer);
+}
+
 let cachedNow = -1;
 const invalidate = () => {
   cachedNow = -1;
@@ -86,7 +108,10 @@ export class Timeouts {
   #arm(tick: number): void {
     this.#disarm();
     this.#armedTick = tick;
-    const wait = Math.max(0, tick * this.#granule - performance.now());
+    const wait = Math.min(
+      MAX_TIMER_DELAY,
+      Math.max(0, tick * this.#granule - performance.now()),
+    );
     this.#timer = setTimeout(() => this.#sweep(), wait);
   }
 

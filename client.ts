@@ -15,7 +15,7 @@ import {
 } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
-import type { Timed } from "./_timeouts.ts";
+import { after, type Timed } from "./_timeouts.ts";
 import { Housekeeper } from "./_housekeeping.ts";
 import {
   abortable,
@@ -667,14 +667,14 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       let session: SessionImpl<T> | undefined;
       let readyAt = 0;
       const attempt = new AbortController();
-      const timer = setTimeout(
+      const cancelTimer = after(
+        connectTimeout,
         () =>
           attempt.abort(
             new ConnectionError(
               `Cannot connect to ${slot.name}: no ready session within ${connectTimeout} ms`,
             ),
           ),
-        connectTimeout,
       );
       const onStop = () => attempt.abort(this.#stop.signal.reason);
       this.#stop.signal.addEventListener("abort", onStop, { once: true });
@@ -702,12 +702,24 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
             attempt.signal,
           );
         }
+        if (this.#dialect.framed) {
+          // One ping round trip proves the peer speaks the protocol, and
+          // surfaces a TLS 1.3 client-certificate refusal (which only shows
+          // on the first read) as a failed connect instead of a ready session.
+          await session.requestOn(
+            undefined as T,
+            connectTimeout,
+            attempt.signal,
+            true,
+          );
+        }
+        attempt.signal.throwIfAborted();
         if (session.state !== "handshaking") {
           throw session.closeReason ?? new ConnectionError(
             `Cannot connect to ${slot.name}: the session closed during the handshake`,
           );
         }
-        clearTimeout(timer);
+        cancelTimer();
         this.#stop.signal.removeEventListener("abort", onStop);
         slot.connecting = false;
         session.markReady();
@@ -735,7 +747,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
           this.#emit({ type: "error", endpoint: slot.name, error });
         }
       } finally {
-        clearTimeout(timer);
+        cancelTimer();
         this.#stop.signal.removeEventListener("abort", onStop);
         slot.connecting = false;
         slot.session = undefined;
@@ -864,9 +876,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     }
     this.#firstReady.reject(new ClosedError("Client is closed"));
     const grace = new AbortController();
-    const timer = setTimeout(
-      () => grace.abort(new ClosedError("Client close timeout")),
+    const cancelTimer = after(
       timeout,
+      () => grace.abort(new ClosedError("Client close timeout")),
     );
     try {
       await Promise.all(
@@ -874,7 +886,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       );
       await Promise.all(this.#slots.map((slot) => slot.done));
     } finally {
-      clearTimeout(timer);
+      cancelTimer();
       this.#housekeeper.stop();
       this.#correlator.close();
     }
@@ -985,7 +997,8 @@ export async function dial<T>(
   client.start();
   const timeout = options.connectTimeout ?? 10_000;
   const failed = Promise.withResolvers<never>();
-  const timer = setTimeout(
+  const cancelTimer = after(
+    timeout,
     () =>
       failed.reject(
         new ConnectionError(
@@ -995,7 +1008,6 @@ export async function dial<T>(
           { cause: client.lastError },
         ),
       ),
-    timeout,
   );
   const signal = options.signal;
   const onAbort = () => failed.reject(signal!.reason);
@@ -1016,7 +1028,7 @@ export async function dial<T>(
     }
     throw error;
   } finally {
-    clearTimeout(timer);
+    cancelTimer();
     signal?.removeEventListener("abort", onAbort);
   }
 }

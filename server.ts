@@ -11,27 +11,20 @@ import { formatAddr, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
+import { after } from "./_timeouts.ts";
 import {
+  abortable,
   type Counters,
   type Handler,
   type PeerCertificate,
+  type ProxyInfo,
   type Session,
   type SessionConfig,
   SessionImpl,
 } from "./session.ts";
 import { type Logger, noopLogger } from "./logger.ts";
-import { ClosedError } from "./errors.ts";
-// TODO(lead): restore the import once proxy_protocol.ts lands.
-// import { readProxyHeader } from "./proxy_protocol.ts";
-function readProxyHeader(
-  _conn: Transport,
-  _options: { signal: AbortSignal; maxHeaderBytes?: number },
-): Promise<{
-  header: { source?: Deno.Addr; destination?: Deno.Addr };
-  rest: Uint8Array;
-}> {
-  return Promise.reject(new Error("PROXY protocol support is not built yet"));
-}
+import { ClosedError, ProxyProtocolError } from "./errors.ts";
+import { readProxyHeader } from "./proxy_protocol.ts";
 import { listenMutualTls } from "./_node_tls.ts";
 
 /** TLS settings of a server. */
@@ -259,7 +252,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #logger: Logger;
   readonly #finished = Promise.withResolvers<ShutdownReport>();
   readonly #stopAccepting = new AbortController();
-  readonly #handshakes = new Set<Promise<void>>();
+  /** Connections accepted but not yet sessions (reading a PROXY header). */
+  readonly #opening = new Set<Promise<void>>();
   readonly #maxConnections: number;
   #acceptLoop: Promise<void> = Promise.resolve();
   #handler: Handler<T> | undefined;
@@ -431,7 +425,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         return;
       }
       this.#accepted++;
-      if (this.#sessions.size + this.#handshakes.size >= this.#maxConnections) {
+      if (this.#sessions.size + this.#opening.size >= this.#maxConnections) {
         this.#refused++;
         this.#logger.warn("Connection refused: maxConnections reached", {
           remote: formatAddr(conn.remoteAddr),
@@ -444,63 +438,74 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         }
         continue;
       }
-      const handshake = this.#open(conn);
-      this.#handshakes.add(handshake);
-      handshake.finally(() => this.#handshakes.delete(handshake));
+      if (this.#options.proxyProtocol) {
+        const opening = this.#readProxy(conn);
+        this.#opening.add(opening);
+        opening.finally(() => this.#opening.delete(opening));
+      } else {
+        this.#open(conn, conn, undefined);
+      }
     }
   }
 
-  async #open(conn: Transport): Promise<void> {
+  /** Reads a PROXY header, then opens the session; bad headers close the connection. */
+  async #readProxy(conn: Transport): Promise<void> {
     const remote = formatAddr(conn.remoteAddr);
-    let transport: Transport = conn;
-    let proxy: { source?: Deno.Addr; destination?: Deno.Addr } | undefined;
     const proxyOptions = this.#options.proxyProtocol;
-    if (proxyOptions) {
-      const settings = typeof proxyOptions === "object" ? proxyOptions : {};
-      const timeout = settings.timeout ?? 5000;
-      const abort = new AbortController();
-      const timer = setTimeout(
-        () =>
-          abort.abort(
-            new Error(`no PROXY header within ${timeout} ms`),
-          ),
-        timeout,
-      );
-      const onStop = () => abort.abort(new ClosedError("Server is closed"));
-      this.#stopAccepting.signal.addEventListener("abort", onStop, {
-        once: true,
+    const settings = typeof proxyOptions === "object" ? proxyOptions : {};
+    const timeout = settings.timeout ?? 5000;
+    const abort = new AbortController();
+    const cancelTimer = after(
+      timeout,
+      () =>
+        abort.abort(
+          new ProxyProtocolError(`No PROXY header within ${timeout} ms`),
+        ),
+    );
+    const onStop = () => abort.abort(new ClosedError("Server is closed"));
+    this.#stopAccepting.signal.addEventListener("abort", onStop, {
+      once: true,
+    });
+    try {
+      const { header, rest } = await readProxyHeader(conn, {
+        signal: abort.signal,
+        ...(settings.maxHeaderBytes === undefined
+          ? {}
+          : { maxHeaderBytes: settings.maxHeaderBytes }),
       });
-      try {
-        const { header, rest } = await readProxyHeader(conn, {
-          signal: abort.signal,
-          ...(settings.maxHeaderBytes === undefined
-            ? {}
-            : { maxHeaderBytes: settings.maxHeaderBytes }),
-        });
-        proxy = {
-          ...(header.source ? { source: header.source } : {}),
-          ...(header.destination ? { destination: header.destination } : {}),
-        };
-        transport = rest.length > 0 ? prepend(conn, rest) : conn;
-      } catch (error) {
-        this.#rejected++;
-        this.#counters.protocolErrors++;
-        this.#logger.warn("Connection rejected: bad PROXY protocol header", {
-          remote,
-          error,
-        });
-        this.#emit({ type: "error", error, remote });
-        try {
-          conn.close();
-        } catch {
-          // Already closed.
-        }
-        return;
-      } finally {
-        clearTimeout(timer);
-        this.#stopAccepting.signal.removeEventListener("abort", onStop);
+      if (this.#stopAccepting.signal.aborted) {
+        throw this.#stopAccepting.signal.reason;
       }
+      const proxy: ProxyInfo = {
+        ...(header.source ? { source: header.source } : {}),
+        ...(header.destination ? { destination: header.destination } : {}),
+      };
+      this.#open(conn, prepend(conn, rest), proxy);
+    } catch (error) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      if (this.#stopAccepting.signal.aborted) return;
+      this.#rejected++;
+      this.#counters.protocolErrors++;
+      this.#logger.warn("Connection rejected: bad PROXY protocol header", {
+        remote,
+        error,
+      });
+      this.#emit({ type: "error", error, remote });
+    } finally {
+      cancelTimer();
+      this.#stopAccepting.signal.removeEventListener("abort", onStop);
     }
+  }
+
+  async #open(
+    conn: Transport,
+    transport: Transport,
+    proxy: ProxyInfo | undefined,
+  ): Promise<void> {
     const session = new SessionImpl(transport, this.#config);
     if (proxy !== undefined) {
       session.proxy = proxy;
@@ -569,38 +574,51 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   }
 
   async #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
+    // Everything up to the first await runs inside shutdown(), so close()
+    // right after it finds #forceNow.
     const started = performance.now();
     const timeout = options.timeout ?? 10_000;
+    const force = this.#forceNow = new AbortController();
+    const cancelTimer = after(
+      timeout,
+      () => force.abort(new ClosedError("Shutdown timeout passed")),
+    );
+    const onSignal = () => force.abort(options.signal!.reason);
+    if (options.signal?.aborted) onSignal();
+    options.signal?.addEventListener("abort", onSignal, { once: true });
     this.#stopAccepting.abort(new ClosedError("Server is shutting down"));
     try {
       this.#listener.close();
     } catch {
       // Already closed.
     }
-    await this.#acceptLoop;
-    await Promise.all(this.#handshakes);
-    const force = this.#forceNow = new AbortController();
-    const timer = setTimeout(
-      () => force.abort(new ClosedError("Shutdown timeout passed")),
-      timeout,
-    );
-    const onSignal = () => force.abort(options.signal!.reason);
-    if (options.signal?.aborted) onSignal();
-    options.signal?.addEventListener("abort", onSignal, { once: true });
-    const sessions = [...this.#sessions];
-    this.#logger.info("Shutting down", {
-      sessions: sessions.length,
-      timeout,
-    });
+    let sessions: SessionImpl<T>[] = [];
     let results;
     try {
+      // Connections still in their PROXY header are aborted by #stopAccepting.
+      await abortable(
+        Promise.all([this.#acceptLoop, ...this.#opening]),
+        force.signal,
+      ).catch(() => {});
+      sessions = [...this.#sessions];
+      this.#logger.info("Shutting down", {
+        sessions: sessions.length,
+        timeout,
+      });
       results = await Promise.all(
         sessions.map((session) =>
           session.drain(force.signal, this.#options.onDrain)
         ),
       );
+      // A forced shutdown skipped the waits above: finish them now, so the
+      // port is free and no session is left once the report is out.
+      await this.#acceptLoop;
+      await Promise.all(this.#opening);
+      for (const session of this.#sessions) {
+        session.close(new ClosedError("Server closed"));
+      }
     } finally {
-      clearTimeout(timer);
+      cancelTimer();
       options.signal?.removeEventListener("abort", onSignal);
       this.#housekeeper.stop();
       this.#correlator.close();

@@ -15,7 +15,7 @@ import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
 import { type Dialect, Inbound } from "./_dialect.ts";
-import { coarseNow } from "./_timeouts.ts";
+import { after, coarseNow } from "./_timeouts.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -206,6 +206,9 @@ export interface SessionConfig<T> {
 const IDLE_READ_BYTES = 1024;
 const SLAB_BYTES = 256 * 1024;
 const MIN_SLAB_READ = 16 * 1024;
+const COPY_SLAB_BYTES = 16 * 1024;
+/** Short reads in a row that move a session back to its small buffer. */
+const SHORT_READS_TO_IDLE = 8;
 const RETAIN_WRITE_BYTES = 64 * 1024;
 
 let nextSessionId = 1;
@@ -241,6 +244,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #small: Uint8Array | undefined;
   #slab: Uint8Array | undefined;
   #slabPos = 0;
+  #copySlab: Uint8Array | undefined;
+  #copyPos = 0;
+  /** Short reads in a row; at SHORT_READS_TO_IDLE reads use #small. */
+  #shortReads = SHORT_READS_TO_IDLE;
   #eof = false;
   readonly #eofSeen = Promise.withResolvers<void>();
   #handlersRunning = 0;
@@ -252,12 +259,20 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   // write side
   #queue: unknown[] = [];
   #queueNotify: (PromiseWithResolvers<void> | undefined)[] = [];
+  /** Handler replies in the queue, and in the write in flight. */
+  #queuedReplies = 0;
+  #writingReplies = 0;
   #notifyCount = 0;
   #writing = false;
   #flushScheduled = false;
   #writeBuffer: Uint8Array | undefined;
   #queuedBytes = 0;
-  #roomWaiters: (() => void)[] = [];
+  /**
+   * Callers waiting for room in the write queue, in order. Each is called
+   * once: with `true` when it may enqueue (it must do so synchronously), or
+   * `false` when the session closed.
+   */
+  #roomWaiters: ((open: boolean) => void)[] = [];
   #idleWaiters: (() => void)[] = [];
 
   // drain
@@ -276,17 +291,20 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
-    const self = this;
-    this.#context = {
-      session: this,
-      get signal(): AbortSignal {
-        self.#abort ??= new AbortController();
-        if (self.#state === "closed" && !self.#abort.signal.aborted) {
-          self.#abort.abort(self.closeReason);
-        }
-        return self.#abort.signal;
-      },
-    };
+    const context = { session: this as Session<T> } as HandlerContext<T>;
+    // Made on first use: most handlers never look at the signal.
+    Object.defineProperty(context, "signal", {
+      get: () => this.#handlerSignal(),
+    });
+    this.#context = context;
+  }
+
+  #handlerSignal(): AbortSignal {
+    this.#abort ??= new AbortController();
+    if (this.#state === "closed" && !this.#abort.signal.aborted) {
+      this.#abort.abort(this.closeReason);
+    }
+    return this.#abort.signal;
   }
 
   get state(): SessionState {
@@ -387,12 +405,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (this.#queue.length < this.#cfg.highWaterMark) {
+    if (this.#hasRoom()) {
       this.#enqueueRequest(entry, wire);
     } else {
-      this.#waitForRoom(entry).then(
-        () => this.#enqueueRequest(entry, wire),
-        (error) => entry.fail(error),
+      this.#roomWaiters.push((open) =>
+        open
+          ? this.#enqueueRequest(entry, wire)
+          : entry.fail(this.#closedError("request"))
       );
     }
     return entry.promise as Promise<T>;
@@ -408,24 +427,48 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#enqueue(wire, undefined);
   }
 
-  async #waitForRoom(entry: Pending | undefined): Promise<void> {
-    while (this.#queue.length >= this.#cfg.highWaterMark) {
-      if (this.#state === "closed") throw this.#closedError("request");
-      if (entry?.settled) return;
-      await new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
-    }
+  /** Whether a new message may be queued now (waiters go first). */
+  #hasRoom(): boolean {
+    return this.#queue.length < this.#cfg.highWaterMark &&
+      this.#roomWaiters.length === 0;
   }
 
-  async send(message: T, options: SendOptions = {}): Promise<void> {
-    if (this.#state === "closed") throw this.#closedError("send");
-    options.signal?.throwIfAborted();
-    if (this.#queue.length >= this.#cfg.highWaterMark) {
-      await abortable(this.#waitForRoom(undefined), options.signal);
+  send(message: T, options: SendOptions = {}): Promise<void> {
+    if (this.#state === "closed") {
+      return Promise.reject(this.#closedError("send"));
     }
-    if (this.#isClosed()) throw this.#closedError("send");
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     const done = Promise.withResolvers<void>();
-    this.#enqueue(this.#cfg.dialect.push(message), done);
+    let wire: unknown;
+    try {
+      wire = this.#cfg.dialect.push(message);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (this.#hasRoom()) {
+      this.#enqueue(wire, done);
+      return done.promise;
+    }
+    let waiting = true;
+    const onAbort = () => {
+      waiting = false;
+      done.reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    this.#roomWaiters.push((open) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (!waiting) return;
+      if (open) this.#enqueue(wire, done);
+      else done.reject(this.#closedError("send"));
+    });
     return done.promise;
+  }
+
+  /** Resolves when the write queue has room (or the session closed). */
+  #room(): Promise<void> {
+    if (this.#hasRoom() || this.#state === "closed") return Promise.resolve();
+    return new Promise((resolve) => this.#roomWaiters.push(() => resolve()));
   }
 
   /** Queues a push without waiting (broadcast); cuts off a peer over the byte limit. */
@@ -487,6 +530,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#queue = [];
         this.#queueNotify = [];
         this.#notifyCount = 0;
+        this.#writingReplies = this.#queuedReplies;
+        this.#queuedReplies = 0;
         const bytes = this.#encode(batch);
         this.#wakeRoom();
         this.writeStartedAt = coarseNow();
@@ -495,6 +540,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
           offset += await this.#conn.write(bytes.subarray(offset));
         }
         this.writeStartedAt = 0;
+        this.#writingReplies = 0;
         this.#queuedBytes = Math.max(0, this.#queuedBytes - bytes.length);
         this.#stats.messagesOut += batch.length;
         this.#stats.bytesOut += bytes.length;
@@ -561,44 +607,70 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     return buffer;
   }
 
+  /** Lets waiters in, in order, while there is room (all of them, failed, once closed). */
   #wakeRoom(): void {
-    if (this.#roomWaiters.length === 0) return;
     const waiters = this.#roomWaiters;
-    this.#roomWaiters = [];
-    for (const wake of waiters) wake();
+    const open = this.#state !== "closed";
+    while (
+      waiters.length > 0 &&
+      (!open || this.#queue.length < this.#cfg.highWaterMark)
+    ) {
+      waiters.shift()!(open);
+    }
   }
 
   // ---- inbound --------------------------------------------------------
 
-  /** Reads one chunk: into a small reused buffer while idle, a slab when busy. */
+  /**
+   * Reads one chunk. While traffic is light the pending read holds only a
+   * small reused buffer (idle sessions stay small) and what it returns is
+   * copied into a 16 KiB slab; once a read fills that buffer, reads go
+   * straight into a 256 KiB slab until several short reads in a row. Chunks
+   * are views into the slabs, which are never reused: a message kept by the
+   * user keeps its slab alive, nothing overwrites it.
+   */
   async #readChunk(): Promise<Uint8Array | null> {
-    const slab = this.#slab;
-    if (slab === undefined) {
-      const small = this.#small ??= new Uint8Array(IDLE_READ_BYTES);
-      const n = await this.#conn.read(small);
+    if (this.#shortReads < SHORT_READS_TO_IDLE) {
+      let slab = this.#slab;
+      if (slab === undefined || slab.length - this.#slabPos < MIN_SLAB_READ) {
+        slab = this.#slab = new Uint8Array(SLAB_BYTES);
+        this.#slabPos = 0;
+      }
+      const start = this.#slabPos;
+      const n = await this.#conn.read(
+        new Uint8Array(slab.buffer, start, slab.length - start),
+      );
       if (n === null) return null;
-      if (n < small.length) return small.slice(0, n);
-      // Data is flowing: move to a slab for the following reads.
-      const next = this.#slab = new Uint8Array(SLAB_BYTES);
-      next.set(small);
-      this.#slabPos = n;
-      this.#small = undefined;
-      return next.subarray(0, n);
+      this.#slabPos = start + n;
+      if (n < IDLE_READ_BYTES / 2) {
+        if (++this.#shortReads === SHORT_READS_TO_IDLE) {
+          // Light traffic: let the big slab go once its views are gone.
+          this.#slab = undefined;
+        }
+      } else {
+        this.#shortReads = 0;
+      }
+      return new Uint8Array(slab.buffer, start, n);
     }
-    if (slab.length - this.#slabPos < MIN_SLAB_READ) {
-      this.#slab = new Uint8Array(SLAB_BYTES);
-      this.#slabPos = 0;
-    }
-    const target = this.#slab!;
-    const start = this.#slabPos;
-    const n = await this.#conn.read(target.subarray(start));
+    const small = this.#small ??= new Uint8Array(IDLE_READ_BYTES);
+    const n = await this.#conn.read(small);
     if (n === null) return null;
-    this.#slabPos = start + n;
-    if (n < IDLE_READ_BYTES / 2) {
-      // Traffic is light again: let the slab go once its views are gone.
-      this.#slab = undefined;
+    if (n === small.length) this.#shortReads = 0;
+    let copy = this.#copySlab;
+    if (copy === undefined || copy.length - this.#copyPos < n) {
+      copy = this.#copySlab = new Uint8Array(COPY_SLAB_BYTES);
+      this.#copyPos = 0;
     }
-    return target.subarray(start, start + n);
+    const start = this.#copyPos;
+    copy.set(n === small.length ? small : small.subarray(0, n), start);
+    this.#copyPos = start + n;
+    return new Uint8Array(copy.buffer, start, n);
+  }
+
+  /** Drops read buffers of a session that has been silent (housekeeping). */
+  releaseIdleBuffers(): void {
+    this.#copySlab = undefined;
+    if (this.#shortReads >= SHORT_READS_TO_IDLE) this.#slab = undefined;
   }
 
   async #run(): Promise<void> {
@@ -641,7 +713,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         // Backpressure from our own write side: a peer that does not read
         // our replies stops being read.
         if (this.#queue.length >= this.#cfg.highWaterMark) {
-          await this.#waitForRoom(undefined).catch(() => {});
+          await this.#room();
         }
       }
     } finally {
@@ -699,21 +771,27 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
           this.#fifoHead = 0;
         }
         if (entry.settled) return this.#late(undefined);
-        entry.succeed(wire);
-        return;
+        return this.#settle(entry, wire);
       }
       return this.#handle(wire);
     }
     const id = dialect.id(wire);
     if (id !== undefined) {
       const entry = this.#cfg.correlator.get(id);
-      if (entry !== undefined) return entry.succeed(wire);
+      if (entry !== undefined) return this.#settle(entry, wire);
       if (this.#cfg.correlator.isExpired(id)) {
         this.#cfg.correlator.forgetExpired(id);
         return this.#late(id);
       }
     }
     this.#handle(wire);
+  }
+
+  /** Completes a custom-codec request; the codec may call the reply a failure. */
+  #settle(entry: Pending, wire: unknown): void {
+    const error = this.#cfg.dialect.codec.replyError?.(wire);
+    if (error === undefined) entry.succeed(wire);
+    else entry.fail(error);
   }
 
   #late(id: unknown): void {
@@ -787,7 +865,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
       return;
     }
-    if (wire !== undefined) this.#enqueue(wire, undefined);
+    if (wire !== undefined) {
+      this.#queuedReplies++;
+      this.#enqueue(wire, undefined);
+    }
   }
 
   #handlerFailed(error: unknown, wire: unknown, message: T): void {
@@ -804,6 +885,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     if (reply !== undefined && this.#state !== "closed") {
+      this.#queuedReplies++;
       this.#enqueue(reply, undefined);
       this.#cfg.logger.debug("Handler failed; an error reply was sent", {
         session: this.id,
@@ -821,6 +903,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#eofSeen.resolve();
     this.#peerDrained.resolve();
     if (this.#state === "closed") return;
+    // As Go's net/http: handlers learn that the peer has gone. Their replies
+    // are still written if the peer only half-closed.
+    this.#abort?.abort(
+      new ConnectionClosedError(`Session ${this.id}: the peer closed its side`),
+    );
     // The peer will send nothing more: its replies cannot come.
     this.#cfg.correlator.failOwner(
       this,
@@ -985,8 +1072,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.close();
       return { handlers: 0, requests: 0 };
     } catch {
+      // Handlers still running, and replies written by none: their
+      // requesters will not get an answer.
       const cut = {
-        handlers: this.#handlersRunning,
+        handlers: this.#handlersRunning + this.#queuedReplies +
+          this.#writingReplies,
         requests: this.pending.size,
       };
       this.close(
@@ -1004,14 +1094,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.#state === "closed") return;
     const grace = new AbortController();
-    const timer = setTimeout(
-      () => grace.abort(new ClosedError("Session drain timeout")),
+    const cancelTimer = after(
       this.#cfg.requestTimeout,
+      () => grace.abort(new ClosedError("Session drain timeout")),
     );
     try {
       await this.drain(grace.signal);
     } finally {
-      clearTimeout(timer);
+      cancelTimer();
     }
   }
 

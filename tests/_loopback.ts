@@ -103,6 +103,12 @@ export function forceGc(): boolean {
 // ---------------------------------------------------------------------------
 // Scripted raw peer
 
+const frameCodecs = new WeakSet<object>();
+
+function isFrameCodec(codec: object): boolean {
+  return frameCodecs.has(codec);
+}
+
 /** One accepted connection of a {@linkcode RawPeer}. */
 export class RawConn<T = Frame> {
   /** The socket. */
@@ -159,6 +165,15 @@ export class RawConn<T = Frame> {
       this.#frames.push(...this.#decoder.decode(buffer.subarray(0, n)));
     }
     return this.#frames.shift()!;
+  }
+
+  /**
+   * Puts a message back to be read first.
+   *
+   * @param message The message.
+   */
+  unread(message: T): void {
+    this.#frames.unshift(message);
   }
 
   /**
@@ -269,6 +284,26 @@ export class RawPeer<T = Frame> implements AsyncDisposable {
     const raw = new RawConn(conn, this.#codec);
     if (this.#closed) raw.close();
     this.#conns.push(raw);
+    // A default-protocol client sends one ping before its session counts as
+    // ready: answer it, as any peer of the default protocol must.
+    if (isFrameCodec(this.#codec)) {
+      // Not default-protocol bytes (a TLS hello): leave them unanswered.
+      const first = await raw.read().catch(() => null);
+      if (first !== null) {
+        const frame = first as unknown as Frame;
+        if (frame.kind === FrameKind.Ping) {
+          await raw.write(
+            {
+              kind: FrameKind.Pong,
+              id: frame.id,
+              payload: frame.payload,
+            } as unknown as T,
+          );
+        } else {
+          raw.unread(first);
+        }
+      }
+    }
     return raw;
   }
 
@@ -303,7 +338,10 @@ export class RawPeer<T = Frame> implements AsyncDisposable {
 export function rawPeer(): RawPeer<Frame>;
 export function rawPeer<T>(codec: Codec<T>): RawPeer<T>;
 export function rawPeer<T>(codec?: Codec<T>): RawPeer<T> {
-  return new RawPeer(codec ?? defaultCodec() as unknown as Codec<T>);
+  if (codec !== undefined) return new RawPeer(codec);
+  const frames = defaultCodec();
+  frameCodecs.add(frames);
+  return new RawPeer(frames as unknown as Codec<T>);
 }
 
 /**
