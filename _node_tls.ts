@@ -24,58 +24,10 @@ import {
   type TLSSocket,
 } from "node:tls";
 
-// TODO(lead): replace with `import type { Transport, TransportListener } from "./_transport.ts"`.
-/** The byte transport a session works on; `Deno.Conn` satisfies it. */
-export interface Transport {
-  /**
-   * Reads into `p`.
-   *
-   * @param p Where to put the bytes.
-   * @returns The number of bytes read, or `null` at end of stream.
-   */
-  read(p: Uint8Array): Promise<number | null>;
-  /**
-   * Writes `p`.
-   *
-   * @param p The bytes to write.
-   * @returns The number of bytes written.
-   */
-  write(p: Uint8Array): Promise<number>;
-  /** Shuts down the writing side (the peer reads end of stream). */
-  closeWrite(): Promise<void>;
-  /** Closes the transport at once. */
-  close(): void;
-  /** The local address. */
-  readonly localAddr: Deno.Addr;
-  /** The peer's address. */
-  readonly remoteAddr: Deno.Addr;
-}
+import type { Transport, TransportListener } from "./_transport.ts";
+import type { PeerCertificate } from "./session.ts";
 
-/** A source of accepted transports; `Deno.Listener` satisfies it. */
-export interface TransportListener extends AsyncIterable<Transport> {
-  /** The address listened on. */
-  readonly addr: Deno.Addr;
-  /**
-   * Waits for the next connection.
-   *
-   * @returns The accepted transport.
-   */
-  accept(): Promise<Transport>;
-  /** Stops listening. */
-  close(): void;
-}
-
-/** The client certificate that the server verified. */
-export interface PeerCertificate {
-  /** The subject distinguished name, one `KEY=value` per line (as `node:crypto`'s `X509Certificate.subject`). */
-  readonly subject: string;
-  /** The issuer distinguished name, in the same form. */
-  readonly issuer: string;
-  /** The SHA-256 fingerprint: upper-case hex bytes separated by colons. */
-  readonly fingerprint256: string;
-  /** The DER encoding of the certificate. */
-  readonly raw: Uint8Array;
-}
+export type { PeerCertificate, Transport, TransportListener };
 
 /** A connection accepted by {@linkcode listenMutualTls}. */
 export interface MutualTlsTransport extends Transport, Disposable {

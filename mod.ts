@@ -74,6 +74,20 @@ export {
   muxListener,
 } from "./mux.ts";
 export type { Matcher, MuxListener, MuxOptions } from "./mux.ts";
+export {
+  encodeProxyHeaderV1,
+  encodeProxyHeaderV2,
+  parseProxyHeader,
+  readProxyHeader,
+} from "./proxy_protocol.ts";
+export type {
+  EncodeProxyHeaderV2Options,
+  ParseProxyHeaderOptions,
+  ProxyAddress,
+  ProxyHeader,
+  ProxyTlv,
+  ReadProxyHeaderOptions,
+} from "./proxy_protocol.ts";
 export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
 export type { DefaultCodecOptions, Frame } from "./protocol.ts";
 export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";

@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-console -- a command-line program prints its results
 /**
  * A client for the echo server: `deno task request 'hello'`.
  *

@@ -1,3 +1,4 @@
+// deno-lint-ignore-file no-console -- a command-line program prints its results
 /**
  * An echo server on the default protocol: `deno task serve`.
  *

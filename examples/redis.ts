@@ -78,7 +78,7 @@ console.log(
   } ms`,
 );
 
-// An error reply is a RespError: a value from request(), thrown by respCall().
+// An error reply is a RespError: request() rejects with it, respCall() throws it.
 try {
   await respCall(redis, ["INCR", key]);
 } catch (error) {

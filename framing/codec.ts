@@ -82,6 +82,15 @@ export interface Codec<T> {
    * @returns Its id, or `undefined`.
    */
   correlationId?(message: T): CorrelationId | undefined;
+  /**
+   * Tells whether a reply is a failure: the error to reject the request
+   * with, or `undefined` to resolve it with the reply (for example a Redis
+   * `-ERR` reply).
+   *
+   * @param message A reply.
+   * @returns The error, or `undefined`.
+   */
+  replyError?(message: T): unknown;
 }
 
 /**

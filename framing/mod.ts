@@ -10,6 +10,8 @@
  * - {@linkcode delimited}: frames ended by a byte sequence (`"\n"`, `"\r\n"`),
  *   with an optional start marker (HL7 MLLP).
  * - {@linkcode fixedLength}: frames of one fixed size.
+ * - {@linkcode resp}: RESP2 (Redis) replies and commands; {@linkcode command},
+ *   {@linkcode respCall}.
  *
  * Every codec limits frames to `maxFrameBytes` (8 MiB by default):
  * `FrameTooLargeError` as soon as a frame is known to be larger, before it is
@@ -49,3 +51,12 @@ export { delimited } from "./delimited.ts";
 export type { DelimitedOptions } from "./delimited.ts";
 export { fixedLength } from "./fixed_length.ts";
 export type { FixedLengthOptions } from "./fixed_length.ts";
+export { command, resp, respCall, RespError } from "./resp.ts";
+export type {
+  RespArgument,
+  RespCallOptions,
+  RespCodec,
+  RespOptions,
+  RespRequester,
+  RespValue,
+} from "./resp.ts";

@@ -44,8 +44,8 @@ export type RespArgument = string | Uint8Array | number | bigint;
  * `"NOAUTH"`, `"MOVED"`), else `""`. It is a {@linkcode RemoteError}: the
  * server refused the command, retrying the same command will not help.
  *
- * A reply that is a `RespError` resolves `client.request()` like any other
- * value; {@linkcode respCall} throws it instead.
+ * A reply that is a `RespError` rejects `client.request()` (through the
+ * codec's `replyError` hook), and {@linkcode respCall} throws it.
  *
  * @example Usage
  * ```ts
