@@ -53,6 +53,8 @@ export class RawPeer implements AsyncDisposable {
   readonly #frames: Frame[] = [];
   #ended: RawEnd | undefined;
   #closed = false;
+  /** The read in flight, shared by concurrent callers (one read at a time). */
+  #reading: Promise<void> | undefined;
 
   constructor(conn: Deno.Conn, maxFrameBytes = 16 * 1024 * 1024) {
     this.conn = conn;
@@ -99,9 +101,32 @@ export class RawPeer implements AsyncDisposable {
     }
   }
 
-  /** The next frame; fails the test if the connection ends first. */
-  async expect(kind?: number): Promise<Frame> {
-    const frame = await this.next();
+  /**
+   * The next frame; fails the test if the connection ends first, the frame
+   * is of another kind, or nothing comes within `timeout` ms (a guard
+   * against hung tests, not a synchronisation).
+   */
+  async expect(kind?: number, timeout = 5000): Promise<Frame> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `Expected a frame${
+                kind === undefined ? "" : ` of kind ${kind}`
+              }, none came within ${timeout} ms`,
+            ),
+          ),
+        timeout,
+      );
+    });
+    let frame: Frame | null;
+    try {
+      frame = await Promise.race([this.next(), late]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (frame === null) {
       throw new Error(
         `Expected a frame${
@@ -133,7 +158,12 @@ export class RawPeer implements AsyncDisposable {
     return this.#ended !== undefined;
   }
 
-  async #readOnce(): Promise<void> {
+  #readOnce(): Promise<void> {
+    this.#reading ??= this.#read().finally(() => this.#reading = undefined);
+    return this.#reading;
+  }
+
+  async #read(): Promise<void> {
     const buffer = new Uint8Array(64 * 1024);
     let n: number | null;
     try {

@@ -10,6 +10,8 @@ import {
   ConnectionClosedError,
   delay,
   dial,
+  encodeProxyHeaderV1,
+  encodeProxyHeaderV2,
   FrameKind,
   type HandlerContext,
   ProtocolError,
@@ -1076,6 +1078,57 @@ Deno.test("serve({ proxyProtocol }) takes the client address from a PROXY v2 hea
   assert.equal(server.stats().rejected, 0);
 });
 
+Deno.test("serve({ proxyProtocol }) accepts headers made by encodeProxyHeaderV1() and encodeProxyHeaderV2(), IPv6 included", async () => {
+  await using server = proxyServer();
+  const source6: Deno.NetAddr = {
+    transport: "tcp",
+    hostname: "2001:db8::7",
+    port: 4711,
+  };
+  const destination6: Deno.NetAddr = {
+    transport: "tcp",
+    hostname: "2001:db8::1",
+    port: 443,
+  };
+  const source4: Deno.NetAddr = {
+    transport: "tcp",
+    hostname: "192.0.2.99",
+    port: 1234,
+  };
+  const destination4: Deno.NetAddr = {
+    transport: "tcp",
+    hostname: "192.0.2.1",
+    port: 443,
+  };
+  const cases: [string, Uint8Array, Deno.NetAddr][] = [
+    ["v1 IPv4", encodeProxyHeaderV1(source4, destination4), source4],
+    ["v1 IPv6", encodeProxyHeaderV1(source6, destination6), source6],
+    ["v2 IPv4", encodeProxyHeaderV2(source4, destination4), source4],
+    [
+      "v2 IPv6 with a TLV",
+      encodeProxyHeaderV2(source6, destination6, {
+        tlvs: [{ type: 0x04, value: new Uint8Array(5) }],
+      }),
+      source6,
+    ],
+  ];
+  for (const [name, header, source] of cases) {
+    await using raw = await connectRaw(portOf(server));
+    await raw.write(
+      concat(header, encodeFrame(FrameKind.Request, 1, bytes(name))),
+    );
+    const reply = await withTimeout(raw.expect(FrameKind.Response), 2000, name);
+    const view = JSON.parse(text(reply.payload));
+    assert.equal(view.remote.port, source.port, name);
+    assert.equal(
+      view.remote.hostname.toLowerCase(),
+      source.hostname.toLowerCase(),
+      name,
+    );
+  }
+  assert.equal(server.stats().rejected, 0);
+});
+
 Deno.test("serve({ proxyProtocol }) closes only a connection with a malformed or missing header and counts it", async () => {
   await using server = proxyServer();
   const port = portOf(server);
@@ -1135,12 +1188,16 @@ Deno.test("Server.shutdown() does not wait for a connection still sending its PR
   await probe.write(bytes("PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\n"));
   await probe.request(1, "probe");
   await withTimeout(probe.expect(FrameKind.Response), 2000, "probe");
-  const report = await withTimeout(
-    server.shutdown({ timeout: 5000 }),
-    2000,
-    "shutdown",
-  );
+  const shutdown = server.shutdown({ timeout: 5000 });
+  // The probe plays a tcpbutler client: ack the drain, close after the server.
+  assert.equal((await probe.expect()).kind, FrameKind.Drain);
+  await probe.send(FrameKind.Drain, 0);
+  assert.equal((await withTimeout(probe.end(), 2000, "probe end")).how, "eof");
+  probe.close();
+  const report = await withTimeout(shutdown, 2000, "shutdown");
   assert.equal(report.sessions, 1);
+  assert.equal(report.drained, 1);
+  assert.equal(server.stats().rejected, 0, "a shutdown is no bad header");
   const end = await withTimeout(slow.end(), 2000, "slow end");
   assert.deepEqual(end.frames, []);
 });
