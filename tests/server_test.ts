@@ -268,12 +268,47 @@ Deno.test("Server handler context.signal aborts when the client goes away mid-re
     );
   });
   try {
-    const raw = await connectRaw(portOf(server));
+    await using raw = await connectRaw(portOf(server));
     await raw.request(1, "slow");
     await withTimeout(started.promise, 5000, "handler start");
     raw.close();
     // Go's net/http cancels a request's context when its client's
     // connection closes; a handler must not wait forever for a peer that is gone.
+    await withTimeout(aborted.promise, 2000, "context.signal abort");
+  } finally {
+    await server.shutdown({ timeout: 200 });
+  }
+});
+
+Deno.test("Server handler context.signal is aborted when first read after the client went away", async () => {
+  const started = Promise.withResolvers<void>();
+  const aborted = Promise.withResolvers<void>();
+  const server = serve(
+    { hostname: HOST, port: 0 },
+    async (_payload, ctx) => {
+      // The server's own request to the peer fails once the peer's EOF is read.
+      const own = ctx.session.request(bytes("still there?"), {
+        timeout: 10_000,
+      });
+      started.resolve();
+      await own.catch(() => {});
+      // Only now does the handler look at its signal.
+      const signal = ctx.signal;
+      return new Promise<Uint8Array>((resolve) => {
+        const done = () => {
+          aborted.resolve();
+          resolve(bytes("too late"));
+        };
+        if (signal.aborted) done();
+        else signal.addEventListener("abort", done, { once: true });
+      });
+    },
+  );
+  try {
+    await using raw = await connectRaw(portOf(server));
+    await raw.request(1, "slow");
+    await withTimeout(started.promise, 5000, "handler start");
+    raw.close();
     await withTimeout(aborted.promise, 2000, "context.signal abort");
   } finally {
     await server.shutdown({ timeout: 200 });
