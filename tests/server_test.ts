@@ -897,6 +897,7 @@ Deno.test("Server idleTimeout closes a session that sends nothing, and not one t
   });
   const port = portOf(server);
   const silentIn = nextEvents<Detail<"connect">>(server, "connect");
+  const started = performance.now();
   await using silent = await connectRaw(port);
   const silentId = (await silentIn)[0]!.session;
   const gone = nextEvents<Detail<"disconnect">>(
@@ -906,7 +907,6 @@ Deno.test("Server idleTimeout closes a session that sends nothing, and not one t
     (d) => d.session === silentId,
   );
   await using chatty = await connectRaw(port);
-  const started = performance.now();
   // The chatty peer talks every 50 ms until the silent one is closed.
   let closed = false;
   gone.then(() => closed = true);
