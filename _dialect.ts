@@ -55,6 +55,7 @@ const textEncoder = new TextEncoder();
 export function defaultDialect(
   maxFrameBytes?: number,
 ): Dialect<Uint8Array, Frame> {
+  const max = maxFrameBytes ?? 8 * 1024 * 1024;
   return {
     codec: defaultCodec(
       maxFrameBytes === undefined ? {} : { maxFrameBytes },
@@ -68,22 +69,22 @@ export function defaultDialect(
     request: (payload, id) => ({
       kind: FrameKind.Request,
       id,
-      payload: checkPayload(payload),
+      payload: checkPayload(payload, max),
     }),
     reply: (payload, to) =>
       to.kind === FrameKind.Request
         ? {
           kind: FrameKind.Response,
           id: to.id,
-          payload: payload === undefined ? EMPTY : checkPayload(payload),
+          payload: payload === undefined ? EMPTY : checkPayload(payload, max),
         }
         : payload === undefined
         ? undefined
-        : { kind: FrameKind.Push, id: 0, payload: checkPayload(payload) },
+        : { kind: FrameKind.Push, id: 0, payload: checkPayload(payload, max) },
     push: (payload) => ({
       kind: FrameKind.Push,
       id: 0,
-      payload: checkPayload(payload),
+      payload: checkPayload(payload, max),
     }),
     error: (error, to) =>
       to.kind === FrameKind.Request
@@ -105,8 +106,13 @@ export function defaultDialect(
   };
 }
 
-function checkPayload(payload: unknown): Uint8Array {
-  if (payload instanceof Uint8Array) return payload;
+function checkPayload(payload: unknown, max: number): Uint8Array {
+  if (payload instanceof Uint8Array) {
+    if (payload.length <= max) return payload;
+    throw new RangeError(
+      `Cannot send message: ${payload.length} bytes exceeds maxFrameBytes (${max})`,
+    );
+  }
   throw new TypeError(
     `Cannot send message: the default protocol carries Uint8Array payloads, got ${typeof payload}`,
   );

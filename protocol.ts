@@ -70,6 +70,8 @@ export interface DefaultCodecOptions {
 }
 
 const EMPTY = new Uint8Array(0);
+/** First buffer of a frame split across reads; it doubles as bytes arrive. */
+const INITIAL_PARTIAL_BYTES = 64 * 1024;
 
 /**
  * The codec of the default protocol.
@@ -204,7 +206,7 @@ class DefaultDecoder implements FrameDecoder<Frame> {
     return { kind: kind as FrameKind, id, payload };
   }
 
-  /** Keeps the tail of a chunk; a view while small, a copy into #partial. */
+  /** Keeps the tail of a chunk (a partial frame) in #partial. */
   #stash(tail: Uint8Array): void {
     const need = tail.length >= 4
       ? (((tail[0]! << 24) | (tail[1]! << 16) | (tail[2]! << 8) | tail[3]!) >>>
@@ -212,40 +214,56 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       : 0;
     if (need !== 0) this.#check(need - 4);
     this.#need = need;
-    const size = Math.max(need, HEADER_BYTES);
-    const buffer = new Uint8Array(size);
-    buffer.set(tail);
-    this.#partial = buffer;
-    this.#partialLength = tail.length;
+    this.#partial = undefined;
+    this.#partialLength = 0;
+    this.#append(tail);
+  }
+
+  /**
+   * Appends bytes of the unfinished frame. The buffer grows with the bytes
+   * that actually arrive (doubling, at most to the frame's size): a header
+   * alone that announces a large frame commits no memory for it.
+   */
+  #append(bytes: Uint8Array): void {
+    const length = this.#partialLength + bytes.length;
+    let buffer = this.#partial;
+    if (buffer === undefined || buffer.length < length) {
+      let capacity = Math.max(
+        HEADER_BYTES,
+        buffer === undefined ? INITIAL_PARTIAL_BYTES : buffer.length * 2,
+        length,
+      );
+      if (this.#need !== 0) capacity = Math.min(capacity, this.#need);
+      const grown = new Uint8Array(capacity);
+      if (buffer !== undefined) {
+        grown.set(buffer.subarray(0, this.#partialLength));
+      }
+      buffer = this.#partial = grown;
+    }
+    buffer.set(bytes, this.#partialLength);
+    this.#partialLength = length;
   }
 
   /** Feeds a chunk to an unfinished frame; returns where the chunk resumes, or -1. */
   #continue(chunk: Uint8Array, frames: Frame[]): number {
     let pos = 0;
-    let buffer = this.#partial!;
     if (this.#need === 0) {
-      // The header length field is not complete yet.
+      // The length field is not complete yet.
       const take = Math.min(4 - this.#partialLength, chunk.length);
-      buffer.set(chunk.subarray(0, take), this.#partialLength);
-      this.#partialLength += take;
+      this.#append(chunk.subarray(0, take));
       pos = take;
       if (this.#partialLength < 4) return -1;
+      const buffer = this.#partial!;
       const length = ((buffer[0]! << 24) | (buffer[1]! << 16) |
         (buffer[2]! << 8) | buffer[3]!) >>> 0;
       this.#check(length);
       this.#need = length + 4;
-      if (buffer.length < this.#need) {
-        const grown = new Uint8Array(this.#need);
-        grown.set(buffer.subarray(0, this.#partialLength));
-        buffer = this.#partial = grown;
-      }
     }
     const take = Math.min(this.#need - this.#partialLength, chunk.length - pos);
-    buffer.set(chunk.subarray(pos, pos + take), this.#partialLength);
-    this.#partialLength += take;
+    this.#append(chunk.subarray(pos, pos + take));
     pos += take;
     if (this.#partialLength < this.#need) return -1;
-    frames.push(this.#frame(buffer, 0, this.#need));
+    frames.push(this.#frame(this.#partial!, 0, this.#need));
     this.#reset();
     return pos;
   }

@@ -85,10 +85,11 @@ export interface ServeOptions<T> {
    */
   correlation?: "id" | "fifo";
   /**
-   * Runs for each new session (greeting, a sign-on request of the server's
-   * own). The session reads from the start, so it may `await
-   * session.request()`; inbound messages are handled meanwhile. A throw
-   * closes that session. The session counts as ready once it returns.
+   * Runs for each new session before its messages reach the handler (auth,
+   * greeting, a sign-on request of the server's own: the session reads from
+   * the start, so it may `await session.request()`; requests that arrive
+   * meanwhile are held, up to `maxConcurrentHandlers`, then reading pauses).
+   * A throw closes that session.
    */
   onConnect?: (session: Session<T>) => void | Promise<void>;
   /**
@@ -321,11 +322,29 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     if (signal !== undefined) {
       if (signal.aborted) this.shutdown();
       else {
-        signal.addEventListener("abort", () => this.shutdown(), {
-          once: true,
-        });
+        const onAbort = () => this.shutdown();
+        signal.addEventListener("abort", onAbort, { once: true });
+        // A long-lived shared signal must not keep finished servers alive.
+        this.#finished.promise.then(() =>
+          signal.removeEventListener("abort", onAbort)
+        );
       }
     }
+  }
+
+  /**
+   * The TCP port listened on (handy with `port: 0`).
+   *
+   * @throws {TypeError} The server listens on a Unix socket.
+   */
+  get port(): number {
+    const addr = this.addr;
+    if (addr.transport !== "tcp") {
+      throw new TypeError(
+        `Cannot read port: the server listens on ${addr.transport}`,
+      );
+    }
+    return addr.port;
   }
 
   /** The open sessions. */
@@ -688,7 +707,7 @@ function positive(value: number, name: string): number {
  * import assert from "node:assert/strict";
  *
  * await using server = serve({ hostname: "127.0.0.1", port: 0 }, (payload) => payload.toReversed());
- * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+ * await using client = await dial({ hostname: "127.0.0.1", port: server.port });
  * assert.deepEqual([...await client.request(new Uint8Array([1, 2, 3]))], [3, 2, 1]);
  * const report = await server.shutdown({ timeout: 1000 });
  * assert.equal(report.forced, 0);

@@ -221,7 +221,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   remoteAddr: Deno.Addr;
   peerCertificate?: PeerCertificate;
   proxy?: ProxyInfo;
-  readonly pending: Set<Pending> = new Set();
+  /** Requests sent on this session and not settled yet. */
+  pendingCount = 0;
   readonly closed: Promise<void>;
   closeReason: unknown = undefined;
   /** `performance.now()` of the last read. */
@@ -252,17 +253,19 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   readonly #eofSeen = Promise.withResolvers<void>();
   #handlersRunning = 0;
   #slotWaiter: PromiseWithResolvers<void> | undefined;
+  /** Inbound messages held while the handshake (onConnect) runs. */
+  #held: unknown[] = [];
   /** FIFO correlation: requests in the order they were written. */
   readonly #fifo: Pending[] = [];
   #fifoHead = 0;
 
   // write side
   #queue: unknown[] = [];
-  #queueNotify: (PromiseWithResolvers<void> | undefined)[] = [];
+  /** Sends in the queue waiting to hear they were written. */
+  #queueNotify: PromiseWithResolvers<void>[] = [];
   /** Handler replies in the queue, and in the write in flight. */
   #queuedReplies = 0;
   #writingReplies = 0;
-  #notifyCount = 0;
   #writing = false;
   #flushScheduled = false;
   #writeBuffer: Uint8Array | undefined;
@@ -301,10 +304,17 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #handlerSignal(): AbortSignal {
     this.#abort ??= new AbortController();
-    if (this.#state === "closed" && !this.#abort.signal.aborted) {
-      this.#abort.abort(this.closeReason);
+    if (!this.#abort.signal.aborted) {
+      if (this.#state === "closed") this.#abort.abort(this.closeReason);
+      else if (this.#eof) this.#abort.abort(this.#peerGone());
     }
     return this.#abort.signal;
+  }
+
+  #peerGone(): ConnectionClosedError {
+    return new ConnectionClosedError(
+      `Session ${this.id}: the peer closed its side`,
+    );
   }
 
   get state(): SessionState {
@@ -321,9 +331,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     return this.#state === "ready";
   }
 
-  /** Requests pending on this session. */
-  get pendingCount(): number {
-    return this.pending.size;
+  /** Its fifo requests not answered yet (they have no id). */
+  unkeyed(): Iterable<Pending> {
+    return this.#fifo.slice(this.#fifoHead);
   }
 
   /** Handlers running. */
@@ -343,13 +353,26 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Marks the session ready for routing (after the handshake). */
   markReady(): void {
-    if (this.#state === "handshaking") this.#state = "ready";
+    if (this.#state !== "handshaking") return;
+    this.#state = "ready";
+    // Messages that came in during the handshake go to the handler now.
+    const held = this.#held;
+    this.#held = [];
+    for (const wire of held) this.#handle(wire);
+    const waiter = this.#slotWaiter;
+    if (
+      waiter !== undefined &&
+      this.#handlersRunning < this.#cfg.maxConcurrentHandlers
+    ) {
+      this.#slotWaiter = undefined;
+      waiter.resolve();
+    }
   }
 
   stats(): SessionStats {
     return {
       ...this.#stats,
-      pending: this.pending.size,
+      pending: this.pendingCount,
       handlersRunning: this.#handlersRunning,
       queued: this.#queue.length,
     };
@@ -487,8 +510,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #enqueue(wire: unknown, done: PromiseWithResolvers<void> | undefined): void {
     this.#queue.push(wire);
-    this.#queueNotify.push(done);
-    if (done !== undefined) this.#notifyCount++;
+    if (done !== undefined) this.#queueNotify.push(done);
     const codec = this.#cfg.dialect.codec;
     if (codec.encodedLength !== undefined) {
       this.#queuedBytes += codec.encodedLength(wire);
@@ -526,10 +548,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     try {
       while (this.#queue.length > 0 && !this.#isClosed()) {
         const batch = this.#queue;
-        const notify = this.#notifyCount > 0 ? this.#queueNotify : undefined;
+        const notify = this.#queueNotify.length > 0
+          ? this.#queueNotify
+          : undefined;
         this.#queue = [];
-        this.#queueNotify = [];
-        this.#notifyCount = 0;
+        if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
         this.#queuedReplies = 0;
         const bytes = this.#encode(batch);
@@ -547,7 +570,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#cfg.counters.messagesOut += batch.length;
         this.#cfg.counters.bytesOut += bytes.length;
         if (notify !== undefined) {
-          for (const done of notify) done?.resolve();
+          for (const done of notify) done.resolve();
         }
       }
       if (
@@ -706,7 +729,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         for (const wire of value) {
           if (this.#state === "closed") return;
           this.#dispatch(wire);
-          if (this.#handlersRunning >= this.#cfg.maxConcurrentHandlers) {
+          while (
+            this.#handlersRunning + this.#held.length >=
+              this.#cfg.maxConcurrentHandlers && !this.#isClosed()
+          ) {
             await this.#slotFree();
           }
         }
@@ -804,6 +830,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   }
 
   #handle(wire: unknown): void {
+    if (this.#state === "handshaking") {
+      // onConnect runs first (auth, sign-on): hold the message till ready.
+      this.#held.push(wire);
+      return;
+    }
     const handler = this.#cfg.handler();
     const message = this.#cfg.dialect.message(wire);
     if (handler === undefined) {
@@ -905,9 +936,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     if (this.#state === "closed") return;
     // As Go's net/http: handlers learn that the peer has gone. Their replies
     // are still written if the peer only half-closed.
-    this.#abort?.abort(
-      new ConnectionClosedError(`Session ${this.id}: the peer closed its side`),
-    );
+    this.#abort?.abort(this.#peerGone());
     // The peer will send nothing more: its replies cannot come.
     this.#cfg.correlator.failOwner(
       this,
@@ -978,7 +1007,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#cfg.correlator.failOwner(this, error);
     this.#fifo.length = 0;
     this.#fifoHead = 0;
-    for (const done of this.#queueNotify) done?.reject(error);
+    this.#held = [];
+    for (const done of this.#queueNotify) done.reject(error);
     this.#queue = [];
     this.#queueNotify = [];
     this.#wakeRoom();
@@ -1002,7 +1032,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     return this.#state === "closed" ||
       (this.#handlersRunning === 0 && !this.#writing &&
         this.#queue.length === 0 && !this.#flushScheduled &&
-        this.pending.size === 0);
+        this.pendingCount === 0);
   }
 
   #checkIdle(): void {
@@ -1077,7 +1107,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       const cut = {
         handlers: this.#handlersRunning + this.#queuedReplies +
           this.#writingReplies,
-        requests: this.pending.size,
+        requests: this.pendingCount,
       };
       this.close(
         new ClosedError(
