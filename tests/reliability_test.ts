@@ -571,9 +571,6 @@ function startProxyHeaderForwarder(target: number): {
 Deno.test({
   name:
     "serve({ proxyProtocol: true }) rejects only the connection with a malformed PROXY header, with ProxyProtocolError and a log line",
-  // TODO(lead): enable once proxy_protocol.ts is in and server.ts imports
-  // readProxyHeader (server.ts still has a stub that rejects every header).
-  ignore: true,
   fn: async () => {
     let forwarder: ReturnType<typeof startProxyHeaderForwarder> | undefined;
     try {
