@@ -3,25 +3,33 @@
  * its sessions) or per server. Each entry settles exactly once: reply, error,
  * timeout, abort, or the death of its session.
  *
+ * Deadlines cost nothing per request: one timer is armed for the earliest
+ * deadline; when it fires it scans the pending entries, expires those due
+ * and re-arms for the next. With steady traffic and one timeout value that
+ * is one scan per timeout period, over the requests then in flight. A
+ * request's own timer would cost a `setTimeout`/`clearTimeout` pair (~1.4 µs
+ * on Deno, see PERFORMANCE.md).
+ *
  * @module
  */
 
 import type { CorrelationId } from "./framing/codec.ts";
 import { DuplicateIdError, TimeoutError } from "./errors.ts";
-import { type Timed, Timeouts } from "./_timeouts.ts";
+import { MAX_TIMER_DELAY, Timeouts } from "./_timeouts.ts";
 
 /** What a pending entry needs from the session that sent it. */
 export interface PendingOwner {
   /** Entries sent on this session and not yet settled. */
-  readonly pending: Set<Pending>;
-  /** Told after an entry left `pending`. */
+  pendingCount: number;
+  /** Told after one of its entries settled. */
   requestSettled(): void;
+  /** Its unsettled entries that have no id (fifo correlation). */
+  unkeyed(): Iterable<Pending>;
 }
 
 /** One request waiting for its reply. */
-export class Pending implements Timed {
+export class Pending {
   deadline = 0;
-  tick = 0;
   settled = false;
   readonly id: CorrelationId | undefined;
   readonly owner: PendingOwner;
@@ -75,7 +83,6 @@ export class Pending implements Timed {
   succeed(value: unknown): void {
     if (this.settled) return;
     this.#finish();
-    this.#table.timeouts.delete(this);
     this.resolve(value);
   }
 
@@ -83,7 +90,6 @@ export class Pending implements Timed {
   fail(reason: unknown): void {
     if (this.settled) return;
     this.#finish();
-    this.#table.timeouts.delete(this);
     if (this.#signal?.aborted && reason === this.#signal.reason) {
       this.#table.rememberExpired(this.id);
     }
@@ -93,7 +99,7 @@ export class Pending implements Timed {
   #finish(): void {
     this.settled = true;
     this.#table.release(this);
-    this.owner.pending.delete(this);
+    this.owner.pendingCount--;
     this.owner.requestSettled();
     if (this.#onAbort !== undefined) {
       this.#signal!.removeEventListener("abort", this.#onAbort);
@@ -102,13 +108,22 @@ export class Pending implements Timed {
   }
 }
 
+/** How late (ms) a sweep may run to spare re-arming the timer. */
+const SWEEP_SLACK = 10;
+
 /** Size of the memory of recently expired ids (late replies are dropped). */
 const EXPIRED_MEMORY = 10_000;
 
 /** The table of pending requests keyed by correlation id. */
 export class Correlator {
+  /** Deadlines of other waits (requests waiting for a session). */
   readonly timeouts: Timeouts = new Timeouts();
   readonly #byId = new Map<CorrelationId, Pending>();
+  /** Entries without an id (fifo correlation). */
+  readonly #unkeyed = new Set<Pending>();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #armedFor = Infinity;
+  #closed = false;
   readonly #expired = new Set<CorrelationId>();
   #nextId = 1;
   /** Requests that timed out. */
@@ -148,13 +163,17 @@ export class Correlator {
     const entry = new Pending(this, id, owner, timeout, signal);
     if (id !== undefined) {
       this.#byId.set(id, entry);
-      this.#expired.delete(id);
+      if (this.#expired.size > 0) this.#expired.delete(id);
+    } else {
+      this.#unkeyed.add(entry);
     }
-    owner.pending.add(entry);
+    owner.pendingCount++;
     this.count++;
     // A fresh reading: a burst of synchronous work must not shorten deadlines.
-    entry.deadline = performance.now() + timeout;
-    this.timeouts.add(entry);
+    const deadline = entry.deadline = performance.now() + timeout;
+    // Re-arm only for a deadline clearly earlier than the armed one: the
+    // sweep may then run up to one granule late, never early.
+    if (deadline < this.#armedFor - SWEEP_SLACK) this.#arm(deadline);
     return entry;
   }
 
@@ -176,9 +195,38 @@ export class Correlator {
   /** Forgets a settled entry. */
   release(entry: Pending): void {
     const id = entry.id;
-    if (id !== undefined && this.#byId.get(id) === entry) this.#byId.delete(id);
+    if (id === undefined) this.#unkeyed.delete(entry);
+    else if (this.#byId.get(id) === entry) this.#byId.delete(id);
     this.count--;
   }
+
+  #arm(deadline: number): void {
+    if (this.#closed) return;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#armedFor = deadline;
+    const wait = Math.min(
+      MAX_TIMER_DELAY,
+      Math.max(0, deadline - performance.now()),
+    );
+    this.#timer = setTimeout(this.#sweep, wait);
+  }
+
+  /** Expires what is due and arms the timer for the next deadline. */
+  #sweep = (): void => {
+    this.#timer = undefined;
+    this.#armedFor = Infinity;
+    const now = performance.now();
+    const due: Pending[] = [];
+    let next = Infinity;
+    for (const entries of [this.#byId.values(), this.#unkeyed.values()]) {
+      for (const entry of entries) {
+        if (entry.deadline <= now) due.push(entry);
+        else if (entry.deadline < next) next = entry.deadline;
+      }
+    }
+    for (const entry of due) entry.expire();
+    if (next !== Infinity && next < this.#armedFor) this.#arm(next);
+  };
 
   /** Remembers an id whose request gave up, to drop its late reply. */
   rememberExpired(id: CorrelationId | undefined): void {
@@ -192,11 +240,22 @@ export class Correlator {
 
   /** Fails every entry of an owner (its session died). */
   failOwner(owner: PendingOwner, reason: unknown): void {
-    for (const entry of [...owner.pending]) entry.fail(reason);
+    if (owner.pendingCount === 0) return;
+    const doomed: Pending[] = [];
+    for (const entry of this.#byId.values()) {
+      if (entry.owner === owner) doomed.push(entry);
+    }
+    for (const entry of owner.unkeyed()) {
+      if (!entry.settled) doomed.push(entry);
+    }
+    for (const entry of doomed) entry.fail(reason);
   }
 
   /** Stops the sweep timer. */
   close(): void {
+    this.#closed = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
     this.timeouts.close();
   }
 }
