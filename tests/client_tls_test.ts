@@ -182,8 +182,9 @@ Deno.test({
 
 Deno.test({
   name:
-    `dial() over TLS rejects at connectTimeout when the server never answers the handshake, leaving nothing open${OPENSSL_SUFFIX}`,
-  ignore,
+    `dial() over TLS rejects at connectTimeout when the server never answers the handshake, leaving nothing open (ignored: Deno 2.9.6 keeps a TLS socket open until its pending handshake ends, denoland/deno#14547; see README, known limitations)`,
+  // Kept so that a runtime that fixes it can be checked by removing this line.
+  ignore: true,
   fn: async () => {
     await using pki = await makeTestPki();
     // A TCP listener that accepts and never speaks TLS.
