@@ -456,7 +456,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * import assert from "node:assert/strict";
    *
    * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: () => new Promise(() => {}) });
-   * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+   * await using client = await dial({ hostname: "127.0.0.1", port: server.port });
    * const controller = new AbortController();
    * const reply = client.request(new Uint8Array([1]), { signal: controller.signal });
    * controller.abort(new Error("changed my mind"));
@@ -943,7 +943,7 @@ function nonNegative(value: number, name: string): number {
  * import assert from "node:assert/strict";
  *
  * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: (payload) => payload });
- * await using client = await dial(`127.0.0.1:${server.addr.port}`, { sessions: 2 });
+ * await using client = await dial(`127.0.0.1:${server.port}`, { sessions: 2 });
  * const reply = await client.request(new TextEncoder().encode("hello"));
  * assert.equal(new TextDecoder().decode(reply), "hello");
  * ```

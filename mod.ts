@@ -19,7 +19,7 @@
  *   port: 0,
  *   handler: (payload) => new TextEncoder().encode(`echo: ${new TextDecoder().decode(payload)}`),
  * });
- * await using client = await dial({ hostname: "127.0.0.1", port: server.addr.port });
+ * await using client = await dial({ hostname: "127.0.0.1", port: server.port });
  * const reply = await client.request(new TextEncoder().encode("hello"));
  * assert.equal(new TextDecoder().decode(reply), "echo: hello");
  * ```

@@ -209,7 +209,7 @@ const MIN_SLAB_READ = 16 * 1024;
 const COPY_SLAB_BYTES = 16 * 1024;
 /** Short reads in a row that move a session back to its small buffer. */
 const SHORT_READS_TO_IDLE = 8;
-const RETAIN_WRITE_BYTES = 64 * 1024;
+const RETAIN_WRITE_BYTES = 4 * 1024 * 1024;
 
 let nextSessionId = 1;
 
@@ -573,6 +573,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
           for (const done of notify) done.resolve();
         }
       }
+      // Busy sessions keep their write buffer (a fresh zero-filled MiB per
+      // flush costs more than the copy it saves); a huge one is not kept,
+      // and silent sessions give theirs back (releaseIdleBuffers).
       if (
         this.#writeBuffer !== undefined &&
         this.#writeBuffer.length > RETAIN_WRITE_BYTES
@@ -693,6 +696,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Drops read buffers of a session that has been silent (housekeeping). */
   releaseIdleBuffers(): void {
     this.#copySlab = undefined;
+    if (!this.#writing) this.#writeBuffer = undefined;
     if (this.#shortReads >= SHORT_READS_TO_IDLE) this.#slab = undefined;
   }
 
