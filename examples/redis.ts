@@ -72,8 +72,10 @@ const started = performance.now();
 const replies = await Promise.all(
   Array.from({ length: 1000 }, () => redis.request(command("INCR", counter))),
 );
+// The sessions run side by side, so the last reply need not be the highest.
+const highest = Math.max(...replies.map((reply) => Number(reply)));
 console.log(
-  `1000 x INCR -> last ${show(replies.at(-1)!)} in ${
+  `1000 x INCR -> highest ${highest} in ${
     (performance.now() - started).toFixed(1)
   } ms`,
 );

@@ -362,7 +362,7 @@ Deno.test({
     assert.equal(status.code, 0, stdout + example.stderrLines.join("\n"));
     assert.match(stdout, /^PING -> PONG$/m);
     assert.match(stdout, /^GET -> "hello"$/m);
-    assert.match(stdout, /^1000 x INCR -> last 1000 /m);
+    assert.match(stdout, /^1000 x INCR -> highest 1000 /m);
     assert.match(stdout, /^INCR on a string -> \(error ERR\)/m);
   },
 });
