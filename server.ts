@@ -697,7 +697,8 @@ function positive(value: number, name: string): number {
  * (`Uint8Array` payloads).
  *
  * @typeParam T The message type.
- * @param options Where to listen, codec, handler, limits.
+ * @param options Where to listen, codec, handler, limits — or a listener of
+ *   your own (`Deno.listen(…)`, `Deno.listenTls(…)`, a {@linkcode TransportListener}).
  * @param handler The handler, if not in `options`.
  * @returns The running server; `server.addr` is known at once.
  *
@@ -714,9 +715,10 @@ function positive(value: number, name: string): number {
  * ```
  */
 export function serve<T = Uint8Array>(
-  options: ServeOptions<T>,
+  options: ServeOptions<T> | Deno.Listener | TransportListener,
   handler?: Handler<T>,
 ): Server<T> {
+  if (isListener(options)) options = { listener: options };
   const dialect = options.codec === undefined
     ? defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>
     : codecDialect(options.codec, options.correlation === "fifo");
@@ -744,6 +746,12 @@ export function serve<T = Uint8Array>(
     });
   }
   return startServer(listener, dialect, merged);
+}
+
+function isListener<T>(
+  value: ServeOptions<T> | Deno.Listener | TransportListener,
+): value is TransportListener {
+  return typeof (value as TransportListener).accept === "function";
 }
 
 function startServer<T>(

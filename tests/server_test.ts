@@ -1236,3 +1236,11 @@ Deno.test("Server.shutdown() does not wait for a connection still sending its PR
   const end = await withTimeout(slow.end(), 2000, "slow end");
   assert.deepEqual(end.frames, []);
 });
+
+Deno.test("serve() takes a listener as its first argument", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  await using server = serve(listener, (payload) => payload.toReversed());
+  assert.equal(server.port, listener.addr.port);
+  await using client = await dial({ hostname: "127.0.0.1", port: server.port });
+  assert.deepEqual([...await client.request(new Uint8Array([1, 2]))], [2, 1]);
+});
