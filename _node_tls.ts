@@ -24,6 +24,13 @@ import {
   type TLSSocket,
 } from "node:tls";
 
+import type { Socket } from "node:net";
+import {
+  NodeListener,
+  NodeSocketTransport,
+  type ReadControl,
+  startListening,
+} from "./_node_net.ts";
 import type { Transport, TransportListener } from "./_transport.ts";
 import type { PeerCertificate } from "./session.ts";
 
@@ -105,209 +112,19 @@ export interface ListenMutualTlsOptions {
   signal?: AbortSignal;
 }
 
-class NodeTlsTransport implements MutualTlsTransport {
-  readonly localAddr: Deno.NetAddr;
-  readonly remoteAddr: Deno.NetAddr;
+class NodeTlsTransport extends NodeSocketTransport
+  implements MutualTlsTransport {
+  declare readonly localAddr: Deno.NetAddr;
+  declare readonly remoteAddr: Deno.NetAddr;
   readonly peerCertificate?: PeerCertificate;
 
-  #socket: TLSSocket;
-  /** Bytes received but not yet read; the socket is paused while non-empty. */
-  #buffered: Uint8Array[] = [];
-  #reader:
-    | {
-      p: Uint8Array;
-      resolve: (n: number | null) => void;
-      reject: (error: unknown) => void;
-    }
-    | null = null;
-  #eof = false;
-  #error: unknown = null;
-  #closed = false;
-  #ending: Promise<void> | null = null;
-  #tcpStopped = false;
-
   constructor(socket: TLSSocket, peerCertificate: PeerCertificate | undefined) {
-    this.#socket = socket;
+    // Stopping the TCP handle too: on Deno 2.9 `pause()` alone leaves the
+    // TLS layer reading the TCP socket without bound (measured: 128 MiB
+    // taken in while paused).
+    super(socket, { readControl: tcpHandleOf });
     if (peerCertificate) this.peerCertificate = peerCertificate;
-    this.localAddr = {
-      transport: "tcp",
-      hostname: socket.localAddress ?? "",
-      port: socket.localPort ?? 0,
-    };
-    this.remoteAddr = {
-      transport: "tcp",
-      hostname: socket.remoteAddress ?? "",
-      port: socket.remotePort ?? 0,
-    };
-    socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
-    socket.on("end", () => {
-      this.#eof = true;
-      this.#settleReader(null);
-    });
-    socket.on("error", (error: Error) => {
-      this.#error ??= error;
-      this.#failReader(error);
-    });
-    socket.on("close", () => {
-      // Closed without 'end' or 'error' (destroyed): nothing more will come.
-      this.#eof = true;
-      this.#settleReader(null);
-    });
   }
-
-  #onData(chunk: Uint8Array): void {
-    const reader = this.#reader;
-    if (reader) {
-      this.#reader = null;
-      const n = Math.min(chunk.length, reader.p.length);
-      reader.p.set(chunk.subarray(0, n));
-      if (n < chunk.length) {
-        this.#buffered.push(chunk.subarray(n));
-        this.#pause();
-      }
-      reader.resolve(n);
-    } else {
-      this.#buffered.push(chunk);
-      this.#pause();
-    }
-  }
-
-  /**
-   * Stops 'data' events and, through the TLS socket's TCP handle, reading
-   * from the kernel. On Deno 2.9 `pause()` alone is not enough: the TLS layer
-   * keeps reading the TCP socket and buffers without bound (measured: 128 MiB
-   * taken in while paused), so the TCP handle is stopped as well.
-   */
-  #pause(): void {
-    this.#socket.pause();
-    if (!this.#tcpStopped) {
-      const tcp = tcpHandleOf(this.#socket);
-      if (tcp) {
-        tcp.readStop();
-        this.#tcpStopped = true;
-      }
-    }
-  }
-
-  #resume(): void {
-    if (this.#tcpStopped) {
-      this.#tcpStopped = false;
-      if (!this.#socket.destroyed) tcpHandleOf(this.#socket)?.readStart();
-    }
-    this.#socket.resume();
-  }
-
-  #settleReader(value: null): void {
-    const reader = this.#reader;
-    if (reader && this.#buffered.length === 0) {
-      this.#reader = null;
-      reader.resolve(value);
-    }
-  }
-
-  #failReader(error: unknown): void {
-    const reader = this.#reader;
-    if (reader) {
-      this.#reader = null;
-      reader.reject(error);
-    }
-  }
-
-  read(p: Uint8Array): Promise<number | null> {
-    if (this.#closed) {
-      return Promise.reject(
-        new Deno.errors.BadResource("Cannot read: transport is closed"),
-      );
-    }
-    if (this.#reader) {
-      return Promise.reject(
-        new Deno.errors.Busy("Cannot read: another read is pending"),
-      );
-    }
-    if (this.#buffered.length > 0) {
-      let n = 0;
-      while (n < p.length && this.#buffered.length > 0) {
-        const chunk = this.#buffered[0]!;
-        const take = Math.min(chunk.length, p.length - n);
-        p.set(chunk.subarray(0, take), n);
-        n += take;
-        if (take === chunk.length) this.#buffered.shift();
-        else this.#buffered[0] = chunk.subarray(take);
-      }
-      if (this.#buffered.length === 0 && !this.#eof) this.#resume();
-      return Promise.resolve(n);
-    }
-    if (this.#error) return Promise.reject(this.#error);
-    if (this.#eof || p.length === 0) {
-      return Promise.resolve(this.#eof ? null : 0);
-    }
-    const { promise, resolve, reject } = Promise.withResolvers<
-      number | null
-    >();
-    this.#reader = { p, resolve, reject };
-    this.#resume();
-    return promise;
-  }
-
-  write(p: Uint8Array): Promise<number> {
-    if (this.#closed) {
-      return Promise.reject(
-        new Deno.errors.BadResource("Cannot write: transport is closed"),
-      );
-    }
-    if (this.#ending) {
-      return Promise.reject(
-        new Deno.errors.BrokenPipe("Cannot write: writing side is closed"),
-      );
-    }
-    if (this.#error) return Promise.reject(this.#error);
-    if (p.length === 0) return Promise.resolve(0);
-    const { promise, resolve, reject } = Promise.withResolvers<number>();
-    this.#socket.write(p, (error?: Error | null) => {
-      if (error) reject(error);
-      else resolve(p.length);
-    });
-    return promise;
-  }
-
-  closeWrite(): Promise<void> {
-    if (this.#closed) {
-      return Promise.reject(
-        new Deno.errors.BadResource(
-          "Cannot close writing side: transport is closed",
-        ),
-      );
-    }
-    if (!this.#ending) {
-      const { promise, resolve, reject } = Promise.withResolvers<void>();
-      const onError = (error: Error) => reject(error);
-      this.#socket.once("error", onError);
-      this.#socket.end(() => {
-        this.#socket.off("error", onError);
-        resolve();
-      });
-      this.#ending = promise;
-    }
-    return this.#ending;
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#buffered = [];
-    this.#failReader(new Deno.errors.Interrupted("operation canceled"));
-    this.#socket.destroy();
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-/** The read switch of a native stream handle. */
-interface ReadControl {
-  readStart(): unknown;
-  readStop(): unknown;
 }
 
 /**
@@ -320,7 +137,7 @@ interface ReadControl {
  * @param socket The TLS socket.
  * @returns The handle's read switch, if any.
  */
-function tcpHandleOf(socket: TLSSocket): ReadControl | undefined {
+function tcpHandleOf(socket: Socket): ReadControl | undefined {
   const tcp = (socket as unknown as {
     _handle?: { _nativeTcpHandle?: Partial<ReadControl> | null } | null;
   })._handle?._nativeTcpHandle;
@@ -342,15 +159,10 @@ function peerCertificateOf(socket: TLSSocket): PeerCertificate | undefined {
   };
 }
 
-class NodeTlsListener implements MutualTlsListener {
-  readonly addr: Deno.NetAddr;
-  #server: TlsServer;
-  #backlog: number;
-  #ready: NodeTlsTransport[] = [];
-  #waiters: PromiseWithResolvers<MutualTlsTransport>[] = [];
-  #closed = false;
+class NodeTlsListener extends NodeListener<NodeTlsTransport>
+  implements MutualTlsListener {
+  declare readonly addr: Deno.NetAddr;
   #rejected = 0;
-  #dropped = 0;
 
   constructor(
     server: TlsServer,
@@ -358,9 +170,7 @@ class NodeTlsListener implements MutualTlsListener {
     requireClientCert: boolean,
     backlog: number,
   ) {
-    this.#server = server;
-    this.addr = addr;
-    this.#backlog = backlog;
+    super(server, addr, backlog);
     server.on("tlsClientError", (_error: Error, socket: TLSSocket) => {
       this.#rejected++;
       socket.destroy();
@@ -368,25 +178,16 @@ class NodeTlsListener implements MutualTlsListener {
     server.on("secureConnection", (socket: TLSSocket) => {
       this.#onSecureConnection(socket, requireClientCert);
     });
-    // After listening, errors come from accepting (EMFILE, …): hand them to
-    // the accept() calls waiting now, as Deno.Listener.accept() would.
-    server.on("error", (error: Error) => {
-      for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
-    });
   }
 
   get rejected(): number {
     return this.#rejected;
   }
 
-  get dropped(): number {
-    return this.#dropped;
-  }
-
   #onSecureConnection(socket: TLSSocket, requireClientCert: boolean): void {
     // Never let a late socket error become an uncaught exception.
     socket.on("error", () => {});
-    if (this.#closed) {
+    if (this.isClosed) {
       socket.destroy();
       return;
     }
@@ -402,77 +203,7 @@ class NodeTlsListener implements MutualTlsListener {
       socket.destroy();
       return;
     }
-    const transport = new NodeTlsTransport(socket, certificate);
-    const waiter = this.#waiters.shift();
-    if (waiter) {
-      waiter.resolve(transport);
-    } else if (this.#ready.length < this.#backlog) {
-      this.#ready.push(transport);
-    } else {
-      this.#dropped++;
-      transport.close();
-    }
-  }
-
-  accept(): Promise<MutualTlsTransport> {
-    if (this.#closed) {
-      return Promise.reject(
-        new Deno.errors.BadResource("Listener has been closed"),
-      );
-    }
-    const ready = this.#ready.shift();
-    if (ready) return Promise.resolve(ready);
-    const waiter = Promise.withResolvers<MutualTlsTransport>();
-    this.#waiters.push(waiter);
-    return waiter.promise;
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#server.close();
-    for (const transport of this.#ready.splice(0)) transport.close();
-    for (const waiter of this.#waiters.splice(0)) {
-      waiter.reject(new Deno.errors.BadResource("Listener has been closed"));
-    }
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<MutualTlsTransport> {
-    while (true) {
-      try {
-        yield await this.accept();
-      } catch (error) {
-        if (this.#closed && error instanceof Deno.errors.BadResource) return;
-        throw error;
-      }
-    }
-  }
-}
-
-/**
- * Maps a `node:net` bind error (`code: "EADDRINUSE"`, …) to the matching
- * `Deno.errors` class, keeping the original as `cause`.
- *
- * @param error The error `server.listen()` emitted.
- * @returns The error to throw.
- */
-function toDenoError(error: unknown): unknown {
-  const code = (error as { code?: unknown } | null)?.code;
-  const message = error instanceof Error ? error.message : String(error);
-  switch (code) {
-    case "EADDRINUSE":
-      return new Deno.errors.AddrInUse(message, { cause: error });
-    case "EADDRNOTAVAIL":
-      return new Deno.errors.AddrNotAvailable(message, { cause: error });
-    case "EACCES":
-    case "EPERM":
-      return new Deno.errors.PermissionDenied(message, { cause: error });
-    default:
-      return error;
+    this.offer(new NodeTlsTransport(socket, certificate));
   }
 }
 
@@ -572,21 +303,7 @@ export async function listenMutualTls(
     allowHalfOpen: true,
     handshakeTimeout,
   });
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
-  const onError = (error: Error) => reject(error);
-  const onAbort = () => reject(signal?.reason);
-  server.once("error", onError);
-  signal?.addEventListener("abort", onAbort, { once: true });
-  server.listen({ port, host: hostname }, () => resolve());
-  try {
-    await promise;
-  } catch (error) {
-    server.close();
-    throw toDenoError(error);
-  } finally {
-    server.off("error", onError);
-    signal?.removeEventListener("abort", onAbort);
-  }
+  await startListening(server, { port, host: hostname }, signal);
   const address = server.address();
   const addr: Deno.NetAddr = typeof address === "object" && address !== null
     ? { transport: "tcp", hostname: address.address, port: address.port }

@@ -1,0 +1,703 @@
+/**
+ * Listening sockets a process inherits, such as those of systemd socket
+ * activation (`LISTEN_FDS`), served through `node:net` because `Deno.listen`
+ * cannot adopt a file descriptor. Accepted connections implement the
+ * {@linkcode Transport} interface that `Deno.Conn` satisfies, so
+ * `serve({ listener })` takes them as they are.
+ *
+ * Also home of the adapter from a `node:net` socket (or a `node:tls` one,
+ * see `_node_tls.ts`) to a {@linkcode Transport}, and of the accept queue
+ * both listeners share.
+ *
+ * What this relies on in Deno 2.9.6 (checked by
+ * tests/socket_activation_test.ts):
+ * - `server.listen({ fd })` adopts an inherited listening socket, TCP or
+ *   Unix; `server.address()` gives the TCP address (`null` for Unix).
+ * - With `pauseOnConnect`, an accepted socket reads nothing until resumed,
+ *   and `socket.pause()` stops reading from the kernel once Node's stream
+ *   buffer is full: a peer writing to an unread connection stalls.
+ * - node:net handles are not in Deno's resource table: the test sanitizers
+ *   cannot see a listener or socket left open.
+ *
+ * @module
+ */
+
+import { createServer, type Server as NetServer, type Socket } from "node:net";
+
+import type { Transport, TransportListener } from "./_transport.ts";
+
+export type { Transport, TransportListener };
+
+/** The read switch of a native stream handle. */
+export interface ReadControl {
+  /** Starts reading from the kernel. */
+  readStart(): unknown;
+  /** Stops reading from the kernel. */
+  readStop(): unknown;
+}
+
+/** Options of {@linkcode NodeSocketTransport}. */
+export interface NodeSocketTransportOptions {
+  /**
+   * A handle to stop as well when pausing, for sockets whose `pause()` does
+   * not stop reading from the kernel (`node:tls` on Deno 2.9). Looked up on
+   * each use; `undefined` means `pause()` is enough.
+   */
+  readControl?: (socket: Socket) => ReadControl | undefined;
+}
+
+/**
+ * A `node:net` socket (or a `node:tls` one) as a {@linkcode Transport}:
+ * `read()` with backpressure (the socket is paused while received bytes wait
+ * for a read), `null` at end of stream, `write()` resolving once the bytes
+ * are flushed, `closeWrite()` as `end()`, `close()` as `destroy()`.
+ */
+export class NodeSocketTransport implements Transport, Disposable {
+  /** This end's address (`transport: "unix"`, `path: ""` for Unix sockets). */
+  readonly localAddr: Deno.NetAddr | Deno.UnixAddr;
+  /** The peer's address (`transport: "unix"`, `path: ""` for Unix sockets). */
+  readonly remoteAddr: Deno.NetAddr | Deno.UnixAddr;
+
+  #socket: Socket;
+  #readControl: ((socket: Socket) => ReadControl | undefined) | undefined;
+  /** Bytes received but not yet read; the socket is paused while non-empty. */
+  #buffered: Uint8Array[] = [];
+  #reader:
+    | {
+      p: Uint8Array;
+      resolve: (n: number | null) => void;
+      reject: (error: unknown) => void;
+    }
+    | null = null;
+  #eof = false;
+  #error: unknown = null;
+  #closed = false;
+  #ending: Promise<void> | null = null;
+  #handleStopped = false;
+
+  /**
+   * Adapts `socket`; it should be paused (`pauseOnConnect`) or fresh, and
+   * nobody else should read from it.
+   *
+   * @param socket The accepted socket.
+   * @param options A handle to stop with the socket, if any.
+   */
+  constructor(socket: Socket, options: NodeSocketTransportOptions = {}) {
+    this.#socket = socket;
+    this.#readControl = options.readControl;
+    this.localAddr = addrOf(socket.localAddress, socket.localPort);
+    this.remoteAddr = addrOf(socket.remoteAddress, socket.remotePort);
+    socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
+    socket.on("end", () => {
+      this.#eof = true;
+      this.#settleReader(null);
+    });
+    socket.on("error", (error: Error) => {
+      this.#error ??= error;
+      this.#failReader(error);
+    });
+    socket.on("close", () => {
+      // Closed without 'end' or 'error' (destroyed): nothing more will come.
+      this.#eof = true;
+      this.#settleReader(null);
+    });
+  }
+
+  #onData(chunk: Uint8Array): void {
+    const reader = this.#reader;
+    if (reader) {
+      this.#reader = null;
+      const n = Math.min(chunk.length, reader.p.length);
+      reader.p.set(chunk.subarray(0, n));
+      if (n < chunk.length) {
+        this.#buffered.push(chunk.subarray(n));
+        this.#pause();
+      }
+      reader.resolve(n);
+    } else {
+      this.#buffered.push(chunk);
+      this.#pause();
+    }
+  }
+
+  /** Stops 'data' events and, where a read control is given, kernel reads. */
+  #pause(): void {
+    this.#socket.pause();
+    if (!this.#handleStopped && this.#readControl) {
+      const handle = this.#readControl(this.#socket);
+      if (handle) {
+        handle.readStop();
+        this.#handleStopped = true;
+      }
+    }
+  }
+
+  #resume(): void {
+    if (this.#handleStopped) {
+      this.#handleStopped = false;
+      if (!this.#socket.destroyed) {
+        this.#readControl?.(this.#socket)?.readStart();
+      }
+    }
+    this.#socket.resume();
+  }
+
+  #settleReader(value: null): void {
+    const reader = this.#reader;
+    if (reader && this.#buffered.length === 0) {
+      this.#reader = null;
+      reader.resolve(value);
+    }
+  }
+
+  #failReader(error: unknown): void {
+    const reader = this.#reader;
+    if (reader) {
+      this.#reader = null;
+      reader.reject(error);
+    }
+  }
+
+  /**
+   * Reads into `p`.
+   *
+   * @param p Where to put the bytes.
+   * @returns The number of bytes read, or `null` at end of stream.
+   * @throws {Deno.errors.BadResource} When the transport is closed.
+   * @throws {Deno.errors.Busy} When another read is pending.
+   * @throws {Deno.errors.Interrupted} When `close()` ends a pending read.
+   */
+  read(p: Uint8Array): Promise<number | null> {
+    if (this.#closed) {
+      return Promise.reject(
+        new Deno.errors.BadResource("Cannot read: transport is closed"),
+      );
+    }
+    if (this.#reader) {
+      return Promise.reject(
+        new Deno.errors.Busy("Cannot read: another read is pending"),
+      );
+    }
+    if (this.#buffered.length > 0) {
+      let n = 0;
+      while (n < p.length && this.#buffered.length > 0) {
+        const chunk = this.#buffered[0]!;
+        const take = Math.min(chunk.length, p.length - n);
+        p.set(chunk.subarray(0, take), n);
+        n += take;
+        if (take === chunk.length) this.#buffered.shift();
+        else this.#buffered[0] = chunk.subarray(take);
+      }
+      if (this.#buffered.length === 0 && !this.#eof) this.#resume();
+      return Promise.resolve(n);
+    }
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#eof || p.length === 0) {
+      return Promise.resolve(this.#eof ? null : 0);
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<
+      number | null
+    >();
+    this.#reader = { p, resolve, reject };
+    this.#resume();
+    return promise;
+  }
+
+  /**
+   * Writes all of `p`; resolves once it is flushed to the kernel, so `p`
+   * may be reused then.
+   *
+   * @param p The bytes.
+   * @returns `p.length`.
+   * @throws {Deno.errors.BadResource} When the transport is closed.
+   * @throws {Deno.errors.BrokenPipe} After `closeWrite()`.
+   */
+  write(p: Uint8Array): Promise<number> {
+    if (this.#closed) {
+      return Promise.reject(
+        new Deno.errors.BadResource("Cannot write: transport is closed"),
+      );
+    }
+    if (this.#ending) {
+      return Promise.reject(
+        new Deno.errors.BrokenPipe("Cannot write: writing side is closed"),
+      );
+    }
+    if (this.#error) return Promise.reject(this.#error);
+    if (p.length === 0) return Promise.resolve(0);
+    const { promise, resolve, reject } = Promise.withResolvers<number>();
+    this.#socket.write(p, (error?: Error | null) => {
+      if (error) reject(error);
+      else resolve(p.length);
+    });
+    return promise;
+  }
+
+  /**
+   * Half-closes: sends FIN once queued writes are flushed; reads go on.
+   *
+   * @returns Resolves when the end is flushed.
+   * @throws {Deno.errors.BadResource} When the transport is closed.
+   */
+  closeWrite(): Promise<void> {
+    if (this.#closed) {
+      return Promise.reject(
+        new Deno.errors.BadResource(
+          "Cannot close writing side: transport is closed",
+        ),
+      );
+    }
+    if (!this.#ending) {
+      const { promise, resolve, reject } = Promise.withResolvers<void>();
+      const onError = (error: Error) => reject(error);
+      this.#socket.once("error", onError);
+      this.#socket.end(() => {
+        this.#socket.off("error", onError);
+        resolve();
+      });
+      this.#ending = promise;
+    }
+    return this.#ending;
+  }
+
+  /** Closes both directions at once (idempotent); a pending read rejects. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#buffered = [];
+    this.#failReader(new Deno.errors.Interrupted("operation canceled"));
+    this.#socket.destroy();
+  }
+
+  /** Same as {@linkcode NodeSocketTransport.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function addrOf(
+  hostname: string | undefined,
+  port: number | undefined,
+): Deno.NetAddr | Deno.UnixAddr {
+  return hostname === undefined
+    ? { transport: "unix", path: "" }
+    : { transport: "tcp", hostname, port: port ?? 0 };
+}
+
+/**
+ * The accept queue over a `node:net` (or `node:tls`) server: transports
+ * offered by the server's connection events wait here for `accept()`, at
+ * most `backlog` of them.
+ *
+ * @typeParam C The transport type handed out.
+ */
+export class NodeListener<C extends Transport>
+  implements TransportListener, AsyncIterable<C>, Disposable {
+  /** The address listened on. */
+  readonly addr: Deno.Addr;
+  #server: NetServer;
+  #backlog: number;
+  #ready: C[] = [];
+  #waiters: PromiseWithResolvers<C>[] = [];
+  #closed = false;
+  #dropped = 0;
+
+  /**
+   * Wraps a listening server.
+   *
+   * @param server The server, already listening.
+   * @param addr Its address.
+   * @param backlog How many transports may wait for `accept()`.
+   */
+  constructor(server: NetServer, addr: Deno.Addr, backlog: number) {
+    this.#server = server;
+    this.addr = addr;
+    this.#backlog = backlog;
+    // After listening, errors come from accepting (EMFILE, …): hand them to
+    // the accept() calls waiting now, as Deno.Listener.accept() would.
+    server.on("error", (error: Error) => {
+      for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
+    });
+  }
+
+  /** Transports closed because `backlog` were already waiting for `accept()`. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /** Whether {@linkcode NodeListener.close} was called. */
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Hands a new transport to a waiting `accept()`, queues it, or closes it
+   * when the queue is full or the listener closed.
+   *
+   * @param transport The accepted transport.
+   */
+  offer(transport: C): void {
+    if (this.#closed) {
+      transport.close();
+      return;
+    }
+    const waiter = this.#waiters.shift();
+    if (waiter) {
+      waiter.resolve(transport);
+    } else if (this.#ready.length < this.#backlog) {
+      this.#ready.push(transport);
+    } else {
+      this.#dropped++;
+      transport.close();
+    }
+  }
+
+  /**
+   * Waits for the next connection.
+   *
+   * @returns The accepted transport.
+   * @throws {Deno.errors.BadResource} When the listener is (or gets) closed.
+   */
+  accept(): Promise<C> {
+    if (this.#closed) {
+      return Promise.reject(
+        new Deno.errors.BadResource("Listener has been closed"),
+      );
+    }
+    const ready = this.#ready.shift();
+    if (ready) return Promise.resolve(ready);
+    const waiter = Promise.withResolvers<C>();
+    this.#waiters.push(waiter);
+    return waiter.promise;
+  }
+
+  /** Stops listening; queued transports are closed, waiting `accept()`s reject. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server.close();
+    for (const transport of this.#ready.splice(0)) transport.close();
+    for (const waiter of this.#waiters.splice(0)) {
+      waiter.reject(new Deno.errors.BadResource("Listener has been closed"));
+    }
+  }
+
+  /** Same as {@linkcode NodeListener.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /**
+   * Iterates accepted transports until the listener is closed.
+   *
+   * @returns The iterator.
+   */
+  async *[Symbol.asyncIterator](): AsyncIterator<C> {
+    while (true) {
+      try {
+        yield await this.accept();
+      } catch (error) {
+        if (this.#closed && error instanceof Deno.errors.BadResource) return;
+        throw error;
+      }
+    }
+  }
+}
+
+/**
+ * Maps a `node:net` bind error (`code: "EADDRINUSE"`, …) to the matching
+ * `Deno.errors` class, keeping the original as `cause`.
+ *
+ * @param error The error `server.listen()` emitted.
+ * @returns The error to throw.
+ */
+export function toDenoError(error: unknown): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  switch (code) {
+    case "EADDRINUSE":
+      return new Deno.errors.AddrInUse(message, { cause: error });
+    case "EADDRNOTAVAIL":
+      return new Deno.errors.AddrNotAvailable(message, { cause: error });
+    case "EACCES":
+    case "EPERM":
+      return new Deno.errors.PermissionDenied(message, { cause: error });
+    default:
+      return error;
+  }
+}
+
+/**
+ * Starts `server` listening with `listen(arguments)` and waits until it is,
+ * or fails (the server is then closed).
+ *
+ * @param server The server.
+ * @param listenOptions What `server.listen()` takes.
+ * @param signal Aborts the wait.
+ * @returns Resolves once listening.
+ * @throws What {@linkcode toDenoError} makes of a bind error.
+ */
+export async function startListening(
+  server: NetServer,
+  listenOptions: { port?: number; host?: string; fd?: number },
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  const onError = (error: Error) => reject(error);
+  const onAbort = () => reject(signal?.reason);
+  server.once("error", onError);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  server.listen(listenOptions, () => resolve());
+  try {
+    await promise;
+  } catch (error) {
+    server.close();
+    throw toDenoError(error);
+  } finally {
+    server.off("error", onError);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** A connection accepted by {@linkcode listenInherited}. */
+export interface InheritedTransport extends Transport, Disposable {
+  /** This end's address; `{ transport: "unix", path: "" }` on a Unix socket. */
+  readonly localAddr: Deno.NetAddr | Deno.UnixAddr;
+  /** The peer's address; `{ transport: "unix", path: "" }` on a Unix socket. */
+  readonly remoteAddr: Deno.NetAddr | Deno.UnixAddr;
+}
+
+/** The listener returned by {@linkcode listenInherited} and {@linkcode systemdListeners}. */
+export interface InheritedListener
+  extends TransportListener, AsyncIterable<InheritedTransport>, Disposable {
+  /**
+   * The address listened on: a `Deno.NetAddr` for TCP, `{ transport:
+   * "unix", path: "" }` for a Unix socket (the runtime does not tell its
+   * path).
+   */
+  readonly addr: Deno.NetAddr | Deno.UnixAddr;
+  /** The inherited file descriptor. */
+  readonly fd: number;
+  /** The socket's name from `LISTEN_FDNAMES` (systemd `FileDescriptorName=`), if any. */
+  readonly name?: string;
+  /**
+   * Waits for the next connection.
+   *
+   * @returns The accepted transport.
+   * @throws {Deno.errors.BadResource} When the listener is (or gets) closed.
+   */
+  accept(): Promise<InheritedTransport>;
+  /**
+   * Iterates accepted transports until the listener is closed.
+   *
+   * @returns The iterator.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<InheritedTransport>;
+  /** Connections closed because `backlog` connections were already waiting for `accept()`. */
+  readonly dropped: number;
+}
+
+/** Options of {@linkcode listenInherited}. */
+export interface ListenInheritedOptions {
+  /**
+   * The inherited listening socket's file descriptor.
+   *
+   * @default {3}
+   */
+  fd?: number;
+  /**
+   * How many accepted connections may wait for `accept()`; more are closed
+   * and counted in `dropped`.
+   *
+   * @default {128}
+   */
+  backlog?: number;
+  /** Aborts listening before it started. */
+  signal?: AbortSignal;
+}
+
+class InheritedNodeListener extends NodeListener<NodeSocketTransport>
+  implements InheritedListener {
+  declare readonly addr: Deno.NetAddr | Deno.UnixAddr;
+  readonly fd: number;
+  readonly name?: string;
+
+  constructor(
+    server: NetServer,
+    addr: Deno.NetAddr | Deno.UnixAddr,
+    fd: number,
+    name: string | undefined,
+    backlog: number,
+  ) {
+    super(server, addr, backlog);
+    this.fd = fd;
+    if (name !== undefined) this.name = name;
+    server.on("connection", (socket: Socket) => {
+      // Never let a late socket error become an uncaught exception.
+      socket.on("error", () => {});
+      this.offer(new NodeSocketTransport(socket));
+    });
+  }
+}
+
+function checkBacklog(backlog: number): void {
+  if (!Number.isInteger(backlog) || backlog < 0) {
+    throw new RangeError(
+      `Cannot listen: backlog ${backlog} is not an integer >= 0`,
+    );
+  }
+}
+
+async function listenOnFd(
+  fd: number,
+  name: string | undefined,
+  backlog: number,
+  signal: AbortSignal | undefined,
+): Promise<InheritedListener> {
+  signal?.throwIfAborted();
+  const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  try {
+    await startListening(server, { fd }, signal);
+  } catch (error) {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (code === "EBADF" || code === "EINVAL" || code === "ENOTSOCK") {
+      throw new Deno.errors.BadResource(
+        `Cannot listen on fd ${fd}: not an open listening socket (${code})`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  const address = server.address();
+  const addr: Deno.NetAddr | Deno.UnixAddr =
+    typeof address === "object" && address !== null
+      ? { transport: "tcp", hostname: address.address, port: address.port }
+      : { transport: "unix", path: typeof address === "string" ? address : "" };
+  return new InheritedNodeListener(server, addr, fd, name, backlog);
+}
+
+/**
+ * Serves a listening socket this process inherited as file descriptor `fd`
+ * (TCP or Unix stream), for example from a supervisor that bound the port.
+ * Built on `node:net` `server.listen({ fd })`, because `Deno.listen` cannot
+ * adopt a descriptor. Accepted connections read with backpressure (nothing
+ * is read until `read()` is called) and are ready for `serve({ listener })`.
+ *
+ * The socket must already be listening (systemd: `Accept=no`, the default).
+ * Closing the listener closes the descriptor.
+ *
+ * @param options The descriptor (default 3), accept backlog and a signal.
+ * @returns The listener, once it listens.
+ * @throws {RangeError} When `fd` or `backlog` is not a non-negative integer.
+ * @throws {Deno.errors.BadResource} When `fd` is not an open listening socket.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { listenInherited, serve } from "@tcpbutler/core";
+ *
+ * // Started with a listening socket as fd 3.
+ * const listener = await listenInherited({ fd: 3 });
+ * await using server = serve({ listener, handler: (payload) => payload });
+ * await server.finished;
+ * ```
+ */
+export function listenInherited(
+  options: ListenInheritedOptions = {},
+): Promise<InheritedListener> {
+  const { fd = 3, backlog = 128, signal } = options;
+  if (!Number.isInteger(fd) || fd < 0) {
+    return Promise.reject(
+      new RangeError(`Cannot listen: fd ${fd} is not an integer >= 0`),
+    );
+  }
+  try {
+    checkBacklog(backlog);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return listenOnFd(fd, undefined, backlog, signal);
+}
+
+/** The first file descriptor systemd passes (`SD_LISTEN_FDS_START`). */
+const LISTEN_FDS_START = 3;
+
+/** Options of {@linkcode systemdListeners}. */
+export interface SystemdListenersOptions {
+  /**
+   * How many accepted connections may wait for `accept()` on each listener.
+   *
+   * @default {128}
+   */
+  backlog?: number;
+  /** Aborts listening before it started. */
+  signal?: AbortSignal;
+}
+
+/**
+ * The listening sockets systemd passed to this process (socket activation):
+ * one listener per descriptor from 3 on, as `LISTEN_FDS` counts them, each
+ * named from `LISTEN_FDNAMES` when set. `LISTEN_PID` must be this process
+ * (`Deno.pid`), as `sd_listen_fds()` requires. Needs `--allow-env`.
+ *
+ * @param options Accept backlog and a signal.
+ * @returns The listeners, in descriptor order.
+ * @throws {TypeError} When the process is not socket-activated (`LISTEN_FDS`
+ *   or `LISTEN_PID` missing, malformed or meant for another process).
+ * @throws {Deno.errors.BadResource} When a descriptor is not a listening socket
+ *   (the listeners opened before it are closed).
+ * @throws {Deno.errors.NotCapable} Without permission to read the environment.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { serve, systemdListeners } from "@tcpbutler/core";
+ *
+ * // Run by systemd from a .socket unit (ListenStream=9000).
+ * const [listener] = await systemdListeners();
+ * await using server = serve({ listener, handler: (payload) => payload });
+ * Deno.addSignalListener("SIGTERM", () => server.shutdown());
+ * await server.finished;
+ * ```
+ */
+export async function systemdListeners(
+  options: SystemdListenersOptions = {},
+): Promise<InheritedListener[]> {
+  const { backlog = 128, signal } = options;
+  checkBacklog(backlog);
+  const pidText = Deno.env.get("LISTEN_PID");
+  const countText = Deno.env.get("LISTEN_FDS");
+  if (pidText === undefined || countText === undefined) {
+    throw new TypeError(
+      "Cannot use systemd sockets: the process is not socket-activated (LISTEN_PID and LISTEN_FDS are not set)",
+    );
+  }
+  if (!/^\d+$/.test(pidText) || Number(pidText) !== Deno.pid) {
+    throw new TypeError(
+      `Cannot use systemd sockets: LISTEN_PID ${pidText} is not this process (${Deno.pid})`,
+    );
+  }
+  if (!/^\d+$/.test(countText) || Number(countText) < 1) {
+    throw new TypeError(
+      `Cannot use systemd sockets: LISTEN_FDS "${countText}" is not a count of 1 or more`,
+    );
+  }
+  const count = Number(countText);
+  const names = Deno.env.get("LISTEN_FDNAMES")?.split(":");
+  const listeners: InheritedListener[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const name = names?.[i];
+      listeners.push(
+        await listenOnFd(
+          LISTEN_FDS_START + i,
+          name === "" ? undefined : name,
+          backlog,
+          signal,
+        ),
+      );
+    }
+  } catch (error) {
+    for (const listener of listeners) listener.close();
+    throw error;
+  }
+  return listeners;
+}
