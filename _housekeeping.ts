@@ -93,9 +93,22 @@ export class Housekeeper<T> {
 
   #beat(session: SessionImpl<T>, timeout: number): void {
     const message = this.#options.heartbeatMessage;
+    let beat: T;
+    try {
+      beat = message === undefined ? undefined as T : message();
+    } catch (error) {
+      // A heartbeat that cannot be built cannot prove the link alive.
+      session.close(
+        new ConnectionClosedError(
+          `Session ${session.id} closed: heartbeat.message() threw`,
+          { cause: error },
+        ),
+      );
+      return;
+    }
     session.heartbeatInFlight = true;
     session.requestOn(
-      message === undefined ? undefined as T : message(),
+      beat,
       timeout,
       undefined,
       message === undefined,

@@ -506,3 +506,43 @@ function describeThrown(error: unknown): string {
     return "?";
   }
 }
+
+/**
+ * Wraps a user's logger so that a throwing logger cannot break the library:
+ * a failed log call is dropped. Used on every logger given in options.
+ *
+ * @param logger The user's logger (or undefined for the no-op logger).
+ * @returns A logger whose methods never throw.
+ *
+ * @example Usage
+ * ```ts
+ * import { safeLogger } from "@tcpbutler/core";
+ *
+ * const logger = safeLogger({
+ *   debug() { throw new Error("disk full"); },
+ *   info() {},
+ *   warn() {},
+ *   error() {},
+ * });
+ * logger.debug("still fine", {}); // does not throw
+ * ```
+ */
+export function safeLogger(logger: Logger | undefined): Logger {
+  if (logger === undefined || logger === noopLogger) return noopLogger;
+  const guard = (
+    method: (message: string, properties?: Record<string, unknown>) => void,
+  ) =>
+  (message: string, properties?: Record<string, unknown>) => {
+    try {
+      method.call(logger, message, properties);
+    } catch {
+      // A logger that fails must not take a session down with it.
+    }
+  };
+  return {
+    debug: guard(logger.debug),
+    info: guard(logger.info),
+    warn: guard(logger.warn),
+    error: guard(logger.error),
+  };
+}

@@ -108,5 +108,5 @@ export {
 } from "./errors.ts";
 export { delay, exponentialBackoff } from "./backoff.ts";
 export type { Backoff, BackoffOptions, DelayOptions } from "./backoff.ts";
-export { consoleLogger, noopLogger, withFields } from "./logger.ts";
+export { consoleLogger, noopLogger, safeLogger, withFields } from "./logger.ts";
 export type { ConsoleLoggerOptions, Logger, LogLevel } from "./logger.ts";

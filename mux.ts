@@ -10,7 +10,8 @@
 import type { Transport, TransportListener } from "./_transport.ts";
 import { formatAddr, prepend } from "./_transport.ts";
 import { ClosedError } from "./errors.ts";
-import { type Logger, noopLogger } from "./logger.ts";
+import { type Logger, safeLogger } from "./logger.ts";
+import { after } from "./_timeouts.ts";
 
 /**
  * Decides from the first bytes of a connection whether it belongs to a route:
@@ -199,7 +200,7 @@ export function muxListener(
 ): MuxListener {
   const timeout = options.timeout ?? 5000;
   const maxPeek = options.maxPeekBytes ?? 64;
-  const logger = options.logger ?? noopLogger;
+  const logger = safeLogger(options.logger);
   const routes: Route[] = [];
   const stop = new AbortController();
   let unmatched = 0;
@@ -220,7 +221,7 @@ export function muxListener(
   const classify = async (conn: Transport) => {
     const head = new Uint8Array(maxPeek);
     let have = 0;
-    const timer = setTimeout(() => conn.close(), timeout);
+    const cancelTimer = after(timeout, () => conn.close());
     const onStop = () => conn.close();
     stop.signal.addEventListener("abort", onStop, { once: true });
     try {
@@ -258,7 +259,7 @@ export function muxListener(
         // Already closed by the timer.
       }
     } finally {
-      clearTimeout(timer);
+      cancelTimer();
       stop.signal.removeEventListener("abort", onStop);
     }
   };
@@ -277,7 +278,15 @@ export function muxListener(
         ) {
           return;
         }
+        // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
         logger.error("Accept failed", { error });
+        await new Promise<void>((resolve) => {
+          const cancel = after(50, resolve);
+          stop.signal.addEventListener("abort", () => {
+            cancel();
+            resolve();
+          }, { once: true });
+        });
         continue;
       }
       const task = classify(conn);

@@ -22,7 +22,7 @@ import {
   type SessionConfig,
   SessionImpl,
 } from "./session.ts";
-import { type Logger, noopLogger } from "./logger.ts";
+import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
 import { readProxyHeader } from "./proxy_protocol.ts";
 import { listenMutualTls } from "./_node_tls.ts";
@@ -275,7 +275,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.addr = listener.addr;
     this.#options = options;
     this.#handler = options.handler;
-    this.#logger = options.logger ?? noopLogger;
+    this.#logger = safeLogger(options.logger);
     this.#finished.promise.catch(() => {});
     this.#maxConnections = positive(
       options.maxConnections ?? 10_000,
@@ -462,7 +462,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         this.#opening.add(opening);
         opening.finally(() => this.#opening.delete(opening));
       } else {
-        this.#open(conn, conn, undefined);
+        this.#openSafely(conn, conn, undefined);
       }
     }
   }
@@ -499,7 +499,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         ...(header.source ? { source: header.source } : {}),
         ...(header.destination ? { destination: header.destination } : {}),
       };
-      this.#open(conn, prepend(conn, rest), proxy);
+      this.#openSafely(conn, prepend(conn, rest), proxy);
     } catch (error) {
       try {
         conn.close();
@@ -518,6 +518,27 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       cancelTimer();
       this.#stopAccepting.signal.removeEventListener("abort", onStop);
     }
+  }
+
+  /** Opens a session; a failure (a codec whose decoder() throws) closes only that connection. */
+  #openSafely(
+    conn: Transport,
+    transport: Transport,
+    proxy: ProxyInfo | undefined,
+  ): void {
+    this.#open(conn, transport, proxy).catch((error) => {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      this.#rejected++;
+      this.#logger.error("Cannot open session", {
+        remote: formatAddr(conn.remoteAddr),
+        error,
+      });
+      this.#emit({ type: "error", error });
+    });
   }
 
   async #open(
