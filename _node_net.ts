@@ -301,6 +301,7 @@ export class NodeListener<C extends Transport>
   #waiters: PromiseWithResolvers<C>[] = [];
   #closed = false;
   #dropped = 0;
+  #finished = Promise.withResolvers<void>();
 
   /**
    * Wraps a listening server.
@@ -313,6 +314,7 @@ export class NodeListener<C extends Transport>
     this.#server = server;
     this.addr = addr;
     this.#backlog = backlog;
+    server.once("close", () => this.#finished.resolve());
     // After listening, errors come from accepting (EMFILE, …): hand them to
     // the accept() calls waiting now, as Deno.Listener.accept() would.
     server.on("error", (error: Error) => {
@@ -323,6 +325,15 @@ export class NodeListener<C extends Transport>
   /** Transports closed because `backlog` were already waiting for `accept()`. */
   get dropped(): number {
     return this.#dropped;
+  }
+
+  /**
+   * Resolves once the listening socket is closed and every connection
+   * accepted from it has ended (the server's 'close' event): the port is
+   * free then. `close()` starts this; it does not wait for it.
+   */
+  get closed(): Promise<void> {
+    return this.#finished.promise;
   }
 
   /** Whether {@linkcode NodeListener.close} was called. */
@@ -495,6 +506,12 @@ export interface InheritedListener
   [Symbol.asyncIterator](): AsyncIterator<InheritedTransport>;
   /** Connections closed because `backlog` connections were already waiting for `accept()`. */
   readonly dropped: number;
+  /**
+   * Resolves once the listening socket is closed and every connection
+   * accepted from it has ended. `close()` starts closing; this tells when
+   * the descriptor is released.
+   */
+  readonly closed: Promise<void>;
 }
 
 /** Options of {@linkcode listenInherited}. */

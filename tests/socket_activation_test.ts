@@ -328,9 +328,12 @@ async function listenLoopback(
   };
 }
 
-/** Closes the listener; afterwards its port refuses connections. */
-async function closeAndCheck(listener: { addr: Deno.NetAddr; close(): void }) {
+/** Closes the listener; once it reports closed, its port refuses connections. */
+async function closeAndCheck(
+  listener: { addr: Deno.NetAddr; close(): void; closed: Promise<void> },
+) {
   listener.close();
+  await listener.closed;
   await assert.rejects(
     Deno.connect({ hostname: HOST, port: listener.addr.port }),
     Deno.errors.ConnectionRefused,
