@@ -88,6 +88,13 @@ export type {
   ProxyTlv,
   ReadProxyHeaderOptions,
 } from "./proxy_protocol.ts";
+export { listenInherited, systemdListeners } from "./_node_net.ts";
+export type {
+  InheritedListener,
+  InheritedTransport,
+  ListenInheritedOptions,
+  SystemdListenersOptions,
+} from "./_node_net.ts";
 export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
 export type { DefaultCodecOptions, Frame } from "./protocol.ts";
 export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";

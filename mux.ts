@@ -281,11 +281,13 @@ export function muxListener(
         // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
         logger.error("Accept failed", { error });
         await new Promise<void>((resolve) => {
-          const cancel = after(50, resolve);
-          stop.signal.addEventListener("abort", () => {
+          const done = () => {
             cancel();
+            stop.signal.removeEventListener("abort", done);
             resolve();
-          }, { once: true });
+          };
+          const cancel = after(50, done);
+          stop.signal.addEventListener("abort", done, { once: true });
         });
         continue;
       }
