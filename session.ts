@@ -731,9 +731,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       const batch = decoder.decode(chunk);
       stats.messagesIn += batch.length;
       counters.messagesIn += batch.length;
-      for (const wire of batch) {
+      // An index, not for-of: the loop may await, so an iterator would be
+      // allocated (with a result object per message).
+      for (let i = 0; i < batch.length; i++) {
         if (this.#state === "closed") return;
-        this.#dispatch(wire);
+        this.#dispatch(batch[i]);
         while (
           this.#handlersRunning + this.#held.length >=
             this.#cfg.maxConcurrentHandlers && !this.#isClosed()
