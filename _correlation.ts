@@ -40,6 +40,8 @@ function capture(
 
 /** One request waiting for its reply. */
 export class Pending {
+  /** Index in the correlator's list of entries without an id, or -1. */
+  slot = -1;
   /** `performance.now()` ms; Infinity until the correlator stamps it. */
   deadline = Infinity;
   settled = false;
@@ -250,8 +252,12 @@ export class Correlator {
   /** Deadlines of other waits (requests waiting for a session). */
   readonly timeouts: Timeouts = new Timeouts();
   readonly #byId = new IdTable();
-  /** Entries without an id (fifo correlation). */
-  readonly #unkeyed = new Set<Pending>();
+  /**
+   * Entries without an id (fifo correlation), each at its `slot`. An array
+   * with swap-removal, not a `Set`: see {@linkcode IdTable} for what a
+   * `Set`'s retired tables cost.
+   */
+  readonly #unkeyed: Pending[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #armedFor = Infinity;
   #closed = false;
@@ -301,7 +307,8 @@ export class Correlator {
       this.#byId.add(entry);
       if (this.#expired.size > 0) this.#expired.delete(id);
     } else {
-      this.#unkeyed.add(entry);
+      entry.slot = this.#unkeyed.length;
+      this.#unkeyed.push(entry);
     }
     owner.pendingCount++;
     this.count++;
@@ -355,8 +362,15 @@ export class Correlator {
   /** Forgets a settled entry. */
   release(entry: Pending): void {
     const id = entry.id;
-    if (id === undefined) this.#unkeyed.delete(entry);
-    else this.#byId.delete(entry);
+    if (id === undefined) {
+      const unkeyed = this.#unkeyed;
+      const last = unkeyed.pop()!;
+      if (last !== entry) {
+        unkeyed[entry.slot] = last;
+        last.slot = entry.slot;
+      }
+      entry.slot = -1;
+    } else this.#byId.delete(entry);
     this.count--;
   }
 
@@ -378,7 +392,7 @@ export class Correlator {
     const now = performance.now();
     const due: Pending[] = [];
     let next = Infinity;
-    for (const entries of [this.#byId.values(), this.#unkeyed.values()]) {
+    for (const entries of [this.#byId.values(), this.#unkeyed.slice()]) {
       for (const entry of entries) {
         if (entry.deadline <= now) due.push(entry);
         else if (entry.deadline < next) next = entry.deadline;
