@@ -297,7 +297,10 @@ export function printResult(result) {
 /** Resolves when stdin reaches EOF (the orchestrator closed it or died). */
 export function stdinClosed() {
   return new Promise((resolve) => {
-    process.stdin.on("data", () => {});
+    process.stdin.on("data", (data) => {
+      // "gc": the orchestrator measures memory next (run with --expose-gc).
+      if (String(data).includes("gc")) globalThis.gc?.();
+    });
     process.stdin.on("end", resolve);
     process.stdin.on("error", resolve);
     process.stdin.on("close", resolve);

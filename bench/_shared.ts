@@ -398,7 +398,14 @@ export function printResult(result: ClientResult): void {
 export async function stdinClosed(): Promise<void> {
   const buf = new Uint8Array(256);
   try {
-    while ((await Deno.stdin.read(buf)) !== null) { /* ignore input */ }
+    for (;;) {
+      const n = await Deno.stdin.read(buf);
+      if (n === null) break;
+      // "gc": the orchestrator measures memory next (run with --expose-gc).
+      if (new TextDecoder().decode(buf.subarray(0, n)).includes("gc")) {
+        (globalThis as { gc?: () => void }).gc?.();
+      }
+    }
   } catch { /* stdin gone */ }
 }
 

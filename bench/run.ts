@@ -81,6 +81,8 @@ const denoRun = (file: string, ...args: string[]) => [
   DENO,
   "run",
   "-A",
+  // Lets the idle-memory measurement collect garbage first (stdin "gc").
+  "--v8-flags=--expose-gc",
   `${BENCH}${file}`,
   ...args,
 ];
@@ -97,14 +99,26 @@ const IMPLS: Record<string, Impl> = {
     name: "node",
     idle: true,
     inproc: true,
-    server: ["node", `${BENCH}node_server.mjs`, "--variant", "batch"],
+    server: [
+      "node",
+      "--expose-gc",
+      `${BENCH}node_server.mjs`,
+      "--variant",
+      "batch",
+    ],
     client: ["node", `${BENCH}node_client.mjs`, "--variant", "batch"],
   },
   "node-cork": {
     name: "node-cork",
     idle: false,
     inproc: true,
-    server: ["node", `${BENCH}node_server.mjs`, "--variant", "cork"],
+    server: [
+      "node",
+      "--expose-gc",
+      `${BENCH}node_server.mjs`,
+      "--variant",
+      "cork",
+    ],
     client: ["node", `${BENCH}node_client.mjs`, "--variant", "cork"],
   },
   "raw-promise": {
@@ -207,6 +221,11 @@ class Child {
   #stdoutDone = false;
   #stderr = "";
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
+
+  /** Asks the child to collect garbage (servers listen for "gc" on stdin). */
+  async gc(): Promise<void> {
+    await this.#stdin.write(new TextEncoder().encode("gc\n"));
+  }
   readonly status: Promise<Deno.CommandStatus>;
 
   constructor(argv: string[], cpu?: number) {
@@ -405,6 +424,9 @@ async function idleMemory(impl: Impl): Promise<IdleResult> {
   let client: Child | undefined;
   try {
     const port = (await server.line("LISTENING ", 20_000)).trim();
+    // Garbage left by start-up or by accepting is not per-connection memory:
+    // every server collects before each reading.
+    await server.gc();
     const before = await settledRss(server.pid, 2000);
     const fds = fdCount(server.pid);
     client = new Child([
@@ -421,6 +443,7 @@ async function idleMemory(impl: Impl): Promise<IdleResult> {
       if (Date.now() > deadline) throw new Error("connections not accepted");
       await delay(50);
     }
+    await server.gc();
     const after = await settledRss(server.pid, 3000);
     return {
       connections: idleConns,
