@@ -8,6 +8,7 @@
 
 import type { Codec, CorrelationId } from "./framing/codec.ts";
 import { defaultCodec, type Frame, FrameKind } from "./protocol.ts";
+import { describeError } from "./_util.ts";
 
 /** What an inbound wire message is. */
 export const Inbound = {
@@ -91,9 +92,7 @@ export function defaultDialect(
         ? {
           kind: FrameKind.Error,
           id: to.id,
-          payload: textEncoder.encode(
-            error instanceof Error ? error.message : String(error),
-          ),
+          payload: textEncoder.encode(describeError(error)),
         }
         : undefined,
     ping: (id) => ({ kind: FrameKind.Ping, id, payload: EMPTY }),

@@ -12,6 +12,7 @@ import {
   type Endpoint,
   formatEndpoint,
   parseEndpoint,
+  type Transport,
 } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
@@ -29,7 +30,7 @@ import {
   type SessionState,
 } from "./session.ts";
 import { type BackoffOptions, delay, exponentialBackoff } from "./backoff.ts";
-import { type Logger, noopLogger } from "./logger.ts";
+import { type Logger, safeLogger } from "./logger.ts";
 import {
   ClosedError,
   ConnectionError,
@@ -317,7 +318,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #slots: Slot[] = [];
   readonly #ready: SessionImpl<T>[] = [];
   readonly #all = new Set<SessionImpl<T>>();
-  readonly #waiters: Waiter[] = [];
+  /** Requests waiting for a ready session, in order (a Set: O(1) removal). */
+  readonly #waiters = new Set<Waiter>();
   readonly #stop = new AbortController();
   readonly #config: SessionConfig<T>;
   readonly #housekeeper: Housekeeper<T>;
@@ -338,7 +340,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     super();
     this.#options = options;
     this.#dialect = dialect;
-    this.#logger = options.logger ?? noopLogger;
+    this.#logger = safeLogger(options.logger);
     this.#handler = options.handler;
     this.#firstReady.promise.catch(() => {});
     this.#config = {
@@ -404,7 +406,17 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   /** @internal Starts the slots. */
   start(): void {
     this.#housekeeper.start();
-    for (const slot of this.#slots) slot.done = this.#runSlot(slot);
+    for (const slot of this.#slots) {
+      // A slot loop never rejects on purpose; should it, log it rather than
+      // leave an unhandled rejection.
+      slot.done = this.#runSlot(slot).catch((error) => {
+        slot.stopped = true;
+        this.#logger.error("Session slot stopped", {
+          endpoint: slot.name,
+          error,
+        });
+      });
+    }
   }
 
   /** @internal Resolves when the first session is ready. */
@@ -470,9 +482,14 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         new ClosedError("Cannot send request: client is closed"),
       );
     }
-    const session = options.session !== undefined
-      ? this.#own(options.session)
-      : this.#pick();
+    let session: SessionImpl<T> | undefined;
+    try {
+      session = options.session !== undefined
+        ? this.#own(options.session)
+        : this.#pick();
+    } catch (error) {
+      return Promise.reject(error);
+    }
     if (session !== undefined) {
       if (options.session !== undefined) {
         return session.request(message, options);
@@ -586,7 +603,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         ),
       );
     }
-    if (this.#waiters.length >= (this.#options.maxWaitingRequests ?? 10_000)) {
+    if (this.#waiters.size >= (this.#options.maxWaitingRequests ?? 10_000)) {
       return Promise.reject(
         new NoSessionError(
           "Cannot send request: no session is ready and the waiting queue is full",
@@ -624,20 +641,19 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       waiter.settled = true;
       this.#correlator.timeouts.delete(waiter);
       signal?.removeEventListener("abort", onAbort);
-      const i = this.#waiters.indexOf(waiter);
-      if (i >= 0) this.#waiters.splice(i, 1);
+      this.#waiters.delete(waiter);
     };
     signal?.addEventListener("abort", onAbort, { once: true });
-    this.#waiters.push(waiter);
+    this.#waiters.add(waiter);
     this.#correlator.timeouts.add(waiter);
     return promise;
   }
 
   #wakeWaiters(): void {
-    while (this.#waiters.length > 0) {
+    for (const waiter of this.#waiters) {
       const session = this.#pick();
       if (session === undefined) return;
-      this.#waiters[0]!.resolve(session as SessionImpl<unknown>);
+      waiter.resolve(session as SessionImpl<unknown>);
     }
   }
 
@@ -678,9 +694,10 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       );
       const onStop = () => attempt.abort(this.#stop.signal.reason);
       this.#stop.signal.addEventListener("abort", onStop, { once: true });
+      let conn: Transport | undefined;
       try {
         slot.connecting = true;
-        const conn = await connect(
+        conn = await connect(
           slot.endpoint,
           this.#options.tls,
           attempt.signal,
@@ -738,7 +755,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         slot.lastError = session.closeReason;
       } catch (error) {
         slot.lastError = error;
-        session?.close(error);
+        if (session !== undefined) session.close(error);
+        else closeQuietly(conn); // the session could not be made (a codec's decoder() threw)
         if (!this.#stop.signal.aborted) {
           this.#logger.warn("Connection attempt failed", {
             endpoint: slot.name,
@@ -761,7 +779,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       if (
         (reconnect.maxAttempts !== undefined && reconnect.maxAttempts > 0 &&
           failures >= reconnect.maxAttempts) ||
-        reconnect.shouldReconnect?.(slot.lastError, failures) === false
+        !this.#mayReconnect(reconnect, slot, failures)
       ) {
         this.#giveUp(slot, failures);
         return;
@@ -779,6 +797,24 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       } catch {
         break;
       }
+    }
+  }
+
+  /** Asks the user's `shouldReconnect`; a throw counts as "no" and is logged. */
+  #mayReconnect(
+    reconnect: ReconnectOptions,
+    slot: Slot,
+    failures: number,
+  ): boolean {
+    if (reconnect.shouldReconnect === undefined) return true;
+    try {
+      return reconnect.shouldReconnect(slot.lastError, failures) !== false;
+    } catch (error) {
+      this.#logger.error("shouldReconnect threw; the slot stops", {
+        endpoint: slot.name,
+        error,
+      });
+      return false;
     }
   }
 
@@ -844,7 +880,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     return {
       sessions,
       pending: this.#correlator.count,
-      waiting: this.#waiters.length,
+      waiting: this.#waiters.size,
       messagesIn: c.messagesIn,
       messagesOut: c.messagesOut,
       bytesIn: c.bytesIn,
@@ -907,6 +943,14 @@ function formatEndpointOf<T>(session: SessionImpl<T>): string {
     : addr.transport === "unix"
     ? `unix:${addr.path}`
     : "unknown";
+}
+
+function closeQuietly(conn: Transport | undefined): void {
+  try {
+    conn?.close();
+  } catch {
+    // Already closed.
+  }
 }
 
 function positive(value: number, name: string): number {

@@ -671,9 +671,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       requestsCut: 0,
       durationMs: Math.round(performance.now() - started),
     };
-    results.forEach((cut, i) => {
-      const wasForced = sessions[i]!.closeReason instanceof ClosedError;
-      if (wasForced) report.forced++;
+    results.forEach((cut) => {
+      if (cut.forced) report.forced++;
       else report.drained++;
       report.handlersCut += cut.handlers;
       report.requestsCut += cut.requests;

@@ -16,6 +16,7 @@ import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
 import { type Dialect, Inbound } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
+import { describeError } from "./_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -134,6 +135,16 @@ export interface Session<T> extends AsyncDisposable {
   stats(): SessionStats;
 }
 
+/** What a drain did. @internal */
+export interface DrainResult {
+  /** The timeout (or a forced stop) closed the session. */
+  forced: boolean;
+  /** Requests from the peer that got no answer. */
+  handlers: number;
+  /** Our own requests still pending. */
+  requests: number;
+}
+
 /** A verified peer certificate. */
 export interface PeerCertificate {
   /** Subject distinguished name. */
@@ -238,7 +249,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   readonly #cfg: SessionConfig<T>;
   readonly #decoder: FrameDecoder<unknown>;
   readonly #resolveClosed: () => void;
-  readonly #context: HandlerContext<T>;
+  /** Made on the first handler call: idle sessions do not pay for it. */
+  #context: HandlerContext<T> | undefined;
   #abort: AbortController | undefined;
 
   // read side
@@ -250,11 +262,19 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Short reads in a row; at SHORT_READS_TO_IDLE reads use #small. */
   #shortReads = SHORT_READS_TO_IDLE;
   #eof = false;
-  readonly #eofSeen = Promise.withResolvers<void>();
+  /** Waiters for the peer's end of stream (drain), made on demand. */
+  #eofWaiter: PromiseWithResolvers<void> | undefined;
   #handlersRunning = 0;
   #slotWaiter: PromiseWithResolvers<void> | undefined;
-  /** Inbound messages held while the handshake (onConnect) runs. */
+  /**
+   * Inbound requests and pushes not yet handed to the handler: held while
+   * the handshake (onConnect) runs, or while the handlers are at their
+   * limit. Replies keep being read meanwhile, so a handler that waits for an
+   * answer from its own peer does not block reading.
+   */
   #held: unknown[] = [];
+  /** True until markReady(): messages for the handler are held. */
+  #gated = true;
   /** FIFO correlation: requests in the order they were written. */
   readonly #fifo: Pending[] = [];
   #fifoHead = 0;
@@ -280,7 +300,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   // drain
   #drainSent = false;
-  #peerDrained = Promise.withResolvers<void>();
+  #peerDrainedDone = false;
+  #peerDrainedWaiter: PromiseWithResolvers<void> | undefined;
+  #flushTask: (() => void) | undefined;
+  /** The codec lacks encodedLength/encodeInto: messages are encoded when queued. */
+  readonly #preEncoded: boolean;
 
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
 
@@ -291,15 +315,46 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.localAddr = conn.localAddr;
     this.remoteAddr = conn.remoteAddr;
     this.#decoder = cfg.dialect.codec.decoder();
+    const codec = cfg.dialect.codec;
+    this.#preEncoded = codec.encodedLength === undefined ||
+      codec.encodeInto === undefined;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
-    const context = { session: this as Session<T> } as HandlerContext<T>;
-    // Made on first use: most handlers never look at the signal.
-    Object.defineProperty(context, "signal", {
-      get: () => this.#handlerSignal(),
-    });
-    this.#context = context;
+  }
+
+  /** The context handed to handlers; its signal is made on first use. */
+  #handlerContext(): HandlerContext<T> {
+    if (this.#context === undefined) {
+      const context = { session: this as Session<T> } as HandlerContext<T>;
+      Object.defineProperty(context, "signal", {
+        get: () => this.#handlerSignal(),
+      });
+      this.#context = context;
+    }
+    return this.#context;
+  }
+
+  /** Resolves once the peer ended its side (or the session closed). */
+  #eofSeen(): Promise<void> {
+    if (this.#eof || this.#state === "closed") return Promise.resolve();
+    return (this.#eofWaiter ??= Promise.withResolvers<void>()).promise;
+  }
+
+  /** Resolves once the peer answered our drain (or ended, or we closed). */
+  #peerDrained(): Promise<void> {
+    if (this.#peerDrainedDone) return Promise.resolve();
+    return (this.#peerDrainedWaiter ??= Promise.withResolvers<void>()).promise;
+  }
+
+  #markPeerDrained(): void {
+    this.#peerDrainedDone = true;
+    this.#peerDrainedWaiter?.resolve();
+  }
+
+  #markEof(): void {
+    this.#eof = true;
+    this.#eofWaiter?.resolve();
   }
 
   #handlerSignal(): AbortSignal {
@@ -353,20 +408,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Marks the session ready for routing (after the handshake). */
   markReady(): void {
-    if (this.#state !== "handshaking") return;
-    this.#state = "ready";
-    // Messages that came in during the handshake go to the handler now.
-    const held = this.#held;
-    this.#held = [];
-    for (const wire of held) this.#handle(wire);
-    const waiter = this.#slotWaiter;
-    if (
-      waiter !== undefined &&
-      this.#handlersRunning < this.#cfg.maxConcurrentHandlers
-    ) {
-      this.#slotWaiter = undefined;
-      waiter.resolve();
-    }
+    if (this.#state === "closed") return;
+    if (this.#state === "handshaking") this.#state = "ready";
+    // Messages that came in during the handshake go to the handler now
+    // (also when a drain began meanwhile: they were accepted).
+    this.#gated = false;
+    this.#releaseHeld();
   }
 
   stats(): SessionStats {
@@ -409,9 +456,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     try {
       const ms = timeout ?? this.#cfg.requestTimeout;
       if (dialect.mode === "assign") {
+        // Build the frame first: a payload the dialect refuses must not
+        // leave a pending entry behind.
         const id = correlator.nextId();
-        entry = correlator.add(id, this, ms, signal);
         wire = heartbeat ? dialect.ping(id) : dialect.request(message, id);
+        entry = correlator.add(id, this, ms, signal);
       } else if (dialect.mode === "fifo") {
         entry = correlator.add(undefined, this, ms, signal);
         wire = message;
@@ -429,25 +478,41 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       return Promise.reject(error);
     }
     if (this.#hasRoom()) {
-      this.#enqueueRequest(entry, wire);
+      this.#enqueueRequest(entry, wire, heartbeat);
     } else {
       this.#roomWaiters.push((open) =>
         open
-          ? this.#enqueueRequest(entry, wire)
+          ? this.#enqueueRequest(entry, wire, heartbeat)
           : entry.fail(this.#closedError("request"))
       );
     }
     return entry.promise as Promise<T>;
   }
 
-  #enqueueRequest(entry: Pending, wire: unknown): void {
+  #enqueueRequest(entry: Pending, wire: unknown, heartbeat: boolean): void {
     if (entry.settled) return;
     if (this.#state === "closed") {
       entry.fail(this.#closedError("request"));
       return;
     }
-    if (this.#cfg.dialect.mode === "fifo") this.#fifo.push(entry);
-    this.#enqueue(wire, undefined);
+    if (this.#drainSent && !heartbeat && this.#cfg.dialect.framed) {
+      // Our drain (or drain answer) is already queued: a request behind it
+      // breaks the promise that nothing follows. It never left: retryable.
+      entry.fail(
+        new ConnectionClosedError(
+          `Cannot send request: session ${this.id} is draining`,
+        ),
+      );
+      return;
+    }
+    const fifo = this.#cfg.dialect.mode === "fifo";
+    if (fifo) this.#fifo.push(entry);
+    try {
+      this.#enqueue(wire, undefined);
+    } catch (error) {
+      if (fifo && this.#fifo.at(-1) === entry) this.#fifo.pop();
+      entry.fail(error);
+    }
   }
 
   /** Whether a new message may be queued now (waiters go first). */
@@ -470,7 +535,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       return Promise.reject(error);
     }
     if (this.#hasRoom()) {
-      this.#enqueue(wire, done);
+      try {
+        this.#enqueue(wire, done);
+      } catch (error) {
+        return Promise.reject(error);
+      }
       return done.promise;
     }
     let waiting = true;
@@ -482,8 +551,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#roomWaiters.push((open) => {
       signal?.removeEventListener("abort", onAbort);
       if (!waiting) return;
-      if (open) this.#enqueue(wire, done);
-      else done.reject(this.#closedError("send"));
+      if (!open) return done.reject(this.#closedError("send"));
+      try {
+        this.#enqueue(wire, done);
+      } catch (error) {
+        done.reject(error);
+      }
     });
     return done.promise;
   }
@@ -497,6 +570,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Queues a push without waiting (broadcast); cuts off a peer over the byte limit. */
   pushNow(message: T): boolean {
     if (this.#state === "closed") return false;
+    // A message the codec refuses throws to the caller (broadcast) before
+    // anything is queued.
     this.#enqueue(this.#cfg.dialect.push(message), undefined);
     return true;
   }
@@ -508,22 +583,35 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     );
   }
 
+  /**
+   * Queues a message for the next write. Its size is taken (or, for codecs
+   * without `encodedLength`/`encodeInto`, it is encoded) before it is queued,
+   * so a message the codec refuses throws to the caller and nothing is
+   * queued; and `maxWriteBytes` holds for every codec.
+   */
   #enqueue(wire: unknown, done: PromiseWithResolvers<void> | undefined): void {
-    this.#queue.push(wire);
-    if (done !== undefined) this.#queueNotify.push(done);
     const codec = this.#cfg.dialect.codec;
-    if (codec.encodedLength !== undefined) {
-      this.#queuedBytes += codec.encodedLength(wire);
-      if (this.#queuedBytes > this.#cfg.maxWriteBytes) {
-        this.#cutOff(
-          `write queue holds ${this.#queuedBytes} bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
-        );
-        return;
-      }
+    let item = wire;
+    let size: number;
+    if (this.#preEncoded) {
+      const bytes = codec.encode(wire);
+      item = bytes;
+      size = bytes.length;
+    } else {
+      size = codec.encodedLength!(wire);
+    }
+    this.#queue.push(item);
+    if (done !== undefined) this.#queueNotify.push(done);
+    this.#queuedBytes += size;
+    if (this.#queuedBytes > this.#cfg.maxWriteBytes) {
+      this.#cutOff(
+        `write queue holds ${this.#queuedBytes} bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
+      );
+      return;
     }
     if (!this.#writing && !this.#flushScheduled) {
       this.#flushScheduled = true;
-      queueMicrotask(this.#flush);
+      queueMicrotask(this.#flushTask ??= () => void this.#flush());
     }
   }
 
@@ -541,16 +629,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#cutOff(`a write has not completed for ${Math.round(ms)} ms`);
   }
 
-  #flush = async (): Promise<void> => {
+  async #flush(): Promise<void> {
     this.#flushScheduled = false;
     if (this.#writing || this.#state === "closed") return;
     this.#writing = true;
+    /** Sends in the batch being written: they settle with this write. */
+    let notify: PromiseWithResolvers<void>[] | undefined;
     try {
       while (this.#queue.length > 0 && !this.#isClosed()) {
         const batch = this.#queue;
-        const notify = this.#queueNotify.length > 0
-          ? this.#queueNotify
-          : undefined;
+        notify = this.#queueNotify.length > 0 ? this.#queueNotify : undefined;
         this.#queue = [];
         if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
@@ -571,6 +659,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#cfg.counters.bytesOut += bytes.length;
         if (notify !== undefined) {
           for (const done of notify) done.resolve();
+          notify = undefined;
         }
       }
       // Busy sessions keep their write buffer (a fresh zero-filled MiB per
@@ -584,34 +673,41 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     } catch (error) {
       this.writeStartedAt = 0;
-      this.#fail(
-        error instanceof SlowConsumerError ? error : new ConnectionClosedError(
-          `Session ${this.id} write failed: ${
-            error instanceof Error ? error.message : String(error)
-          }`,
+      const failure = error instanceof SlowConsumerError
+        ? error
+        : new ConnectionClosedError(
+          `Session ${this.id} write failed: ${describeError(error)}`,
           { cause: error },
-        ),
-      );
+        );
+      this.#fail(failure);
+      // The sends of the batch that failed: never written, or not known to be.
+      if (notify !== undefined) {
+        const reason = this.closeReason instanceof ConnectionClosedError
+          ? this.closeReason
+          : failure;
+        for (const done of notify) done.reject(reason);
+      }
     } finally {
       this.#writing = false;
       this.#checkIdle();
     }
-  };
+  }
 
   #encode(batch: unknown[]): Uint8Array {
     const codec = this.#cfg.dialect.codec;
-    if (codec.encodedLength !== undefined && codec.encodeInto !== undefined) {
+    if (!this.#preEncoded) {
       let total = 0;
-      for (const wire of batch) total += codec.encodedLength(wire);
+      for (const wire of batch) total += codec.encodedLength!(wire);
       const buffer = this.#buffer(total);
       let offset = 0;
       for (const wire of batch) {
-        offset += codec.encodeInto(wire, buffer, offset);
+        offset += codec.encodeInto!(wire, buffer, offset);
       }
       return buffer.subarray(0, offset);
     }
-    if (batch.length === 1) return codec.encode(batch[0]);
-    const parts = batch.map((wire) => codec.encode(wire));
+    // Encoded when queued.
+    const parts = batch as Uint8Array[];
+    if (parts.length === 1) return parts[0]!;
     let total = 0;
     for (const part of parts) total += part.length;
     const buffer = this.#buffer(total);
@@ -736,9 +832,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       for (let i = 0; i < batch.length; i++) {
         if (this.#state === "closed") return;
         this.#dispatch(batch[i]);
+        // Replies keep flowing while the handlers are at their limit; only
+        // held requests stop the reading.
         while (
-          this.#handlersRunning + this.#held.length >=
-            this.#cfg.maxConcurrentHandlers && !this.#isClosed()
+          this.#held.length >= this.#cfg.maxConcurrentHandlers &&
+          !this.#isClosed()
         ) {
           await this.#slotFree();
         }
@@ -764,14 +862,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       case Inbound.Reply:
       case Inbound.Pong: {
         const id = dialect.id(wire)!;
-        const entry = correlator.get(id);
+        const entry = this.#pendingFor(correlator.get(id));
         if (entry === undefined) return this.#late(id);
         entry.succeed(dialect.message(wire));
         return;
       }
       case Inbound.Error: {
         const id = dialect.id(wire)!;
-        const entry = correlator.get(id);
+        const entry = this.#pendingFor(correlator.get(id));
         if (entry === undefined) return this.#late(id);
         entry.fail(new RemoteError(dialect.errorText(wire)));
         return;
@@ -807,7 +905,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     const id = dialect.id(wire);
     if (id !== undefined) {
-      const entry = this.#cfg.correlator.get(id);
+      const entry = this.#pendingFor(this.#cfg.correlator.get(id));
       if (entry !== undefined) return this.#settle(entry, wire);
       if (this.#cfg.correlator.isExpired(id)) {
         this.#cfg.correlator.forgetExpired(id);
@@ -815,6 +913,17 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     this.#handle(wire);
+  }
+
+  /**
+   * The entry a reply may complete. A client's replies may come back on any
+   * of its sessions (one table for all); a server's table spans all its
+   * clients, so there a reply only counts on the session that was asked —
+   * one client cannot answer a request made to another.
+   */
+  #pendingFor(entry: Pending | undefined): Pending | undefined {
+    if (entry === undefined || this.side === "client") return entry;
+    return entry.owner === this ? entry : undefined;
   }
 
   /** Completes a custom-codec request; the codec may call the reply a failure. */
@@ -833,12 +942,37 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     });
   }
 
+  /** Hands a request or push to the handler, or holds it (in order). */
   #handle(wire: unknown): void {
-    if (this.#state === "handshaking") {
-      // onConnect runs first (auth, sign-on): hold the message till ready.
+    if (
+      this.#gated || this.#held.length > 0 ||
+      this.#handlersRunning >= this.#cfg.maxConcurrentHandlers
+    ) {
       this.#held.push(wire);
       return;
     }
+    this.#invoke(wire);
+  }
+
+  /** Runs held messages while the handshake is over and slots are free. */
+  #releaseHeld(): void {
+    const held = this.#held;
+    const max = this.#cfg.maxConcurrentHandlers;
+    while (
+      !this.#gated && held.length > 0 && this.#handlersRunning < max &&
+      this.#state !== "closed"
+    ) {
+      this.#invoke(held.shift());
+    }
+    const waiter = this.#slotWaiter;
+    if (waiter !== undefined && held.length < max) {
+      this.#slotWaiter = undefined;
+      waiter.resolve();
+    }
+    this.#checkIdle();
+  }
+
+  #invoke(wire: unknown): void {
     const handler = this.#cfg.handler();
     const message = this.#cfg.dialect.message(wire);
     if (handler === undefined) {
@@ -851,7 +985,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     let result;
     try {
-      result = handler(message, this.#context);
+      result = handler(message, this.#handlerContext());
     } catch (error) {
       this.#handlerFailed(error, wire, message);
       return;
@@ -860,30 +994,19 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#handlersRunning++;
       result.then(
         (value) => {
-          this.#handlerDone();
+          this.#handlersRunning--;
           this.#reply(value ?? undefined, wire);
+          this.#releaseHeld();
         },
         (error) => {
-          this.#handlerDone();
+          this.#handlersRunning--;
           this.#handlerFailed(error, wire, message);
+          this.#releaseHeld();
         },
-      );
+      ).catch((error) => this.#fail(error));
     } else {
       this.#reply(result ?? undefined, wire);
     }
-  }
-
-  #handlerDone(): void {
-    this.#handlersRunning--;
-    const waiter = this.#slotWaiter;
-    if (
-      waiter !== undefined &&
-      this.#handlersRunning < this.#cfg.maxConcurrentHandlers
-    ) {
-      this.#slotWaiter = undefined;
-      waiter.resolve();
-    }
-    this.#checkIdle();
   }
 
   #reply(value: T | undefined, to: unknown): void {
@@ -900,9 +1023,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
       return;
     }
-    if (wire !== undefined) {
-      this.#queuedReplies++;
+    if (wire === undefined) return;
+    try {
       this.#enqueue(wire, undefined);
+      this.#queuedReplies++;
+    } catch (error) {
+      // The codec refused the reply (too large, unencodable).
+      this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
     }
   }
 
@@ -920,23 +1047,27 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     if (reply !== undefined && this.#state !== "closed") {
-      this.#queuedReplies++;
-      this.#enqueue(reply, undefined);
-      this.#cfg.logger.debug("Handler failed; an error reply was sent", {
-        session: this.id,
-        error,
-      });
-    } else {
-      this.#cfg.logger.error("Handler failed", { session: this.id, error });
+      try {
+        this.#enqueue(reply, undefined);
+        this.#queuedReplies++;
+        this.#cfg.logger.debug("Handler failed; an error reply was sent", {
+          session: this.id,
+          error,
+        });
+        return;
+      } catch (encodeError) {
+        error = encodeError;
+      }
     }
+    this.#cfg.logger.error("Handler failed", { session: this.id, error });
   }
 
   // ---- lifecycle ------------------------------------------------------
 
   #onEof(): void {
     this.#eof = true;
-    this.#eofSeen.resolve();
-    this.#peerDrained.resolve();
+    this.#eofWaiter?.resolve();
+    this.#markPeerDrained();
     if (this.#state === "closed") return;
     // As Go's net/http: handlers learn that the peer has gone. Their replies
     // are still written if the peer only half-closed.
@@ -1018,8 +1149,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#wakeRoom();
     this.#slotWaiter?.resolve();
     this.#slotWaiter = undefined;
-    this.#eofSeen.resolve();
-    this.#peerDrained.resolve();
+    this.#eofWaiter?.resolve();
+    this.#markPeerDrained();
     this.#abort?.abort(reason ?? new ClosedError("Session closed"));
     this.#checkIdle();
     this.#cfg.onClose(this);
@@ -1034,9 +1165,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #isIdle(): boolean {
     return this.#state === "closed" ||
-      (this.#handlersRunning === 0 && !this.#writing &&
-        this.#queue.length === 0 && !this.#flushScheduled &&
-        this.pendingCount === 0);
+      (this.#handlersRunning === 0 && this.#held.length === 0 &&
+        !this.#writing && this.#queue.length === 0 &&
+        !this.#flushScheduled && this.pendingCount === 0);
   }
 
   #checkIdle(): void {
@@ -1056,7 +1187,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #onDrainFrame(): void {
     if (this.#drainSent) {
       // Our drain was acknowledged: every request the peer sent has arrived.
-      this.#peerDrained.resolve();
+      this.#markPeerDrained();
       return;
     }
     // The peer is going away: stop sending it requests and acknowledge.
@@ -1065,7 +1196,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     this.#drainSent = true;
     this.#enqueue(this.#cfg.dialect.drain(), undefined);
-    this.#peerDrained.resolve();
+    this.#markPeerDrained();
     this.#cfg.onPeerDrain(this);
   }
 
@@ -1080,8 +1211,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   async drain(
     signal: AbortSignal,
     onDrain?: (session: Session<T>) => void | Promise<void>,
-  ): Promise<{ handlers: number; requests: number }> {
-    if (this.#state === "closed") return { handlers: 0, requests: 0 };
+  ): Promise<DrainResult> {
+    if (this.#state === "closed") {
+      return { forced: false, handlers: 0, requests: 0 };
+    }
     if (this.#state !== "draining") this.#state = "draining";
     const forced = abortPromise(signal);
     try {
@@ -1090,9 +1223,17 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
           this.#drainSent = true;
           this.#enqueue(this.#cfg.dialect.drain(), undefined);
         }
-        await Promise.race([this.#peerDrained.promise, forced.promise]);
+        await Promise.race([this.#peerDrained(), forced.promise]);
       } else if (onDrain !== undefined) {
-        await Promise.race([onDrain(this), forced.promise]);
+        // A failing hook is logged; the drain goes on.
+        const told = Promise.resolve().then(() => onDrain(this)).catch(
+          (error) =>
+            this.#cfg.logger.error("onDrain failed", {
+              session: this.id,
+              error,
+            }),
+        );
+        await Promise.race([told, forced.promise]);
       }
       await Promise.race([this.#whenIdle(), forced.promise]);
       if (!this.#isClosed() && !signal.aborted) {
@@ -1101,16 +1242,17 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         } catch {
           // The peer may already be gone.
         }
-        await Promise.race([this.#eofSeen.promise, forced.promise]);
+        await Promise.race([this.#eofSeen(), forced.promise]);
       }
       this.close();
-      return { handlers: 0, requests: 0 };
+      return { forced: false, handlers: 0, requests: 0 };
     } catch {
-      // Handlers still running, and replies written by none: their
-      // requesters will not get an answer.
+      // Handlers still running, requests still held, and replies written by
+      // none: their requesters will not get an answer.
       const cut = {
-        handlers: this.#handlersRunning + this.#queuedReplies +
-          this.#writingReplies,
+        forced: true,
+        handlers: this.#handlersRunning + this.#held.length +
+          this.#queuedReplies + this.#writingReplies,
         requests: this.pendingCount,
       };
       this.close(
