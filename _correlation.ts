@@ -42,8 +42,12 @@ function capture(
 export class Pending {
   /** Index in the correlator's list of entries without an id, or -1. */
   slot = -1;
-  /** `performance.now()` ms; Infinity until the correlator stamps it. */
-  deadline = Infinity;
+  /**
+   * `performance.now()` ms, rounded up; -1 until the correlator stamps it.
+   * An integer: a field that holds fractions is boxed, one more allocation
+   * per request.
+   */
+  deadline = -1;
   settled = false;
   readonly id: CorrelationId | undefined;
   readonly owner: PendingOwner;
@@ -335,7 +339,7 @@ export class Correlator {
     for (let i = 0; i < entries.length; i++) {
       const entry = entries[i]!;
       if (entry.settled) continue;
-      const deadline = entry.deadline = now + entry.timeout;
+      const deadline = entry.deadline = Math.ceil(now + entry.timeout);
       if (deadline < earliest) earliest = deadline;
     }
     entries.length = 0;
@@ -394,8 +398,11 @@ export class Correlator {
     let next = Infinity;
     for (const entries of [this.#byId.values(), this.#unkeyed.slice()]) {
       for (const entry of entries) {
-        if (entry.deadline <= now) due.push(entry);
-        else if (entry.deadline < next) next = entry.deadline;
+        const deadline = entry.deadline;
+        // Unstamped (-1): its stamp arms the timer.
+        if (deadline < 0) continue;
+        if (deadline <= now) due.push(entry);
+        else if (deadline < next) next = deadline;
       }
     }
     for (const entry of due) entry.expire();
