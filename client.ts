@@ -476,11 +476,19 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * await server.shutdown({ timeout: 100 });
    * ```
    */
-  request(message: T, options: ClientRequestOptions<T> = {}): Promise<T> {
+  request(message: T, options?: ClientRequestOptions<T>): Promise<T> {
     if (this.#closing !== undefined) {
       return Promise.reject(
         new ClosedError("Cannot send request: client is closed"),
       );
+    }
+    if (options === undefined) {
+      // The common call: no options object to allocate and read.
+      const session = this.#pick();
+      if (session !== undefined) {
+        return session.requestOn(message, undefined, undefined, false);
+      }
+      options = {};
     }
     let session: SessionImpl<T> | undefined;
     try {
