@@ -7,6 +7,7 @@
  */
 
 import { ConnectionError } from "./errors.ts";
+import { describeError } from "./_util.ts";
 
 /** The byte pipe a session runs on. `Deno.Conn` satisfies it. */
 export interface Transport {
@@ -155,9 +156,7 @@ export async function connect(
       throw error;
     }
     throw new ConnectionError(
-      `Cannot connect to ${formatEndpoint(endpoint)}: ${
-        error instanceof Error ? error.message : String(error)
-      }`,
+      `Cannot connect to ${formatEndpoint(endpoint)}: ${describeError(error)}`,
       { cause: error },
     );
   } finally {

@@ -221,6 +221,8 @@ const COPY_SLAB_BYTES = 16 * 1024;
 /** Short reads in a row that move a session back to its small buffer. */
 const SHORT_READS_TO_IDLE = 8;
 const RETAIN_WRITE_BYTES = 4 * 1024 * 1024;
+/** Held requests past which reading stops even while own requests wait. */
+const HELD_HARD_CAP = 1024;
 
 let nextSessionId = 1;
 
@@ -479,6 +481,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } catch (error) {
       return Promise.reject(error);
     }
+    // A handler awaiting this answer may have paused reading: resume it.
+    if (this.#slotWaiter !== undefined) this.#recheckReading();
     if (this.#hasRoom()) {
       this.#enqueueRequest(entry, wire, heartbeat);
     } else {
@@ -895,12 +899,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#dispatch(batch[i]);
         // Replies keep flowing while the handlers are at their limit; only
         // held requests stop the reading.
-        while (
-          this.#held.length >= this.#cfg.maxConcurrentHandlers &&
-          !this.#isClosed()
-        ) {
-          await this.#slotFree();
-        }
+        while (this.#readingPaused()) await this.#slotFree();
       }
       // Backpressure from our own write side: a peer that does not read
       // our replies stops being read.
@@ -909,6 +908,29 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     this.#onEof();
+  }
+
+  /**
+   * Whether the read loop must wait: held requests reached the handler
+   * limit. While this session has requests of its own pending (a handler
+   * awaiting an answer from its peer), reading goes on up to a hard cap of
+   * held requests, so those answers can arrive.
+   */
+  #readingPaused(): boolean {
+    if (this.#state === "closed") return false;
+    const held = this.#held.length;
+    const max = this.#cfg.maxConcurrentHandlers;
+    if (held < max) return false;
+    return this.pendingCount === 0 || held >= Math.max(HELD_HARD_CAP, max);
+  }
+
+  /** Wakes a read loop paused on held requests when that may have changed. */
+  #recheckReading(): void {
+    const waiter = this.#slotWaiter;
+    if (waiter !== undefined && !this.#readingPaused()) {
+      this.#slotWaiter = undefined;
+      waiter.resolve();
+    }
   }
 
   #slotFree(): Promise<void> {
@@ -1026,7 +1048,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#invoke(held.shift());
     }
     const waiter = this.#slotWaiter;
-    if (waiter !== undefined && held.length < max) {
+    if (waiter !== undefined && !this.#readingPaused()) {
       this.#slotWaiter = undefined;
       waiter.resolve();
     }
@@ -1176,9 +1198,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         });
       } else {
         error = new ConnectionClosedError(
-          `Session ${this.id} failed: ${
-            error instanceof Error ? error.message : String(error)
-          }`,
+          `Session ${this.id} failed: ${describeError(error)}`,
           { cause: error },
         );
       }
