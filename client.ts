@@ -16,17 +16,20 @@ import {
 } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
+import { nonNegative, positive } from "./_util.ts";
 import { after, type Timed } from "./_timeouts.ts";
 import { Housekeeper } from "./_housekeeping.ts";
 import {
   abortable,
   type Counters,
   type Handler,
+  newCounters,
   type RequestOptions,
   type SendOptions,
   type Session,
   type SessionConfig,
   SessionImpl,
+  sessionLimits,
   type SessionState,
 } from "./session.ts";
 import { type BackoffOptions, delay, exponentialBackoff } from "./backoff.ts";
@@ -306,15 +309,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #options: DialOptions<T>;
   readonly #dialect: Dialect<T>;
   readonly #correlator = new Correlator();
-  readonly #counters: Counters = {
-    messagesIn: 0,
-    messagesOut: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    lateReplies: 0,
-    handlerErrors: 0,
-    protocolErrors: 0,
-  };
+  readonly #counters: Counters = newCounters();
   readonly #slots: Slot[] = [];
   readonly #ready: SessionImpl<T>[] = [];
   readonly #all = new Set<SessionImpl<T>>();
@@ -351,15 +346,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       logger: this.#logger,
       handler: () => this.#handler,
       onHandlerError: options.onHandlerError,
-      maxConcurrentHandlers: positive(
-        options.maxConcurrentHandlers ?? 64,
-        "maxConcurrentHandlers",
-      ),
-      highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
-      maxWriteBytes: positive(
-        options.maxWriteBytes ?? 64 * 1024 * 1024,
-        "maxWriteBytes",
-      ),
+      ...sessionLimits(options),
       requestTimeout: nonNegative(
         options.requestTimeout ?? 5000,
         "requestTimeout",
@@ -959,24 +946,6 @@ function closeQuietly(conn: Transport | undefined): void {
   } catch {
     // Already closed.
   }
-}
-
-function positive(value: number, name: string): number {
-  if (!(value > 0) || !Number.isFinite(value)) {
-    throw new RangeError(
-      `Cannot use ${name} ${value}: expected a positive number`,
-    );
-  }
-  return value;
-}
-
-function nonNegative(value: number, name: string): number {
-  if (!(value >= 0) || !Number.isFinite(value)) {
-    throw new RangeError(
-      `Cannot use ${name} ${value}: expected a non-negative number`,
-    );
-  }
-  return value;
 }
 
 /**

@@ -11,16 +11,19 @@ import { formatAddr, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
+import { positive } from "./_util.ts";
 import { after } from "./_timeouts.ts";
 import {
   abortable,
   type Counters,
   type Handler,
+  newCounters,
   type PeerCertificate,
   type ProxyInfo,
   type Session,
   type SessionConfig,
   SessionImpl,
+  sessionLimits,
 } from "./session.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
@@ -240,15 +243,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #config: SessionConfig<T>;
   readonly #sessions = new Set<SessionImpl<T>>();
   readonly #correlator = new Correlator();
-  readonly #counters: Counters = {
-    messagesIn: 0,
-    messagesOut: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    lateReplies: 0,
-    handlerErrors: 0,
-    protocolErrors: 0,
-  };
+  readonly #counters: Counters = newCounters();
   readonly #housekeeper: Housekeeper<T>;
   readonly #logger: Logger;
   readonly #finished = Promise.withResolvers<ShutdownReport>();
@@ -289,15 +284,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       logger: this.#logger,
       handler: () => this.#handler,
       onHandlerError: options.onHandlerError,
-      maxConcurrentHandlers: positive(
-        options.maxConcurrentHandlers ?? 64,
-        "maxConcurrentHandlers",
-      ),
-      highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
-      maxWriteBytes: positive(
-        options.maxWriteBytes ?? 64 * 1024 * 1024,
-        "maxWriteBytes",
-      ),
+      ...sessionLimits(options),
       requestTimeout: positive(
         options.requestTimeout ?? 5000,
         "requestTimeout",
@@ -700,15 +687,6 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
-}
-
-function positive(value: number, name: string): number {
-  if (!(value > 0) || !Number.isFinite(value)) {
-    throw new RangeError(
-      `Cannot use ${name} ${value}: expected a positive number`,
-    );
-  }
-  return value;
 }
 
 /**

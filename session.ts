@@ -16,7 +16,7 @@ import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
 import { type Dialect, Inbound } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
-import { describeError } from "./_util.ts";
+import { describeError, positive } from "./_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -191,6 +191,45 @@ export interface Counters {
   lateReplies: number;
   handlerErrors: number;
   protocolErrors: number;
+}
+
+/** Fresh counters of a client or server. @internal */
+export function newCounters(): Counters {
+  return {
+    messagesIn: 0,
+    messagesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    lateReplies: 0,
+    handlerErrors: 0,
+    protocolErrors: 0,
+  };
+}
+
+/** The per-session limits clients and servers both take. @internal */
+export interface SessionLimitOptions {
+  maxConcurrentHandlers?: number;
+  outboundBuffer?: number;
+  maxWriteBytes?: number;
+}
+
+/** Validates the per-session limits, with their defaults. @internal */
+export function sessionLimits(options: SessionLimitOptions): {
+  maxConcurrentHandlers: number;
+  highWaterMark: number;
+  maxWriteBytes: number;
+} {
+  return {
+    maxConcurrentHandlers: positive(
+      options.maxConcurrentHandlers ?? 64,
+      "maxConcurrentHandlers",
+    ),
+    highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
+    maxWriteBytes: positive(
+      options.maxWriteBytes ?? 64 * 1024 * 1024,
+      "maxWriteBytes",
+    ),
+  };
 }
 
 /** What a session needs from its client or server. @internal */
