@@ -301,7 +301,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #copySlab: Uint8Array | undefined;
   #copyPos = 0;
   /** A read into #slab at #slabPos that #readChunk returns next. */
-  #ahead: Promise<number | null> | undefined;
+  #ahead:
+    | { read: Promise<number | null>; slab: Uint8Array; start: number }
+    | undefined;
   /** Short reads in a row; at SHORT_READS_TO_IDLE reads use #small. */
   #shortReads = SHORT_READS_TO_IDLE;
   #eof = false;
@@ -800,12 +802,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const ahead = this.#ahead;
     if (ahead !== undefined) {
       // A read issued by the small-buffer path below, into #slab.
+      // (It carries its own slab: releaseIdleBuffers may drop #slab.)
       this.#ahead = undefined;
-      const slab = this.#slab!;
-      const start = this.#slabPos;
-      const n = await ahead;
+      const { slab, start } = ahead;
+      const n = await ahead.read;
       if (n === null) return null;
-      this.#slabPos = start + n;
+      if (this.#slab === slab) this.#slabPos = start + n;
       return new Uint8Array(slab.buffer, start, n);
     }
     if (this.#shortReads < SHORT_READS_TO_IDLE) {
@@ -882,11 +884,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const more = await Promise.race([read, microtaskTurns()]);
     if (more === undefined) {
       // The rest has not come: the next #readChunk awaits this read.
-      this.#ahead = read;
+      this.#ahead = { read, slab, start: rest };
       return new Uint8Array(slab.buffer, start, n);
     }
     if (more === null) {
-      this.#ahead = Promise.resolve(null);
+      this.#ahead = { read: Promise.resolve(null), slab, start: rest };
       return new Uint8Array(slab.buffer, start, n);
     }
     this.#slabPos = rest + more;
