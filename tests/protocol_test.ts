@@ -8,6 +8,7 @@ import {
   FrameKind,
   HEADER_BYTES,
 } from "../protocol.ts";
+import { bytewise, concat, cut } from "./_bytes.ts";
 
 const frameArb: fc.Arbitrary<Frame> = fc.record({
   kind: fc.integer({ min: 1, max: 7 }) as fc.Arbitrary<FrameKind>,
@@ -19,34 +20,6 @@ const frameArb: fc.Arbitrary<Frame> = fc.record({
 });
 const framesArb = fc.array(frameArb, { maxLength: 24 });
 const cutsArb = fc.array(fc.nat(), { maxLength: 40 });
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-/** Cuts `bytes` at the given points (any numbers; duplicates give empty chunks). */
-function cut(bytes: Uint8Array, points: readonly number[]): Uint8Array[] {
-  const at = points.map((point) => point % (bytes.length + 1))
-    .sort((a, b) => a - b);
-  const chunks: Uint8Array[] = [];
-  let previous = 0;
-  for (const point of at) {
-    chunks.push(bytes.subarray(previous, point));
-    previous = point;
-  }
-  chunks.push(bytes.subarray(previous));
-  return chunks;
-}
-
-function bytewise(bytes: Uint8Array): Uint8Array[] {
-  return Array.from(bytes, (_, i) => bytes.subarray(i, i + 1));
-}
 
 /** Frames as plain values, payloads copied: comparable with deepEqual. */
 function plain(frames: readonly Frame[]) {

@@ -9,39 +9,11 @@ import {
   RespError,
   type RespValue,
 } from "../framing/resp.ts";
+import { bytewise, concat, cut } from "./_bytes.ts";
 
 const encoder = new TextEncoder();
 const bytes = (text: string) => encoder.encode(text);
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-/** Cuts `data` at the given points (any numbers; duplicates give empty chunks). */
-function cut(data: Uint8Array, points: readonly number[]): Uint8Array[] {
-  const at = points.map((point) => point % (data.length + 1)).sort((a, b) =>
-    a - b
-  );
-  const chunks: Uint8Array[] = [];
-  let previous = 0;
-  for (const point of at) {
-    chunks.push(data.subarray(previous, point));
-    previous = point;
-  }
-  chunks.push(data.subarray(previous));
-  return chunks;
-}
-
-function bytewise(data: Uint8Array): Uint8Array[] {
-  return Array.from(data, (_, i) => data.subarray(i, i + 1));
-}
 
 function decodeAll(
   chunks: readonly Uint8Array[],
