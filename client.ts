@@ -244,31 +244,17 @@ export interface CloseOptions {
 }
 
 /** Counters of a client. */
-export interface ClientStats {
+export interface ClientStats extends Counters {
   /** Sessions by state. */
   sessions: Record<SessionState | "connecting", number>;
   /** Requests waiting for a reply. */
   pending: number;
   /** Requests waiting for a ready session. */
   waiting: number;
-  /** Messages decoded. */
-  messagesIn: number;
-  /** Messages written. */
-  messagesOut: number;
-  /** Bytes read. */
-  bytesIn: number;
-  /** Bytes written. */
-  bytesOut: number;
   /** Requests that timed out. */
   timeouts: number;
-  /** Replies that came after their request settled (dropped). */
-  lateReplies: number;
   /** Reconnect attempts made. */
   reconnects: number;
-  /** Handler failures. */
-  handlerErrors: number;
-  /** Sessions closed for bad input. */
-  protocolErrors: number;
 }
 
 /** Detail of client events (`event.detail` of a `CustomEvent`). */
@@ -871,20 +857,13 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       if (slot.session === undefined && slot.connecting) sessions.connecting++;
     }
     for (const session of this.#all) sessions[session.state]++;
-    const c = this.#counters;
     return {
+      ...this.#counters,
       sessions,
       pending: this.#correlator.count,
       waiting: this.#waiters.size,
-      messagesIn: c.messagesIn,
-      messagesOut: c.messagesOut,
-      bytesIn: c.bytesIn,
-      bytesOut: c.bytesOut,
       timeouts: this.#correlator.timedOut,
-      lateReplies: c.lateReplies,
       reconnects: this.#reconnects,
-      handlerErrors: c.handlerErrors,
-      protocolErrors: c.protocolErrors,
     };
   }
 

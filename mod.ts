@@ -49,6 +49,7 @@ export type {
   ShutdownReport,
 } from "./server.ts";
 export type {
+  Counters,
   Handler,
   HandlerContext,
   PeerCertificate,

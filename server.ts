@@ -195,7 +195,7 @@ export interface ShutdownReport {
 }
 
 /** Counters of a server. */
-export interface ServerStats {
+export interface ServerStats extends Counters {
   /** Open sessions. */
   sessions: number;
   /** Connections accepted since start. */
@@ -204,20 +204,6 @@ export interface ServerStats {
   refused: number;
   /** Connections closed for a bad PROXY header or failed `onConnect`. */
   rejected: number;
-  /** Messages decoded. */
-  messagesIn: number;
-  /** Messages written. */
-  messagesOut: number;
-  /** Bytes read. */
-  bytesIn: number;
-  /** Bytes written. */
-  bytesOut: number;
-  /** Handler failures. */
-  handlerErrors: number;
-  /** Sessions closed for bad input. */
-  protocolErrors: number;
-  /** Replies to the server's own requests that came too late. */
-  lateReplies: number;
 }
 
 /** Detail of server events (`event.detail` of a `CustomEvent`). */
@@ -380,19 +366,12 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
    * @returns A snapshot.
    */
   stats(): ServerStats {
-    const c = this.#counters;
     return {
+      ...this.#counters,
       sessions: this.#sessions.size,
       accepted: this.#accepted,
       refused: this.#refused,
       rejected: this.#rejected,
-      messagesIn: c.messagesIn,
-      messagesOut: c.messagesOut,
-      bytesIn: c.bytesIn,
-      bytesOut: c.bytesOut,
-      handlerErrors: c.handlerErrors,
-      protocolErrors: c.protocolErrors,
-      lateReplies: c.lateReplies,
     };
   }
 

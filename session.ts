@@ -182,14 +182,21 @@ export type Handler<T> = (
   context: HandlerContext<T>,
 ) => T | undefined | void | Promise<T | undefined | void>;
 
-/** Shared counters of a client or server. @internal */
+/** Traffic counters of a client or server (part of their `stats()`). */
 export interface Counters {
+  /** Messages decoded. */
   messagesIn: number;
+  /** Messages written. */
   messagesOut: number;
+  /** Bytes read. */
   bytesIn: number;
+  /** Bytes written. */
   bytesOut: number;
+  /** Replies that matched no pending request (they came too late): dropped. */
   lateReplies: number;
+  /** Handler failures. */
   handlerErrors: number;
+  /** Sessions closed for bad input. */
   protocolErrors: number;
 }
 
