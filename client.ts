@@ -180,7 +180,8 @@ export interface DialOptions<T> {
    */
   idleTimeout?: number;
   /**
-   * Inbound handlers running at once per session; reading pauses at the limit.
+   * Inbound handlers running at once per session; further requests are held
+   * in order, and reading pauses once as many are held.
    *
    * @default {64}
    */

@@ -113,7 +113,8 @@ export interface ServeOptions<T> {
    */
   maxConnections?: number;
   /**
-   * Handlers running at once per session; reading pauses at the limit.
+   * Handlers running at once per session; further requests are held in
+   * order, and reading pauses once as many are held.
    *
    * @default {64}
    */
