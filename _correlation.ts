@@ -149,10 +149,6 @@ export class IdTable {
   #count = 0;
   #other: Map<CorrelationId, Pending> | undefined;
 
-  get size(): number {
-    return this.#count + (this.#other?.size ?? 0);
-  }
-
   #home(id: number): number {
     return Math.imul(id, 0x9e37_79b1) >>> this.#shift;
   }
@@ -277,11 +273,6 @@ export class Correlator {
 
   /** Pending requests (fifo ones included). */
   count = 0;
-
-  /** Number of entries keyed by id. */
-  get size(): number {
-    return this.#byId.size;
-  }
 
   /** A fresh u32 id not used by a pending request. */
   nextId(): number {

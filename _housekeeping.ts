@@ -76,7 +76,7 @@ export class Housekeeper<T> {
         continue;
       }
       if (
-        writeTimeout > 0 && session.isWriting && session.writeStartedAt > 0 &&
+        writeTimeout > 0 && session.writeStartedAt > 0 &&
         now - session.writeStartedAt >= writeTimeout
       ) {
         session.stalled(now - session.writeStartedAt);

@@ -70,13 +70,6 @@ export class Timeouts {
     this.#granule = granule;
   }
 
-  /** Number of items waiting. */
-  get size(): number {
-    let n = 0;
-    for (const bucket of this.#buckets.values()) n += bucket.size;
-    return n;
-  }
-
   /** Adds an item; `item.deadline` must be set. */
   add(item: Timed): void {
     const tick = Math.ceil(item.deadline / this.#granule);

@@ -433,24 +433,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     return this.#state === "closed";
   }
 
-  /** Whether new requests may be routed here. */
-  get isReady(): boolean {
-    return this.#state === "ready";
-  }
-
   /** Its fifo requests not answered yet (they have no id). */
   unkeyed(): Iterable<Pending> {
     return this.#fifo.slice(this.#fifoHead);
-  }
-
-  /** Handlers running. */
-  get handlersRunning(): number {
-    return this.#handlersRunning;
-  }
-
-  /** Whether a write has been in flight since `writeStartedAt`. */
-  get isWriting(): boolean {
-    return this.#writing;
   }
 
   /** Starts reading. Inbound messages flow from now on. */
@@ -1408,10 +1393,6 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } finally {
       cancelTimer();
     }
-  }
-
-  get eof(): boolean {
-    return this.#eof;
   }
 }
 
