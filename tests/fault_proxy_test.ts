@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { startFaultProxy } from "./_fault_proxy.ts";
 import { LISTENING_LINE, startProcess, withTimeout } from "./_process.ts";
 import { ClosedError, TimeoutError } from "../errors.ts";
+import { readExactly, writeAll } from "./_bytes.ts";
 
 /** Upper bound for anything a test awaits: a hang fails instead of stalling. */
 const HANG_MS = 5_000;
@@ -63,27 +64,6 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch {
     // Already closed.
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) {
-    offset += await conn.write(bytes.subarray(offset));
-  }
-}
-
-async function readExactly(
-  conn: Deno.Conn,
-  length: number,
-): Promise<Uint8Array> {
-  const bytes = new Uint8Array(length);
-  let offset = 0;
-  while (offset < length) {
-    const n = await conn.read(bytes.subarray(offset));
-    if (n === null) throw new Error(`EOF after ${offset} of ${length} bytes`);
-    offset += n;
-  }
-  return bytes;
 }
 
 /** Writes `bytes` and reads as many back at the same time (no deadlock). */

@@ -12,6 +12,7 @@ import {
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
 import { serve, type Server } from "../server.ts";
 import { dec, enc, HOST, portOf } from "./_loopback.ts";
+import { readExactly } from "./_bytes.ts";
 
 /** A mux on 127.0.0.1 port 0 with a default-protocol echo route and a line route. */
 function start(
@@ -60,17 +61,6 @@ async function readLine(conn: Deno.Conn): Promise<string> {
     if (one[0] === 0x0a) return dec(new Uint8Array(bytes));
     bytes.push(one[0]!);
   }
-}
-
-/** Reads exactly `n` bytes. */
-async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  for (let filled = 0; filled < n;) {
-    const read = await conn.read(out.subarray(filled));
-    if (read === null) throw new Error(`EOF after ${filled} of ${n} bytes`);
-    filled += read;
-  }
-  return out;
 }
 
 /** Reads one default-protocol frame. */

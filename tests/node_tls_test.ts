@@ -7,6 +7,7 @@ import {
   OPENSSL_SUFFIX,
   type TestPki,
 } from "./_certs.ts";
+import { pattern, readExactly, writeAll } from "./_bytes.ts";
 
 // node:tls sockets live outside Deno's resource table, so the op and resource
 // sanitizers cannot see them (verified: a listener or an accepted socket left
@@ -92,31 +93,6 @@ function connect(
   });
 }
 
-/** Reads exactly `n` bytes. */
-async function readExactly(
-  conn: { read(p: Uint8Array): Promise<number | null> },
-  n: number,
-): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  let filled = 0;
-  while (filled < n) {
-    const read = await conn.read(out.subarray(filled));
-    if (read === null) throw new Error(`EOF after ${filled} of ${n} bytes`);
-    filled += read;
-  }
-  return out;
-}
-
-/** Writes all of `bytes` (`Deno.Conn.write()` may take only part). */
-async function writeAll(
-  conn: { write(p: Uint8Array): Promise<number> },
-  bytes: Uint8Array,
-): Promise<void> {
-  for (let offset = 0; offset < bytes.length;) {
-    offset += await conn.write(bytes.subarray(offset));
-  }
-}
-
 /** Asserts that a client the server refused sees an error (or EOF) instead of data. */
 async function assertRefused(conn: Deno.TlsConn): Promise<void> {
   const outcome = await (async () => {
@@ -128,12 +104,6 @@ async function assertRefused(conn: Deno.TlsConn): Promise<void> {
     outcome === null || outcome instanceof Error,
     `expected an error or EOF, got ${String(outcome)}`,
   );
-}
-
-function pattern(offset: number, length: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  for (let i = 0; i < length; i++) bytes[i] = ((offset + i) * 7) % 251;
-  return bytes;
 }
 
 Deno.test({

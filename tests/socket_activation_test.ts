@@ -11,6 +11,7 @@ import {
 import { defaultCodec, FrameKind } from "../protocol.ts";
 import { dec, enc, HOST } from "./_loopback.ts";
 import { startProcess } from "./_process.ts";
+import { pattern, readExactly, writeAll } from "./_bytes.ts";
 
 // node:net sockets live outside Deno's resource table, so the sanitizers
 // cannot see them; the loopback tests below close everything they open and
@@ -107,36 +108,6 @@ function denoRun(script: string): string[] {
     "--allow-env=LISTEN_PID,LISTEN_FDS,LISTEN_FDNAMES",
     script,
   ];
-}
-
-/** Reads exactly `n` bytes. */
-async function readExactly(
-  conn: { read(p: Uint8Array): Promise<number | null> },
-  n: number,
-): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  for (let filled = 0; filled < n;) {
-    const read = await conn.read(out.subarray(filled));
-    if (read === null) throw new Error(`EOF after ${filled} of ${n} bytes`);
-    filled += read;
-  }
-  return out;
-}
-
-/** Writes all of `bytes`. */
-async function writeAll(
-  conn: { write(p: Uint8Array): Promise<number> },
-  bytes: Uint8Array,
-): Promise<void> {
-  for (let offset = 0; offset < bytes.length;) {
-    offset += await conn.write(bytes.subarray(offset));
-  }
-}
-
-function pattern(offset: number, length: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  for (let i = 0; i < length; i++) bytes[i] = ((offset + i) * 7) % 251;
-  return bytes;
 }
 
 Deno.test({
