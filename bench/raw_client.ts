@@ -6,8 +6,7 @@
  *
  * Run: `deno run -A bench/raw_client.ts --port P --server-pid PID
  * --sessions S --inflight N --payload BYTES --warmup MS --duration MS`
- * (`--variant promise`: a promise and a `Map` entry per request, awaited by
- * `--inflight` loops; `--inproc` starts the raw server in this process; `--idle N`
+ * (`--variant promise`: a promise per request, awaited by `--inflight` loops; `--inproc` starts the raw server in this process; `--idle N`
  * opens N idle connections, prints `IDLE READY`, waits for stdin EOF).
  * Prints one `RESULT {json}` line.
  *
@@ -25,6 +24,7 @@ import {
   readFrames,
   readU32,
   Recorder,
+  replyClock,
   stdinClosed,
   writeU32,
 } from "./_shared.ts";
@@ -116,11 +116,19 @@ async function main() {
   printResult(result);
 }
 
+/** Hands a promise's resolve function over without a closure per request. */
+let capturedResolve: ((reply: Uint8Array) => void) | undefined;
+function capture(resolve: (reply: Uint8Array) => void): void {
+  capturedResolve = resolve;
+}
+
 /**
  * `--variant promise`: the same wire work, but through a request/response
- * API: a pending `Map` entry and a promise per request, `--inflight` async
- * loops each awaiting its reply before sending the next. What a promise-based
- * client cannot avoid paying; a yardstick for tcpbutler's client.
+ * API: a promise per request (its resolve function kept in a slot indexed by
+ * the id: ids are sequential and fewer than the slots are in flight), and
+ * `--inflight` async loops each awaiting its reply before sending the next.
+ * What the leanest promise-based client pays: a yardstick for tcpbutler's
+ * client, which also keeps a timeout and a session per request.
  */
 async function promiseLoops(
   opts: ClientOptions,
@@ -130,17 +138,21 @@ async function promiseLoops(
   server: BenchServer | undefined,
 ) {
   const frameBytes = 8 + opts.payload;
-  const pending = new Map<number, PromiseWithResolvers<Uint8Array>>();
+  const slots = Math.max(1024, 2 ** Math.ceil(Math.log2(opts.inflight * 2)));
+  const mask = slots - 1;
+  const pending: (((reply: Uint8Array) => void) | undefined)[] = new Array(
+    slots,
+  ).fill(undefined);
   let nextId = 0;
   const sessions = conns.map((conn) => {
     conn.setNoDelay(true);
     const writer = new FrameWriter(conn);
     const reading = readFrames(conn, (body) => {
-      const id = readU32(body, 0);
-      const waiter = pending.get(id);
-      if (waiter === undefined) return void rec.errors++;
-      pending.delete(id);
-      waiter.resolve(body);
+      const slot = readU32(body, 0) & mask;
+      const resolve = pending[slot];
+      if (resolve === undefined) return void rec.errors++;
+      pending[slot] = undefined;
+      resolve(body);
     });
     return { conn, writer, reading };
   });
@@ -151,16 +163,16 @@ async function promiseLoops(
     writeU32(buf, off, frameBytes - 4);
     writeU32(buf, off + 4, id);
     buf.set(payload, off + 8);
-    const waiter = Promise.withResolvers<Uint8Array>();
-    pending.set(id, waiter);
-    return waiter.promise;
+    const promise = new Promise(capture);
+    pending[id & mask] = capturedResolve;
+    return promise;
   };
   const loop = async (k: number) => {
     const { writer } = sessions[k % sessions.length]!;
     while (rec.sending) {
       const t = performance.now();
       const reply = await request(writer);
-      rec.record(performance.now() - t);
+      rec.record(replyClock() - t);
       if (reply.length !== frameBytes - 4) rec.errors++;
     }
   };

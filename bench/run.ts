@@ -10,7 +10,9 @@
  * Figures: req/s = replies received in the window / window length. MB/s =
  * payload bytes per second ONE way (request payload only, no headers or ids;
  * the same amount flows back). Latency: from `performance.now()` when the
- * request is issued to when its reply (matched by id) is handed back. CPU
+ * request is issued to when its reply (matched by id) is handed back; every
+ * client reads the clock once per request sent and once per read of replies
+ * (`replyClock()` in `_shared.ts`), so timing costs all of them the same. CPU
  * µs/req = (client process CPU + server process CPU) over the window / replies
  * (`process.cpuUsage()` in the client, `/proc/<pid>/stat` for the server).
  * Ratio: req/s against raw Deno in the same scenario.
@@ -20,10 +22,11 @@
  * implementations), `--duration MS`, `--warmup MS`, `--impls raw,node,…`
  * (default `raw,node,tcpbutler,tcpbutler-plain`; also `node-cork` (Node
  * writing one frame per `write()` between cork/uncork), `raw-promise` (the
- * raw client through a promise + `Map` entry per request, awaited by N
- * loops: the floor of any promise-based client), `tcpbutler-srv`
+ * raw client through a promise per request, awaited by N loops: the floor
+ * of any promise-based client), `tcpbutler-srv`
  * (tcpbutler's plain server under the raw client) and `tcpbutler-cli`
- * (tcpbutler's plain client against the raw server)), `--filter TEXT` (scenario names containing it),
+ * (tcpbutler's plain client against the raw server, in process too)),
+ * `--filter TEXT` (scenario names containing it),
  * `--pin` (server on CPU 1, client on CPU 0, via taskset),
  * `--no-idle`, `--idle-conns N`, `--out PATH` (without extension; default
  * `bench/results/latest`, or `bench/results/quick` with `--quick`).
@@ -153,9 +156,15 @@ const IMPLS: Record<string, Impl> = {
   "tcpbutler-cli": {
     name: "tcpbutler-cli",
     idle: false,
-    inproc: false,
+    inproc: true,
     server: denoRun("raw_server.ts"),
-    client: denoRun("tcpbutler_client.ts", "--variant", "plain"),
+    client: denoRun(
+      "tcpbutler_client.ts",
+      "--variant",
+      "plain",
+      "--server",
+      "raw",
+    ),
   },
 };
 

@@ -4,7 +4,8 @@
  * next). `--variant default` uses the default protocol (the library assigns
  * ids); `--variant plain` the baselines' wire format through
  * `lengthPrefixed()`, with the id written into each request's first 4 bytes.
- * `--inproc` runs tcpbutler's server in this process. Prints one
+ * `--inproc` runs tcpbutler's server in this process (with `--server raw`,
+ * the raw Deno server: the client's cost alone). Prints one
  * `RESULT {json}` line.
  *
  * @module
@@ -17,9 +18,11 @@ import {
   printResult,
   readU32,
   Recorder,
+  replyClock,
   stdinClosed,
   writeU32,
 } from "./_shared.ts";
+import { startRawServer } from "./raw_server.ts";
 import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
 
 async function main() {
@@ -28,9 +31,11 @@ async function main() {
   // The orchestrator keeps stdin open while it waits for the result: if it
   // dies, stop at once.
   stdinClosed().then(() => Deno.exit(2));
-  const server = opts.inproc
-    ? startTcpbutlerServer(opts.variant, opts.hostname)
-    : undefined;
+  const server = !opts.inproc
+    ? undefined
+    : opts.server === "raw"
+    ? startRawServer(opts.hostname)
+    : startTcpbutlerServer(opts.variant, opts.hostname);
   const port = server ? server.port : opts.port;
   if (server) opts.serverPid = 0;
 
@@ -55,7 +60,7 @@ async function main() {
       const t = performance.now();
       try {
         const reply = await client.request(frame);
-        rec.record(performance.now() - t);
+        rec.record(replyClock() - t);
         if (
           reply.length !== expected || (plain && readU32(reply, 0) !== id)
         ) rec.errors++;
