@@ -333,6 +333,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   // write side
   #queue: unknown[] = [];
+  /** Encoded size of the messages in #queue. */
+  #queueBytes = 0;
+  /** The array #queue had before the last flush, emptied, for reuse. */
+  #spareQueue: unknown[] | undefined;
   /** Sends in the queue waiting to hear they were written. */
   #queueNotify: PromiseWithResolvers<void>[] = [];
   /** Handler replies in the queue, and in the write in flight. */
@@ -641,6 +645,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     this.#queue.push(item);
     if (done !== undefined) this.#queueNotify.push(done);
+    this.#queueBytes += size;
     this.#queuedBytes += size;
     if (this.#queuedBytes > this.#cfg.maxWriteBytes) {
       this.#cutOff(
@@ -677,12 +682,20 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     try {
       while (this.#queue.length > 0 && !this.#isClosed()) {
         const batch = this.#queue;
+        const size = this.#queueBytes;
         notify = this.#queueNotify.length > 0 ? this.#queueNotify : undefined;
-        this.#queue = [];
+        this.#queue = this.#spareQueue ?? [];
+        this.#spareQueue = undefined;
+        this.#queueBytes = 0;
         if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
         this.#queuedReplies = 0;
-        const bytes = this.#encode(batch);
+        const bytes = this.#encode(batch, size);
+        const count = batch.length;
+        // Messages are not kept past their encoding (a reply's view would
+        // keep its read slab alive).
+        batch.length = 0;
+        this.#spareQueue = batch;
         this.#wakeRoom();
         this.writeStartedAt = coarseNow();
         let offset = 0;
@@ -692,9 +705,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.writeStartedAt = 0;
         this.#writingReplies = 0;
         this.#queuedBytes = Math.max(0, this.#queuedBytes - bytes.length);
-        this.#stats.messagesOut += batch.length;
+        this.#stats.messagesOut += count;
         this.#stats.bytesOut += bytes.length;
-        this.#cfg.counters.messagesOut += batch.length;
+        this.#cfg.counters.messagesOut += count;
         this.#cfg.counters.bytesOut += bytes.length;
         if (notify !== undefined) {
           for (const done of notify) done.resolve();
@@ -732,26 +745,24 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
   }
 
-  #encode(batch: unknown[]): Uint8Array {
+  /** Encodes a batch of `size` bytes (their sizes were taken when queued). */
+  #encode(batch: unknown[], size: number): Uint8Array {
     const codec = this.#cfg.dialect.codec;
     if (!this.#preEncoded) {
-      let total = 0;
-      for (const wire of batch) total += codec.encodedLength!(wire);
-      const buffer = this.#buffer(total);
+      const buffer = this.#buffer(size);
       let offset = 0;
-      for (const wire of batch) {
-        offset += codec.encodeInto!(wire, buffer, offset);
+      for (let i = 0; i < batch.length; i++) {
+        offset += codec.encodeInto!(batch[i], buffer, offset);
       }
       return buffer.subarray(0, offset);
     }
     // Encoded when queued.
     const parts = batch as Uint8Array[];
     if (parts.length === 1) return parts[0]!;
-    let total = 0;
-    for (const part of parts) total += part.length;
-    const buffer = this.#buffer(total);
+    const buffer = this.#buffer(size);
     let offset = 0;
-    for (const part of parts) {
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
       buffer.set(part, offset);
       offset += part.length;
     }
@@ -973,6 +984,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #dispatch(wire: unknown): void {
     const dialect = this.#cfg.dialect;
+    // A custom codec has messages only (no frame kinds).
+    if (!dialect.framed) return this.#dispatchMessage(wire);
     const correlator = this.#cfg.correlator;
     switch (dialect.kind(wire)) {
       case Inbound.Reply:
@@ -1259,6 +1272,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#held = [];
     for (const done of this.#queueNotify) done.reject(error);
     this.#queue = [];
+    this.#queueBytes = 0;
     this.#queueNotify = [];
     this.#wakeRoom();
     this.#slotWaiter?.resolve();
