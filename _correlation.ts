@@ -38,17 +38,22 @@ function capture(
   capturedReject = reject;
 }
 
+/**
+ * The requests made in one run of synchronous work (a burst) share one clock
+ * reading, taken in a microtask queued behind them: see `Correlator.add`.
+ */
+class Burst {
+  /** `performance.now()` when the burst ended, or -1 until then. */
+  start = -1;
+}
+
 /** One request waiting for its reply. */
 export class Pending {
   /** Index in the correlator's list of entries without an id, or -1. */
   slot = -1;
-  /**
-   * `performance.now()` ms, rounded up; -1 until the correlator stamps it.
-   * An integer: a field that holds fractions is boxed, one more allocation
-   * per request.
-   */
-  deadline = -1;
   settled = false;
+  /** Its deadline counts from the end of this burst. */
+  readonly burst: Burst;
   readonly id: CorrelationId | undefined;
   readonly owner: PendingOwner;
   readonly timeout: number;
@@ -61,12 +66,14 @@ export class Pending {
 
   constructor(
     table: Correlator,
+    burst: Burst,
     id: CorrelationId | undefined,
     owner: PendingOwner,
     timeout: number,
     signal: AbortSignal | undefined,
   ) {
     this.#table = table;
+    this.burst = burst;
     this.id = id;
     this.owner = owner;
     this.timeout = timeout;
@@ -76,11 +83,23 @@ export class Pending {
     this.resolve = capturedResolve!;
     this.reject = capturedReject!;
     capturedResolve = capturedReject = undefined;
-    if (signal !== undefined) {
-      this.#signal = signal;
-      this.#onAbort = () => this.fail(signal.reason);
-      signal.addEventListener("abort", this.#onAbort, { once: true });
-    }
+    if (signal !== undefined) this.#signal = signal;
+  }
+
+  /** Starts listening to its signal (once it is in the table). */
+  listen(): void {
+    const signal = this.#signal!;
+    this.#onAbort = () => this.fail(signal.reason);
+    signal.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  /**
+   * `performance.now()` ms after which it times out; -1 while its burst
+   * has not been stamped.
+   */
+  get deadline(): number {
+    const start = this.burst.start;
+    return start < 0 ? -1 : start + this.timeout;
   }
 
   /** Deadline passed. */
@@ -166,18 +185,32 @@ export class IdTable {
     return this.#other?.get(id);
   }
 
-  /** Adds an entry whose id is not in the table. */
-  add(entry: Pending): void {
+  /**
+   * Adds an entry, unless an entry with its id is in the table: then it
+   * adds nothing and returns false. (One probe does both.)
+   */
+  add(entry: Pending): boolean {
     const id = entry.id!;
     if (typeof id !== "number" || id >>> 0 !== id) {
-      (this.#other ??= new Map()).set(id, entry);
-      return;
+      const other = this.#other ??= new Map();
+      if (other.has(id)) return false;
+      other.set(id, entry);
+      return true;
     }
     if ((this.#count + 1) * 2 > this.#slots.length) {
       this.#resize(this.#slots.length * 2);
     }
-    this.#place(entry, id);
-    this.#count++;
+    const slots = this.#slots;
+    const mask = this.#mask;
+    for (let i = this.#home(id);; i = (i + 1) & mask) {
+      const found = slots[i];
+      if (found === undefined) {
+        slots[i] = entry;
+        this.#count++;
+        return true;
+      }
+      if (found.id === id) return false;
+    }
   }
 
   #place(entry: Pending, id: number): void {
@@ -263,9 +296,10 @@ export class Correlator {
   #closed = false;
   readonly #expired = new Set<CorrelationId>();
   #nextId = 1;
-  /** Entries whose deadline is not set yet (see `add`). */
-  readonly #unstamped: Pending[] = [];
-  #stampQueued = false;
+  /** The burst requests are added to, until its stamp runs. */
+  #burst: Burst | undefined;
+  /** The shortest timeout of the requests of #burst. */
+  #burstTimeout = Infinity;
   /** Requests that timed out. */
   timedOut = 0;
   /** Replies that came after their request had settled. */
@@ -293,47 +327,41 @@ export class Correlator {
     timeout: number,
     signal: AbortSignal | undefined,
   ): Pending {
-    if (id !== undefined && this.#byId.get(id) !== undefined) {
-      throw new DuplicateIdError(id);
-    }
     if (signal?.aborted) throw signal.reason;
-    const entry = new Pending(this, id, owner, timeout, signal);
-    if (id !== undefined) {
-      this.#byId.add(entry);
-      if (this.#expired.size > 0) this.#expired.delete(id);
-    } else {
-      entry.slot = this.#unkeyed.length;
-      this.#unkeyed.push(entry);
-    }
-    owner.pendingCount++;
-    this.count++;
     // The deadline counts from a clock reading taken after the request was
     // made: one reading for the requests of a burst, in a microtask queued
     // behind them (`performance.now()` is an op call, ~100 ns on Deno). A
     // reading from before the request (a cached clock) would let a burst of
     // synchronous work shorten deadlines; this one can only lengthen them,
-    // by the rest of the burst.
-    this.#unstamped.push(entry);
-    if (!this.#stampQueued) {
-      this.#stampQueued = true;
+    // by the rest of the burst. Entries share the burst's reading, so
+    // stamping costs nothing per request.
+    let burst = this.#burst;
+    if (burst === undefined) {
+      burst = this.#burst = new Burst();
       queueMicrotask(this.#stamp);
     }
+    if (timeout < this.#burstTimeout) this.#burstTimeout = timeout;
+    const entry = new Pending(this, burst, id, owner, timeout, signal);
+    if (id !== undefined) {
+      if (!this.#byId.add(entry)) throw new DuplicateIdError(id);
+      if (this.#expired.size > 0) this.#expired.delete(id);
+    } else {
+      entry.slot = this.#unkeyed.length;
+      this.#unkeyed.push(entry);
+    }
+    if (signal !== undefined) entry.listen();
+    owner.pendingCount++;
+    this.count++;
     return entry;
   }
 
-  /** Sets the deadlines of the entries added since the last stamp. */
+  /** Ends the current burst: its requests' deadlines count from now. */
   #stamp = (): void => {
-    this.#stampQueued = false;
-    const entries = this.#unstamped;
-    const now = performance.now();
-    let earliest = Infinity;
-    for (let i = 0; i < entries.length; i++) {
-      const entry = entries[i]!;
-      if (entry.settled) continue;
-      const deadline = entry.deadline = Math.ceil(now + entry.timeout);
-      if (deadline < earliest) earliest = deadline;
-    }
-    entries.length = 0;
+    const burst = this.#burst!;
+    this.#burst = undefined;
+    burst.start = performance.now();
+    const earliest = burst.start + this.#burstTimeout;
+    this.#burstTimeout = Infinity;
     // Re-arm only for a deadline clearly earlier than the armed one: the
     // sweep may then run up to one granule late, never early.
     if (earliest < this.#armedFor - SWEEP_SLACK) this.#arm(earliest);
