@@ -936,15 +936,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       const batch = decoder.decode(chunk);
       stats.messagesIn += batch.length;
       counters.messagesIn += batch.length;
-      // An index, not for-of: the loop may await, so an iterator would be
-      // allocated (with a result object per message).
-      for (let i = 0; i < batch.length; i++) {
-        if (this.#state === "closed") return;
-        this.#dispatch(batch[i]);
-        // Replies keep flowing while the handlers are at their limit; only
-        // held requests stop the reading.
+      // Replies keep flowing while the handlers are at their limit; only
+      // held requests stop the reading.
+      let next = this.#dispatchFrom(batch, 0);
+      while (next >= 0) {
         while (this.#readingPaused()) await this.#slotFree();
+        next = this.#dispatchFrom(batch, next);
       }
+      if (this.#isClosed()) return;
       // Backpressure from our own write side: a peer that does not read
       // our replies stops being read.
       if (this.#queue.length >= this.#cfg.highWaterMark) {
@@ -952,6 +951,26 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     this.#onEof();
+  }
+
+  /**
+   * Dispatches `batch[from]` onwards. Returns the index to go on from once
+   * reading may resume, or -1 when the batch is done (or the session
+   * closed).
+   *
+   * Not inlined into `#run`: a loop in an async function that runs for the
+   * session's whole life executes in V8's baseline tiers (it is called once,
+   * and resumed, never re-entered); a method called once per read is
+   * optimized. Measured (callgrind, bench/session_micro.ts, client plain):
+   * 4,929 -> 4,305 instructions per request.
+   */
+  #dispatchFrom(batch: unknown[], from: number): number {
+    for (let i = from; i < batch.length; i++) {
+      if (this.#state === "closed") return -1;
+      this.#dispatch(batch[i]);
+      if (this.#readingPaused()) return i + 1;
+    }
+    return -1;
   }
 
   /**
