@@ -40,6 +40,8 @@ export interface Dialect<T, W = unknown> {
   message(wire: W): T;
   errorText(wire: W): string;
   request(message: T, id: number): W;
+  /** A copy of a message to hold while it waits (framed dialects). */
+  copy(message: T): T;
   reply(message: T | undefined, to: W): W | undefined;
   push(message: T): W;
   error(error: unknown, to: W): W | undefined;
@@ -72,6 +74,7 @@ export function defaultDialect(
       id,
       payload: checkPayload(payload, max),
     }),
+    copy: (payload) => checkPayload(payload, max).slice(),
     reply: (payload, to) =>
       to.kind === FrameKind.Request
         ? {
@@ -134,6 +137,7 @@ export function codecDialect<T>(
     message: (wire) => wire,
     errorText: () => "",
     request: (message) => message,
+    copy: (message) => message,
     reply: (message) => message,
     push: (message) => message,
     error: () => undefined,

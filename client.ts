@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Codec } from "./framing/codec.ts";
+import type { Codec, CorrelationId } from "./framing/codec.ts";
 import {
   type ClientTlsOptions,
   connect,
@@ -22,6 +22,7 @@ import { Housekeeper } from "./_housekeeping.ts";
 import {
   abortable,
   type Counters,
+  type EncodedRequest,
   type Handler,
   newCounters,
   type RequestOptions,
@@ -490,18 +491,46 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     }
     const timeout = options.timeout ?? this.#config.requestTimeout;
     const start = performance.now();
+    // It waits for a session: keep it as it is now (the caller may reuse
+    // its message as soon as request() returns).
+    let held: T | EncodedRequest;
+    try {
+      held = this.#hold(message);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const signal = options.signal;
     return this.#waitForSession(
       timeout,
-      options.signal,
+      signal,
       options.waitForSession,
-    ).then((ready) =>
-      ready.requestOn(
-        message,
-        Math.max(0, timeout - (performance.now() - start)),
-        options.signal,
-        false,
-      ) as Promise<T>
-    );
+    ).then((ready) => {
+      const left = Math.max(0, timeout - (performance.now() - start));
+      return this.#dialect.framed
+        ? ready.requestOn(held as T, left, signal, false)
+        : ready.requestEncoded(held as EncodedRequest, left, signal);
+    });
+  }
+
+  /**
+   * A request that waits for a session, as it is now: a copy of the payload
+   * (the default protocol assigns the id on the session), or, for custom
+   * codecs, its bytes and correlation id.
+   */
+  #hold(message: T): T | EncodedRequest {
+    const dialect = this.#dialect;
+    if (dialect.framed) return dialect.copy(message);
+    const codec = dialect.codec;
+    let id: CorrelationId | undefined;
+    if (dialect.mode === "message") {
+      id = codec.correlationId?.(message);
+      if (id === undefined) {
+        throw new TypeError(
+          "Cannot send request: the codec found no correlation id in the message",
+        );
+      }
+    }
+    return { bytes: codec.encode(message), id };
   }
 
   /**
@@ -518,18 +547,22 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     if (this.#closing !== undefined) {
       throw new ClosedError("Cannot send: client is closed");
     }
-    let session = options.session !== undefined
+    const session = options.session !== undefined
       ? this.#own(options.session)
       : this.#pick();
     if (session === undefined) {
       if (options.session !== undefined) {
         throw new NoSessionError("Cannot send: that session is closed");
       }
-      session = await this.#waitForSession(
+      // It waits for a session: encode it now (the caller may reuse its
+      // message as soon as send() returns).
+      const bytes = this.#dialect.codec.encode(this.#dialect.push(message));
+      const ready = await this.#waitForSession(
         options.timeout ?? this.#config.requestTimeout,
         options.signal,
         undefined,
       ) as SessionImpl<T>;
+      return ready.sendEncoded(bytes, options.signal);
     }
     return session.send(
       message,

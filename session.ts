@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { FrameDecoder } from "./framing/codec.ts";
+import type { CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
@@ -133,6 +133,14 @@ export interface Session<T> extends AsyncDisposable {
    * @returns A snapshot.
    */
   stats(): SessionStats;
+}
+
+/** A custom-codec request encoded ahead of its session. @internal */
+export interface EncodedRequest {
+  /** Its wire bytes. */
+  bytes: Uint8Array;
+  /** Its correlation id (undefined for fifo correlation). */
+  id: CorrelationId | undefined;
 }
 
 /** What a drain did. @internal */
@@ -331,12 +339,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   readonly #fifo: Pending[] = [];
   #fifoHead = 0;
 
-  // write side
-  #queue: unknown[] = [];
-  /** Encoded size of the messages in #queue. */
-  #queueBytes = 0;
-  /** The array #queue had before the last flush, emptied, for reuse. */
-  #spareQueue: unknown[] | undefined;
+  // write side: messages are encoded when queued, into #out; a flush writes
+  // #out while the next messages go into the other buffer.
+  /** The buffer queued messages are encoded into (the next write). */
+  #out: Uint8Array | undefined;
+  /** Bytes in #out. */
+  #outLength = 0;
+  /** Messages in #out. */
+  #queued = 0;
+  /** A free write buffer (the last one written), reused by the next batch. */
+  #spare: Uint8Array | undefined;
   /** Sends in the queue waiting to hear they were written. */
   #queueNotify: PromiseWithResolvers<void>[] = [];
   /** Handler replies in the queue, and in the write in flight. */
@@ -344,7 +356,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #writingReplies = 0;
   #writing = false;
   #flushScheduled = false;
-  #writeBuffer: Uint8Array | undefined;
+  /** Bytes queued and in the write in flight (for maxWriteBytes). */
   #queuedBytes = 0;
   /**
    * Callers waiting for room in the write queue, in order. Each is called
@@ -359,7 +371,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #peerDrainedDone = false;
   #peerDrainedWaiter: PromiseWithResolvers<void> | undefined;
   #flushTask: (() => void) | undefined;
-  /** The codec lacks encodedLength/encodeInto: messages are encoded when queued. */
+  /** The codec lacks encodedLength/encodeInto: it encodes into its own buffer. */
   readonly #preEncoded: boolean;
 
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
@@ -462,7 +474,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       ...this.#stats,
       pending: this.pendingCount,
       handlersRunning: this.#handlersRunning,
-      queued: this.#queue.length,
+      queued: this.#queued,
     };
   }
 
@@ -518,21 +530,67 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } catch (error) {
       return Promise.reject(error);
     }
+    return this.#sendRequest(entry, wire, undefined, heartbeat);
+  }
+
+  /**
+   * Sends a request of a custom codec that was encoded ahead (it waited for
+   * a session: see `Client.request`). Used by the client router.
+   */
+  requestEncoded(
+    request: EncodedRequest,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<T> {
+    let entry: Pending;
+    try {
+      entry = this.#cfg.correlator.add(
+        this.#cfg.dialect.mode === "fifo" ? undefined : request.id,
+        this,
+        timeout ?? this.#cfg.requestTimeout,
+        signal,
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#sendRequest(entry, undefined, request.bytes, false);
+  }
+
+  /** Queues a registered request (its wire message, or its bytes). */
+  #sendRequest(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    heartbeat: boolean,
+  ): Promise<T> {
     // A handler awaiting this answer may have paused reading: resume it.
     if (this.#slotWaiter !== undefined) this.#recheckReading();
     if (this.#hasRoom()) {
-      this.#enqueueRequest(entry, wire, heartbeat);
-    } else {
-      this.#roomWaiters.push((open) =>
-        open
-          ? this.#enqueueRequest(entry, wire, heartbeat)
-          : entry.fail(this.#closedError("request"))
-      );
+      this.#enqueueRequest(entry, wire, bytes, heartbeat);
+      return entry.promise as Promise<T>;
     }
+    // It waits for room: encode it now, so the caller may reuse its message.
+    let held: Uint8Array;
+    try {
+      held = bytes ?? this.#cfg.dialect.codec.encode(wire);
+    } catch (error) {
+      entry.fail(error);
+      return entry.promise as Promise<T>;
+    }
+    this.#roomWaiters.push((open) =>
+      open
+        ? this.#enqueueRequest(entry, undefined, held, heartbeat)
+        : entry.fail(this.#closedError("request"))
+    );
     return entry.promise as Promise<T>;
   }
 
-  #enqueueRequest(entry: Pending, wire: unknown, heartbeat: boolean): void {
+  #enqueueRequest(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    heartbeat: boolean,
+  ): void {
     if (entry.settled) return;
     if (this.#state === "closed") {
       entry.fail(this.#closedError("request"));
@@ -551,7 +609,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const fifo = this.#cfg.dialect.mode === "fifo";
     if (fifo) this.#fifo.push(entry);
     try {
-      this.#enqueue(wire, undefined);
+      if (bytes === undefined) this.#enqueue(wire, undefined);
+      else this.#enqueueBytes(bytes, undefined);
     } catch (error) {
       if (fifo && this.#fifo.at(-1) === entry) this.#fifo.pop();
       entry.fail(error);
@@ -560,30 +619,56 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Whether a new message may be queued now (waiters go first). */
   #hasRoom(): boolean {
-    return this.#queue.length < this.#cfg.highWaterMark &&
+    return this.#queued < this.#cfg.highWaterMark &&
       this.#roomWaiters.length === 0;
   }
 
   send(message: T, options: SendOptions = {}): Promise<void> {
-    if (this.#state === "closed") {
-      return Promise.reject(this.#closedError("send"));
-    }
-    const signal = options.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const done = Promise.withResolvers<void>();
     let wire: unknown;
     try {
       wire = this.#cfg.dialect.push(message);
     } catch (error) {
       return Promise.reject(error);
     }
+    return this.#sendPush(wire, undefined, options.signal);
+  }
+
+  /**
+   * Sends a push encoded ahead (it waited for a session: see
+   * `Client.send`). Used by the client router.
+   */
+  sendEncoded(
+    bytes: Uint8Array,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    return this.#sendPush(undefined, bytes, signal);
+  }
+
+  #sendPush(
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    if (this.#state === "closed") {
+      return Promise.reject(this.#closedError("send"));
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const done = Promise.withResolvers<void>();
     if (this.#hasRoom()) {
       try {
-        this.#enqueue(wire, done);
+        if (bytes === undefined) this.#enqueue(wire, done);
+        else this.#enqueueBytes(bytes, done);
       } catch (error) {
         return Promise.reject(error);
       }
       return done.promise;
+    }
+    // It waits for room: encode it now, so the caller may reuse its message.
+    let held: Uint8Array;
+    try {
+      held = bytes ?? this.#cfg.dialect.codec.encode(wire);
+    } catch (error) {
+      return Promise.reject(error);
     }
     let waiting = true;
     const onAbort = () => {
@@ -596,7 +681,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       if (!waiting) return;
       if (!open) return done.reject(this.#closedError("send"));
       try {
-        this.#enqueue(wire, done);
+        this.#enqueueBytes(held, done);
       } catch (error) {
         done.reject(error);
       }
@@ -627,32 +712,54 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   }
 
   /**
-   * Queues a message for the next write. Its size is taken (or, for codecs
-   * without `encodedLength`/`encodeInto`, it is encoded) before it is queued,
-   * so a message the codec refuses throws to the caller and nothing is
-   * queued; and `maxWriteBytes` holds for every codec.
+   * Queues a message for the next write. It is encoded at once, into the
+   * buffer of the next write: the caller may reuse its buffer as soon as
+   * `request`/`send` returns, a message the codec refuses throws to the
+   * caller with nothing queued, and no message is kept (a reply that is a
+   * view of a read slab does not hold the slab). `maxWriteBytes` holds for
+   * every codec. Codecs without `encodedLength`/`encodeInto` encode into a
+   * buffer of their own, which is copied in.
    */
   #enqueue(wire: unknown, done: PromiseWithResolvers<void> | undefined): void {
     const codec = this.#cfg.dialect.codec;
-    let item = wire;
-    let size: number;
-    if (this.#preEncoded) {
-      const bytes = codec.encode(wire);
-      item = bytes;
-      size = bytes.length;
-    } else {
-      size = codec.encodedLength!(wire);
-    }
-    this.#queue.push(item);
+    if (this.#preEncoded) return this.#enqueueBytes(codec.encode(wire), done);
+    const size = codec.encodedLength!(wire);
+    if (!this.#admit(size)) return;
+    const at = this.#outLength;
+    this.#queuedAt(at + codec.encodeInto!(wire, this.#reserve(size), at), done);
+  }
+
+  /** Queues bytes encoded already (see #enqueue). */
+  #enqueueBytes(
+    bytes: Uint8Array,
+    done: PromiseWithResolvers<void> | undefined,
+  ): void {
+    if (!this.#admit(bytes.length)) return;
+    const at = this.#outLength;
+    this.#reserve(bytes.length).set(bytes, at);
+    this.#queuedAt(at + bytes.length, done);
+  }
+
+  /** Whether `size` more bytes fit under maxWriteBytes; cuts the peer off if not. */
+  #admit(size: number): boolean {
+    if (this.#queuedBytes + size <= this.#cfg.maxWriteBytes) return true;
+    this.#cutOff(
+      `write queue holds ${
+        this.#queuedBytes + size
+      } bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
+    );
+    return false;
+  }
+
+  /** Counts the message just encoded into #out, which now ends at `end`. */
+  #queuedAt(
+    end: number,
+    done: PromiseWithResolvers<void> | undefined,
+  ): void {
+    this.#queuedBytes += end - this.#outLength;
+    this.#outLength = end;
+    this.#queued++;
     if (done !== undefined) this.#queueNotify.push(done);
-    this.#queueBytes += size;
-    this.#queuedBytes += size;
-    if (this.#queuedBytes > this.#cfg.maxWriteBytes) {
-      this.#cutOff(
-        `write queue holds ${this.#queuedBytes} bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
-      );
-      return;
-    }
     if (!this.#writing && !this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(this.#flushTask ??= () => void this.#flush());
@@ -680,22 +787,19 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     /** Sends in the batch being written: they settle with this write. */
     let notify: PromiseWithResolvers<void>[] | undefined;
     try {
-      while (this.#queue.length > 0 && !this.#isClosed()) {
-        const batch = this.#queue;
-        const size = this.#queueBytes;
+      while (this.#queued > 0 && !this.#isClosed()) {
+        const buffer = this.#out!;
+        const bytes = buffer.subarray(0, this.#outLength);
+        const count = this.#queued;
         notify = this.#queueNotify.length > 0 ? this.#queueNotify : undefined;
-        this.#queue = this.#spareQueue ?? [];
-        this.#spareQueue = undefined;
-        this.#queueBytes = 0;
+        // Messages queued during the write go into the other buffer.
+        this.#out = this.#spare;
+        this.#spare = undefined;
+        this.#outLength = 0;
+        this.#queued = 0;
         if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
         this.#queuedReplies = 0;
-        const bytes = this.#encode(batch, size);
-        const count = batch.length;
-        // Messages are not kept past their encoding (a reply's view would
-        // keep its read slab alive).
-        batch.length = 0;
-        this.#spareQueue = batch;
         this.#wakeRoom();
         this.writeStartedAt = coarseNow();
         let offset = 0;
@@ -709,19 +813,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#stats.bytesOut += bytes.length;
         this.#cfg.counters.messagesOut += count;
         this.#cfg.counters.bytesOut += bytes.length;
+        // Busy sessions keep their write buffers (a fresh zero-filled MiB
+        // per flush costs more than the copy it saves); a huge one is not
+        // kept, and silent sessions give theirs back (releaseIdleBuffers).
+        if (buffer.length <= RETAIN_WRITE_BYTES) this.#spare = buffer;
         if (notify !== undefined) {
           for (const done of notify) done.resolve();
           notify = undefined;
         }
-      }
-      // Busy sessions keep their write buffer (a fresh zero-filled MiB per
-      // flush costs more than the copy it saves); a huge one is not kept,
-      // and silent sessions give theirs back (releaseIdleBuffers).
-      if (
-        this.#writeBuffer !== undefined &&
-        this.#writeBuffer.length > RETAIN_WRITE_BYTES
-      ) {
-        this.#writeBuffer = undefined;
       }
     } catch (error) {
       this.writeStartedAt = 0;
@@ -745,38 +844,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
   }
 
-  /** Encodes a batch of `size` bytes (their sizes were taken when queued). */
-  #encode(batch: unknown[], size: number): Uint8Array {
-    const codec = this.#cfg.dialect.codec;
-    if (!this.#preEncoded) {
-      const buffer = this.#buffer(size);
-      let offset = 0;
-      for (let i = 0; i < batch.length; i++) {
-        offset += codec.encodeInto!(batch[i], buffer, offset);
-      }
-      return buffer.subarray(0, offset);
-    }
-    // Encoded when queued.
-    const parts = batch as Uint8Array[];
-    if (parts.length === 1) return parts[0]!;
-    const buffer = this.#buffer(size);
-    let offset = 0;
-    for (let i = 0; i < parts.length; i++) {
-      const part = parts[i]!;
-      buffer.set(part, offset);
-      offset += part.length;
-    }
-    return buffer.subarray(0, offset);
-  }
-
-  #buffer(size: number): Uint8Array {
-    let buffer = this.#writeBuffer;
-    if (buffer === undefined || buffer.length < size) {
-      let capacity = buffer === undefined ? 4096 : buffer.length * 2;
-      while (capacity < size) capacity *= 2;
-      buffer = this.#writeBuffer = new Uint8Array(capacity);
-    }
-    return buffer;
+  /** #out, with room for `size` more bytes (grown by doubling). */
+  #reserve(size: number): Uint8Array {
+    const out = this.#out;
+    const length = this.#outLength;
+    if (out !== undefined && out.length - length >= size) return out;
+    let capacity = out === undefined ? 4096 : out.length * 2;
+    while (capacity < length + size) capacity *= 2;
+    const grown = new Uint8Array(capacity);
+    if (length > 0) grown.set(out!.subarray(0, length));
+    return this.#out = grown;
   }
 
   /** Lets waiters in, in order, while there is room (all of them, failed, once closed). */
@@ -785,7 +862,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const open = this.#state !== "closed";
     while (
       waiters.length > 0 &&
-      (!open || this.#queue.length < this.#cfg.highWaterMark)
+      (!open || this.#queued < this.#cfg.highWaterMark)
     ) {
       waiters.shift()!(open);
     }
@@ -901,7 +978,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Drops read buffers of a session that has been silent (housekeeping). */
   releaseIdleBuffers(): void {
     this.#copySlab = undefined;
-    if (!this.#writing) this.#writeBuffer = undefined;
+    this.#spare = undefined;
+    if (this.#queued === 0) this.#out = undefined;
     if (this.#shortReads >= SHORT_READS_TO_IDLE) this.#slab = undefined;
   }
 
@@ -946,7 +1024,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       if (this.#isClosed()) return;
       // Backpressure from our own write side: a peer that does not read
       // our replies stops being read.
-      if (this.#queue.length >= this.#cfg.highWaterMark) {
+      if (this.#queued >= this.#cfg.highWaterMark) {
         await this.#room();
       }
     }
@@ -1291,8 +1369,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#fifoHead = 0;
     this.#held = [];
     for (const done of this.#queueNotify) done.reject(error);
-    this.#queue = [];
-    this.#queueBytes = 0;
+    this.#out = this.#spare = undefined;
+    this.#outLength = this.#queued = 0;
     this.#queueNotify = [];
     this.#wakeRoom();
     this.#slotWaiter?.resolve();
@@ -1314,7 +1392,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #isIdle(): boolean {
     return this.#state === "closed" ||
       (this.#handlersRunning === 0 && this.#held.length === 0 &&
-        !this.#writing && this.#queue.length === 0 &&
+        !this.#writing && this.#queued === 0 &&
         !this.#flushScheduled && this.pendingCount === 0);
   }
 

@@ -260,6 +260,71 @@ Deno.test("Client.request() gets the server handler's reply over the default pro
   assert.equal(client.stats().pending, 0);
 });
 
+Deno.test("Client.request() and Client.send() send the message as it was when called, also when it waits for room or for a session", async (t) => {
+  // The caller may reuse its buffer as soon as request()/send() returns:
+  // messages are encoded when queued, and one that has to wait is copied or
+  // encoded at once. Messages whose first byte is 100 or more are pushes.
+  for (const protocol of ["default protocol", "custom codec"] as const) {
+    for (const when of ["ready", "no room", "no session"] as const) {
+      await t.step(`${protocol}, ${when}`, async () => {
+        const custom = protocol === "custom codec";
+        const codec = () => lengthPrefixed({ correlationId: (m) => m[0] });
+        const pushes: number[][] = [];
+        const gotPushes = Promise.withResolvers<void>();
+        const handler = (m: Uint8Array) => {
+          if (m[0]! < 100) return m.slice();
+          pushes.push([...m]);
+          if (pushes.length === 3) gotPushes.resolve();
+          return undefined;
+        };
+        await using server = custom
+          ? serve({ hostname: HOST, port: 0, codec: codec(), handler })
+          : serveLoopback({ handler });
+        let connects = 0;
+        const gate = Promise.withResolvers<void>();
+        const options = {
+          reconnect: FAST_RECONNECT,
+          outboundBuffer: when === "no room" ? 1 : 100,
+          // The second connect waits at the gate: no session is ready.
+          onConnect: async () => {
+            if (++connects > 1) await gate.promise;
+          },
+        };
+        const target = `${HOST}:${portOf(server.addr)}`;
+        await using client = custom
+          ? await dial(target, codec(), options)
+          : await dial(target, { ...options, heartbeat: false });
+        if (when === "no session") {
+          using log = events(client);
+          server.sessions[0]!.close();
+          await log.next("disconnect");
+          assert.equal(client.stats().sessions.ready, 0);
+        }
+        const buffer = new Uint8Array(4);
+        const replies: Promise<Uint8Array>[] = [];
+        const sent: Promise<void>[] = [];
+        for (let i = 0; i < 3; i++) {
+          buffer.fill(i);
+          replies.push(client.request(buffer));
+          buffer.fill(100 + i);
+          sent.push(client.send(buffer));
+        }
+        buffer.fill(9);
+        gate.resolve();
+        const got = (await Promise.all(replies)).map((reply) => [...reply]);
+        assert.deepEqual(got, [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]]);
+        await Promise.all(sent);
+        await withTimeout(gotPushes.promise, 5000, "three pushes");
+        assert.deepEqual(pushes, [
+          [100, 100, 100, 100],
+          [101, 101, 101, 101],
+          [102, 102, 102, 102],
+        ]);
+      });
+    }
+  }
+});
+
 Deno.test("Client.request() rejects with RemoteError carrying the handler's message when it throws", async () => {
   await using server = serveLoopback({
     handler: (p) => {

@@ -438,6 +438,30 @@ Deno.test("Session.send() pushes to one client and Server.broadcast() to all rea
   assert.deepEqual(await inboxB.count(1), ["for all"]);
 });
 
+Deno.test("Session.send() and Server.broadcast() send the message as it was when called (the buffer may be reused at once)", async () => {
+  let session: Session<Uint8Array> | undefined;
+  await using server = serve({ hostname: HOST, port: 0 }, (_, ctx) => {
+    session = ctx.session;
+    return undefined;
+  });
+  const inbox = new Inbox();
+  await using client = await dial(endpointOf(server), {
+    handler: inbox.handler,
+  });
+  await client.request(bytes("hello"));
+  const buffer = new Uint8Array(1);
+  const sent: Promise<void>[] = [];
+  for (const letter of "abc") {
+    buffer[0] = letter.charCodeAt(0);
+    sent.push(session!.send(buffer));
+  }
+  buffer[0] = "d".charCodeAt(0);
+  assert.equal(server.broadcast(buffer), 1);
+  buffer[0] = "z".charCodeAt(0);
+  await Promise.all(sent);
+  assert.deepEqual(await inbox.count(4), ["a", "b", "c", "d"]);
+});
+
 Deno.test("Session.request() from the server is answered by the client's handler (bidirectional)", async () => {
   await using server = serve(
     { hostname: HOST, port: 0 },
