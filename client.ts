@@ -426,6 +426,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
 
   /**
    * Sends a request and waits for its reply, on the next ready session.
+   * The message is encoded (or copied) before this returns: its buffer may
+   * be reused at once.
    *
    * @param message The request (payload bytes with the default protocol).
    * @param options Timeout, signal, a session to use, whether to wait for one.
@@ -536,6 +538,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   /**
    * Sends a message that expects no reply (a push with the default
    * protocol). Resolves once written to the socket.
+   * The message is encoded (or copied) before this returns: its buffer may
+   * be reused at once.
    *
    * @param message The message.
    * @param options Signal, session, timeout for finding a session.

@@ -349,6 +349,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   /**
    * Pushes a message to every ready session without waiting (a session whose
    * write queue is over `maxWriteBytes` is cut off, not buffered forever).
+   * The message is encoded before this returns: its buffer may be reused at
+   * once.
    *
    * @param message The message.
    * @returns The number of sessions it was queued for.

@@ -102,6 +102,8 @@ export interface Session<T> extends AsyncDisposable {
   readonly proxy?: ProxyInfo;
   /**
    * Sends a request on this session and waits for its reply.
+   * The message is encoded (or copied) before this returns: its buffer may
+   * be reused at once.
    *
    * @param message The request.
    * @param options Timeout and signal.
@@ -114,6 +116,8 @@ export interface Session<T> extends AsyncDisposable {
   /**
    * Sends a message that expects no reply (a push, with the default
    * protocol). Resolves once it has been written to the socket.
+   * The message is encoded (or copied) before this returns: its buffer may
+   * be reused at once.
    *
    * @param message The message.
    * @param options Signal for the wait on a full write queue.
