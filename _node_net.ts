@@ -159,6 +159,15 @@ export class NodeSocketTransport implements Transport, Disposable {
   }
 
   /**
+   * Sets `TCP_NODELAY` (no effect on Unix sockets).
+   *
+   * @param on Whether to turn Nagle's algorithm off.
+   */
+  setNoDelay(on: boolean): void {
+    this.#socket.setNoDelay(on);
+  }
+
+  /**
    * Reads into `p`.
    *
    * @param p Where to put the bytes.

@@ -70,6 +70,23 @@ export interface ClientTlsOptions {
   alpnProtocols?: string[];
 }
 
+/**
+ * Turns Nagle's algorithm off (`TCP_NODELAY`) where the connection offers
+ * it: TCP connections (`Deno.TcpConn`, node sockets). Deno does not set it by
+ * default, and with Nagle on, a small write made while an earlier one is not
+ * acknowledged waits for that ACK, which the peer may delay by up to 40 ms.
+ * `Deno.TlsConn` has no such option.
+ */
+export function noDelay(conn: Transport): void {
+  const tcp = conn as Transport & { setNoDelay?: (on: boolean) => void };
+  if (typeof tcp.setNoDelay !== "function") return;
+  try {
+    tcp.setNoDelay(true);
+  } catch {
+    // The connection is already closed: its session will find out.
+  }
+}
+
 /** Parses `"host:port"`, `"[::1]:port"`, `"unix:/path"` or an object. */
 export function parseEndpoint(target: string | Endpoint): Endpoint {
   if (typeof target !== "string") {
@@ -139,7 +156,7 @@ export async function connect(
   } else if (!tls) {
     pending = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port })
       .then((conn) => {
-        conn.setNoDelay(true);
+        noDelay(conn);
         return conn;
       });
   } else {

@@ -7,7 +7,7 @@
 
 import type { Codec } from "./framing/codec.ts";
 import type { Transport, TransportListener } from "./_transport.ts";
-import { formatAddr, prepend } from "./_transport.ts";
+import { formatAddr, noDelay, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
@@ -413,6 +413,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         return;
       }
       this.#accepted++;
+      noDelay(conn);
       if (this.#sessions.size + this.#opening.size >= this.#maxConnections) {
         this.#refused++;
         this.#logger.warn("Connection refused: maxConnections reached", {

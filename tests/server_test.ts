@@ -108,6 +108,33 @@ class Counter {
 // ---------------------------------------------------------------------------
 // serve() forms
 
+Deno.test("serve() turns Nagle's algorithm off on accepted TCP connections (setNoDelay), as dial() does", async () => {
+  // Deno leaves TCP_NODELAY off: a small reply written while an earlier one
+  // is unacknowledged would wait for the peer's (possibly delayed) ACK.
+  const calls: boolean[] = [];
+  const inner = Deno.listen({ hostname: HOST, port: 0 });
+  const spy = (conn: Deno.TcpConn): Deno.TcpConn => {
+    const setNoDelay = conn.setNoDelay.bind(conn);
+    conn.setNoDelay = (on = true) => {
+      calls.push(on);
+      setNoDelay(on);
+    };
+    return conn;
+  };
+  const listener = {
+    addr: inner.addr,
+    accept: async () => spy(await inner.accept()),
+    close: () => inner.close(),
+    [Symbol.asyncIterator]: () => {
+      throw new Error("not used");
+    },
+  };
+  await using server = serve({ listener, handler: echo });
+  await using client = await dial(endpointOf(server));
+  assert.equal(text(await client.request(bytes("hi"))), "hi");
+  assert.deepEqual(calls, [true]);
+});
+
 Deno.test("serve() with a handler in options knows addr at once and calls onListen with it", async () => {
   let listened: Deno.Addr | undefined;
   await using server = serve({
