@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { CorrelationId, FrameDecoder } from "./framing/codec.ts";
+import type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
@@ -307,6 +307,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #state: SessionState = "handshaking";
   readonly #conn: Transport;
   readonly #cfg: SessionConfig<T>;
+  // Read on every message: kept here rather than behind #cfg.
+  readonly #dialect: Dialect<T>;
+  readonly #codec: Codec<unknown>;
+  readonly #correlator: Correlator;
+  readonly #counters: Counters;
+  readonly #highWaterMark: number;
+  readonly #maxWriteBytes: number;
+  readonly #maxHandlers: number;
   readonly #decoder: FrameDecoder<unknown>;
   readonly #resolveClosed: () => void;
   /** Made on the first handler call: idle sessions do not pay for it. */
@@ -383,6 +391,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   constructor(conn: Transport, cfg: SessionConfig<T>) {
     this.#conn = conn;
     this.#cfg = cfg;
+    this.#dialect = cfg.dialect;
+    this.#codec = cfg.dialect.codec;
+    this.#correlator = cfg.correlator;
+    this.#counters = cfg.counters;
+    this.#highWaterMark = cfg.highWaterMark;
+    this.#maxWriteBytes = cfg.maxWriteBytes;
+    this.#maxHandlers = cfg.maxConcurrentHandlers;
     this.side = cfg.side;
     this.localAddr = conn.localAddr;
     this.remoteAddr = conn.remoteAddr;
@@ -506,8 +521,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     signal: AbortSignal | undefined,
     heartbeat: boolean,
   ): Promise<T> {
-    const dialect = this.#cfg.dialect;
-    const correlator = this.#cfg.correlator;
+    const dialect = this.#dialect;
+    const correlator = this.#correlator;
     let entry: Pending;
     let wire: unknown;
     try {
@@ -548,8 +563,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   ): Promise<T> {
     let entry: Pending;
     try {
-      entry = this.#cfg.correlator.add(
-        this.#cfg.dialect.mode === "fifo" ? undefined : request.id,
+      entry = this.#correlator.add(
+        this.#dialect.mode === "fifo" ? undefined : request.id,
         this,
         timeout ?? this.#cfg.requestTimeout,
         signal,
@@ -576,7 +591,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     // It waits for room: encode it now, so the caller may reuse its message.
     let held: Uint8Array;
     try {
-      held = bytes ?? this.#cfg.dialect.codec.encode(wire);
+      held = bytes ?? this.#codec.encode(wire);
     } catch (error) {
       entry.fail(error);
       return entry.promise as Promise<T>;
@@ -600,7 +615,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       entry.fail(this.#closedError("request"));
       return;
     }
-    if (this.#drainSent && !heartbeat && this.#cfg.dialect.framed) {
+    if (this.#drainSent && !heartbeat && this.#dialect.framed) {
       // Our drain (or drain answer) is already queued: a request behind it
       // breaks the promise that nothing follows. It never left: retryable.
       entry.fail(
@@ -610,7 +625,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       );
       return;
     }
-    const fifo = this.#cfg.dialect.mode === "fifo";
+    const fifo = this.#dialect.mode === "fifo";
     if (fifo) this.#fifo.push(entry);
     try {
       if (bytes === undefined) this.#enqueue(wire, undefined);
@@ -623,14 +638,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Whether a new message may be queued now (waiters go first). */
   #hasRoom(): boolean {
-    return this.#queued < this.#cfg.highWaterMark &&
+    return this.#queued < this.#highWaterMark &&
       this.#roomWaiters.length === 0;
   }
 
   send(message: T, options: SendOptions = {}): Promise<void> {
     let wire: unknown;
     try {
-      wire = this.#cfg.dialect.push(message);
+      wire = this.#dialect.push(message);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -670,7 +685,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     // It waits for room: encode it now, so the caller may reuse its message.
     let held: Uint8Array;
     try {
-      held = bytes ?? this.#cfg.dialect.codec.encode(wire);
+      held = bytes ?? this.#codec.encode(wire);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -704,7 +719,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     if (this.#state === "closed") return false;
     // A message the codec refuses throws to the caller (broadcast) before
     // anything is queued.
-    this.#enqueue(this.#cfg.dialect.push(message), undefined);
+    this.#enqueue(this.#dialect.push(message), undefined);
     return true;
   }
 
@@ -725,7 +740,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
    * buffer of their own, which is copied in.
    */
   #enqueue(wire: unknown, done: PromiseWithResolvers<void> | undefined): void {
-    const codec = this.#cfg.dialect.codec;
+    const codec = this.#codec;
     if (this.#preEncoded) return this.#enqueueBytes(codec.encode(wire), done);
     const size = codec.encodedLength!(wire);
     if (!this.#admit(size)) return;
@@ -746,11 +761,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Whether `size` more bytes fit under maxWriteBytes; cuts the peer off if not. */
   #admit(size: number): boolean {
-    if (this.#queuedBytes + size <= this.#cfg.maxWriteBytes) return true;
+    if (this.#queuedBytes + size <= this.#maxWriteBytes) return true;
     this.#cutOff(
       `write queue holds ${
         this.#queuedBytes + size
-      } bytes, over maxWriteBytes (${this.#cfg.maxWriteBytes})`,
+      } bytes, over maxWriteBytes (${this.#maxWriteBytes})`,
     );
     return false;
   }
@@ -815,8 +830,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#queuedBytes = Math.max(0, this.#queuedBytes - bytes.length);
         this.#stats.messagesOut += count;
         this.#stats.bytesOut += bytes.length;
-        this.#cfg.counters.messagesOut += count;
-        this.#cfg.counters.bytesOut += bytes.length;
+        this.#counters.messagesOut += count;
+        this.#counters.bytesOut += bytes.length;
         // Busy sessions keep their write buffers (a fresh zero-filled MiB
         // per flush costs more than the copy it saves); a huge one is not
         // kept, and silent sessions give theirs back (releaseIdleBuffers).
@@ -866,7 +881,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const open = this.#state !== "closed";
     while (
       waiters.length > 0 &&
-      (!open || this.#queued < this.#cfg.highWaterMark)
+      (!open || this.#queued < this.#highWaterMark)
     ) {
       waiters.shift()!(open);
     }
@@ -1003,7 +1018,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   async #run(): Promise<void> {
     const decoder = this.#decoder;
     const stats = this.#stats;
-    const counters = this.#cfg.counters;
+    const counters = this.#counters;
     for (;;) {
       const chunk = await this.#readChunk();
       if (chunk === null) {
@@ -1028,7 +1043,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       if (this.#isClosed()) return;
       // Backpressure from our own write side: a peer that does not read
       // our replies stops being read.
-      if (this.#queued >= this.#cfg.highWaterMark) {
+      if (this.#queued >= this.#highWaterMark) {
         await this.#room();
       }
     }
@@ -1065,7 +1080,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #readingPaused(): boolean {
     if (this.#state === "closed") return false;
     const held = this.#held.length;
-    const max = this.#cfg.maxConcurrentHandlers;
+    const max = this.#maxHandlers;
     if (held < max) return false;
     return this.pendingCount === 0 || held >= Math.max(HELD_HARD_CAP, max);
   }
@@ -1085,10 +1100,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   }
 
   #dispatch(wire: unknown): void {
-    const dialect = this.#cfg.dialect;
+    const dialect = this.#dialect;
     // A custom codec has messages only (no frame kinds).
     if (!dialect.framed) return this.#dispatchMessage(wire);
-    const correlator = this.#cfg.correlator;
+    const correlator = this.#correlator;
     switch (dialect.kind(wire)) {
       case Inbound.Reply:
       case Inbound.Pong: {
@@ -1120,7 +1135,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** A custom-codec message: a reply if it matches, else for the handler. */
   #dispatchMessage(wire: unknown): void {
-    const dialect = this.#cfg.dialect;
+    const dialect = this.#dialect;
     if (dialect.mode === "fifo") {
       if (this.#fifoHead < this.#fifo.length) {
         const entry = this.#fifo[this.#fifoHead]!;
@@ -1136,10 +1151,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     const id = dialect.id(wire);
     if (id !== undefined) {
-      const entry = this.#pendingFor(this.#cfg.correlator.get(id));
+      const entry = this.#pendingFor(this.#correlator.get(id));
       if (entry !== undefined) return this.#settle(entry, wire);
-      if (this.#cfg.correlator.isExpired(id)) {
-        this.#cfg.correlator.forgetExpired(id);
+      if (this.#correlator.isExpired(id)) {
+        this.#correlator.forgetExpired(id);
         return this.#late(id);
       }
     }
@@ -1159,14 +1174,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Completes a custom-codec request; the codec may call the reply a failure. */
   #settle(entry: Pending, wire: unknown): void {
-    const error = this.#cfg.dialect.codec.replyError?.(wire);
+    const error = this.#codec.replyError?.(wire);
     if (error === undefined) entry.succeed(wire);
     else entry.fail(error);
   }
 
   #late(id: unknown): void {
-    this.#cfg.counters.lateReplies++;
-    this.#cfg.correlator.lateReplies++;
+    this.#counters.lateReplies++;
+    this.#correlator.lateReplies++;
     this.#cfg.logger.debug("Dropped a reply that matched no pending request", {
       session: this.id,
       id: id === undefined ? undefined : String(id),
@@ -1177,7 +1192,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #handle(wire: unknown): void {
     if (
       this.#gated || this.#held.length > 0 ||
-      this.#handlersRunning >= this.#cfg.maxConcurrentHandlers
+      this.#handlersRunning >= this.#maxHandlers
     ) {
       this.#held.push(wire);
       return;
@@ -1188,7 +1203,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Runs held messages while the handshake is over and slots are free. */
   #releaseHeld(): void {
     const held = this.#held;
-    const max = this.#cfg.maxConcurrentHandlers;
+    const max = this.#maxHandlers;
     while (
       !this.#gated && held.length > 0 && this.#handlersRunning < max &&
       this.#state !== "closed"
@@ -1205,7 +1220,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #invoke(wire: unknown): void {
     const handler = this.#cfg.handler();
-    const message = this.#cfg.dialect.message(wire);
+    const message = this.#dialect.message(wire);
     if (handler === undefined) {
       this.#handlerFailed(
         new Error("No handler is set for inbound messages"),
@@ -1249,9 +1264,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     let wire: unknown;
     try {
-      wire = this.#cfg.dialect.reply(value, to);
+      wire = this.#dialect.reply(value, to);
     } catch (error) {
-      this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
+      this.#handlerFailed(error, to, this.#dialect.message(to));
       return;
     }
     if (wire === undefined) return;
@@ -1260,13 +1275,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#queuedReplies++;
     } catch (error) {
       // The codec refused the reply (too large, unencodable).
-      this.#handlerFailed(error, to, this.#cfg.dialect.message(to));
+      this.#handlerFailed(error, to, this.#dialect.message(to));
     }
   }
 
   #handlerFailed(error: unknown, wire: unknown, message: T): void {
-    this.#cfg.counters.handlerErrors++;
-    const dialect = this.#cfg.dialect;
+    this.#counters.handlerErrors++;
+    const dialect = this.#dialect;
     let reply: unknown;
     if (dialect.framed) {
       reply = dialect.error(error, wire);
@@ -1304,7 +1319,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     // are still written if the peer only half-closed.
     this.#abort?.abort(this.#peerGone());
     // The peer will send nothing more: its replies cannot come.
-    this.#cfg.correlator.failOwner(
+    this.#correlator.failOwner(
       this,
       new ConnectionClosedError(
         `Session ${this.id} ended: the peer closed the connection`,
@@ -1338,7 +1353,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
           error.name === "FrameTooLargeError" ||
           error.name === "ProxyProtocolError");
       if (protocol) {
-        this.#cfg.counters.protocolErrors++;
+        this.#counters.protocolErrors++;
         this.#cfg.logger.warn("Closing session: bad input from peer", {
           session: this.id,
           remote: formatAddr(this.remoteAddr),
@@ -1368,7 +1383,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       : new ConnectionClosedError(`Session ${this.id} closed`, {
         cause: reason,
       });
-    this.#cfg.correlator.failOwner(this, error);
+    this.#correlator.failOwner(this, error);
     this.#fifo.length = 0;
     this.#fifoHead = 0;
     this.#held = [];
@@ -1425,7 +1440,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#state = "draining";
     }
     this.#drainSent = true;
-    this.#enqueue(this.#cfg.dialect.drain(), undefined);
+    this.#enqueue(this.#dialect.drain(), undefined);
     this.#markPeerDrained();
     this.#cfg.onPeerDrain(this);
   }
@@ -1448,10 +1463,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     if (this.#state !== "draining") this.#state = "draining";
     const forced = abortPromise(signal);
     try {
-      if (this.#cfg.dialect.framed) {
+      if (this.#dialect.framed) {
         if (!this.#drainSent) {
           this.#drainSent = true;
-          this.#enqueue(this.#cfg.dialect.drain(), undefined);
+          this.#enqueue(this.#dialect.drain(), undefined);
         }
         await Promise.race([this.#peerDrained(), forced.promise]);
       } else if (onDrain !== undefined) {
