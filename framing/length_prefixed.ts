@@ -265,6 +265,23 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
     // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
+    if (kind === U32BE && offset === 0) {
+      // The common layout, with the field read inline: no switch per frame.
+      while (length - pos >= 4) {
+        const value = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) |
+          (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
+        let body = value + adjust;
+        if (!(body >= 0 && body <= maxBody)) body = bodySize(config, value);
+        const start = pos + 4;
+        const stop = start + body;
+        if (stop > length) {
+          this.#begin(chunk, pos, body);
+          return out;
+        }
+        out.push(new Uint8Array(buffer, base + start, body));
+        pos = stop;
+      }
+    }
     while (length - pos >= headerBytes) {
       const value = readField(kind, chunk, pos + offset, digits);
       let body = value + adjust;
@@ -571,6 +588,28 @@ export function lengthPrefixed(
       return write(message, value, target, at);
     },
   };
+  if (offset === 0 && kind === U32BE) {
+    // The common layout gets a flat encodeInto; anything out of range goes
+    // to the general one, which throws the precise error.
+    const general = codec.encodeInto!;
+    const adjust = config.adjust;
+    codec.encodeInto = (message, target, at) => {
+      const length = message.length;
+      const value = length - adjust;
+      if (
+        !(length <= maxFrameBytes && value >= 0 && value <= 0xffff_ffff &&
+          at >= 0 && at + length + 4 <= target.length)
+      ) {
+        return general(message, target, at);
+      }
+      target[at] = value >>> 24;
+      target[at + 1] = value >>> 16;
+      target[at + 2] = value >>> 8;
+      target[at + 3] = value;
+      target.set(message, at + 4);
+      return length + 4;
+    };
+  }
   if (options.correlationId !== undefined) {
     codec.correlationId = options.correlationId;
   }
