@@ -156,6 +156,31 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       if (pos < 0) return frames;
     }
     const end = chunk.length;
+    // Whole, well-formed frames, read inline (no call per frame); the loop
+    // below takes the rest: a partial frame, or bad input (it throws).
+    const buffer = chunk.buffer;
+    const base = chunk.byteOffset;
+    const max = this.#max;
+    while (end - pos >= HEADER_BYTES) {
+      const length = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) |
+        (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
+      const kind = chunk[pos + 4]!;
+      const total = length + 4;
+      if (
+        length < 5 || length - 5 > max || kind < 1 || kind > 7 ||
+        end - pos < total
+      ) break;
+      const id = ((chunk[pos + 5]! << 24) | (chunk[pos + 6]! << 16) |
+        (chunk[pos + 7]! << 8) | chunk[pos + 8]!) >>> 0;
+      frames.push({
+        kind: kind as FrameKind,
+        id,
+        payload: total === HEADER_BYTES
+          ? EMPTY
+          : new Uint8Array(buffer, base + pos + HEADER_BYTES, length - 5),
+      });
+      pos += total;
+    }
     while (end - pos >= HEADER_BYTES) {
       const length = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) |
         (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
