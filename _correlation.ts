@@ -27,17 +27,6 @@ export interface PendingOwner {
   unkeyed(): Iterable<Pending>;
 }
 
-let capturedResolve: ((value: unknown) => void) | undefined;
-let capturedReject: ((reason: unknown) => void) | undefined;
-/** A promise executor that hands its functions over without a closure. */
-function capture(
-  resolve: (value: unknown) => void,
-  reject: (reason: unknown) => void,
-): void {
-  capturedResolve = resolve;
-  capturedReject = reject;
-}
-
 /**
  * The requests made in one run of synchronous work (a burst) share one clock
  * reading, taken in a microtask queued behind them: see `Correlator.add`.
@@ -57,8 +46,8 @@ export class Pending {
   readonly id: CorrelationId | undefined;
   readonly owner: PendingOwner;
   readonly timeout: number;
-  readonly resolve: (value: unknown) => void;
-  readonly reject: (reason: unknown) => void;
+  resolve!: (value: unknown) => void;
+  reject!: (reason: unknown) => void;
   readonly promise: Promise<unknown>;
   readonly #table: Correlator;
   #signal: AbortSignal | undefined;
@@ -77,12 +66,17 @@ export class Pending {
     this.id = id;
     this.owner = owner;
     this.timeout = timeout;
-    // No `Promise.withResolvers()`: its result object is one more
-    // allocation per request.
-    this.promise = new Promise(capture);
-    this.resolve = capturedResolve!;
-    this.reject = capturedReject!;
-    capturedResolve = capturedReject = undefined;
+    // The executor stores the functions into this (young) entry. Handing
+    // them over through module variables spares the executor's closure but
+    // stores two young functions into an old object, the module's context:
+    // two write-barrier calls per request, which measured slower across
+    // processes (client CPU 1.17-1.21 -> 1.13-1.14 us/request). No
+    // `Promise.withResolvers()` either: its result object is one more
+    // allocation.
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
     if (signal !== undefined) this.#signal = signal;
   }
 
