@@ -170,7 +170,10 @@ function leanClient(
   };
   const slots: (((reply: Uint8Array) => void) | undefined)[] = new Array(1024)
     .fill(undefined);
-  const out = new Uint8Array(64 * 1024);
+  // Room for every request in flight: a flush writes them all at once.
+  const out = new Uint8Array(
+    Math.max(64 * 1024, inflight * (payloadBytes + 8)),
+  );
   let outLength = 0;
   let scheduled = false;
   const flush = async () => {
@@ -181,13 +184,17 @@ function leanClient(
     await conn.write(bytes);
   };
   (async () => {
-    const buf = new Uint8Array(256 * 1024);
+    // Replies are views into the slab, read by their loops a microtask
+    // later: the slab is never rewritten (as in the session), a new one
+    // takes over when less than 64 KiB is left, with the partial tail.
+    let buf = new Uint8Array(256 * 1024);
+    let start = 0;
     let have = 0;
     for (;;) {
       const n = await conn.read(buf.subarray(have));
       if (n === null) return;
       have += n;
-      let pos = 0;
+      let pos = start;
       while (have - pos >= 4) {
         const length = readU32(buf, pos);
         if (have - pos - 4 < length) break;
@@ -198,8 +205,14 @@ function leanClient(
         resolve(body);
         pos += 4 + length;
       }
-      buf.copyWithin(0, pos, have);
-      have -= pos;
+      start = pos;
+      if (buf.length - have < 64 * 1024) {
+        const next = new Uint8Array(Math.max(256 * 1024, 2 * (have - pos)));
+        next.set(buf.subarray(pos, have));
+        buf = next;
+        have -= pos;
+        start = 0;
+      }
     }
   })();
   return (frame) => {
