@@ -743,7 +743,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const codec = this.#codec;
     if (this.#preEncoded) return this.#enqueueBytes(codec.encode(wire), done);
     const size = codec.encodedLength!(wire);
-    if (!this.#admit(size)) return;
+    if (!this.#admit(size, done)) return;
     const at = this.#outLength;
     this.#queuedAt(at + codec.encodeInto!(wire, this.#reserve(size), at), done);
   }
@@ -753,15 +753,22 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     bytes: Uint8Array,
     done: PromiseWithResolvers<void> | undefined,
   ): void {
-    if (!this.#admit(bytes.length)) return;
+    if (!this.#admit(bytes.length, done)) return;
     const at = this.#outLength;
     this.#reserve(bytes.length).set(bytes, at);
     this.#queuedAt(at + bytes.length, done);
   }
 
-  /** Whether `size` more bytes fit under maxWriteBytes; cuts the peer off if not. */
-  #admit(size: number): boolean {
+  /**
+   * Whether `size` more bytes fit under maxWriteBytes; cuts the peer off if
+   * not. The refused message's send then fails with the queued ones.
+   */
+  #admit(
+    size: number,
+    done: PromiseWithResolvers<void> | undefined,
+  ): boolean {
     if (this.#queuedBytes + size <= this.#maxWriteBytes) return true;
+    if (done !== undefined) this.#queueNotify.push(done);
     this.#cutOff(
       `write queue holds ${
         this.#queuedBytes + size

@@ -489,6 +489,34 @@ Deno.test("Session.send() and Server.broadcast() send the message as it was when
   assert.deepEqual(await inbox.count(4), ["a", "b", "c", "d"]);
 });
 
+Deno.test("Session.send() and Session.request() of a message over maxWriteBytes reject with the cut-off, as do the sends queued before them", async () => {
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    handler: echo,
+    maxWriteBytes: 64 * 1024,
+  });
+  const tooBig = new Uint8Array(64 * 1024);
+  const cutOff = async (settles: Promise<unknown>) => {
+    const error = await withTimeout(
+      settles.then(() => undefined, (e: unknown) => e),
+      5000,
+      "the call settles",
+    );
+    assert.ok(error instanceof ConnectionClosedError, String(error));
+    assert.ok(error.cause instanceof SlowConsumerError, String(error.cause));
+  };
+  for (const call of ["send", "request"] as const) {
+    await using client = await dial(endpointOf(server));
+    await client.request(bytes("hello"));
+    const session = server.sessions.at(-1)!;
+    const queued = session.send(bytes("small"));
+    await cutOff(session[call](tooBig));
+    await cutOff(queued);
+    assert.equal(session.state, "closed");
+  }
+});
+
 Deno.test("Session.request() from the server is answered by the client's handler (bidirectional)", async () => {
   await using server = serve(
     { hostname: HOST, port: 0 },
