@@ -499,7 +499,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   // ---- outbound -------------------------------------------------------
 
-  request(message: T, options: RequestOptions = {}): Promise<T> {
+  request(message: T, options?: RequestOptions): Promise<T> {
     if (this.#state === "closed" || this.#state === "draining") {
       return Promise.reject(
         new ConnectionClosedError(
@@ -508,7 +508,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         ),
       );
     }
-    return this.requestOn(message, options.timeout, options.signal, false);
+    // No default `{}`: an object per call.
+    return this.requestOn(message, options?.timeout, options?.signal, false);
   }
 
   /**
