@@ -34,6 +34,18 @@ export interface PendingOwner {
 class Burst {
   /** `performance.now()` when the burst ended, or -1 until then. */
   start = -1;
+  /** The table of its requests (kept here, not in each entry). */
+  readonly table: Correlator;
+
+  constructor(table: Correlator) {
+    this.table = table;
+  }
+}
+
+/** A request's abort signal and the listener it holds on it. */
+interface AbortLink {
+  readonly signal: AbortSignal;
+  listener: (() => void) | undefined;
 }
 
 /** One request waiting for its reply. */
@@ -49,19 +61,16 @@ export class Pending {
   resolve!: (value: unknown) => void;
   reject!: (reason: unknown) => void;
   readonly promise: Promise<unknown>;
-  readonly #table: Correlator;
-  #signal: AbortSignal | undefined;
-  #onAbort: (() => void) | undefined;
+  /** Only for requests with a signal: one field, not two, in every entry. */
+  #abort: AbortLink | undefined;
 
   constructor(
-    table: Correlator,
     burst: Burst,
     id: CorrelationId | undefined,
     owner: PendingOwner,
     timeout: number,
     signal: AbortSignal | undefined,
   ) {
-    this.#table = table;
     this.burst = burst;
     this.id = id;
     this.owner = owner;
@@ -77,14 +86,14 @@ export class Pending {
       this.resolve = resolve;
       this.reject = reject;
     });
-    if (signal !== undefined) this.#signal = signal;
+    if (signal !== undefined) this.#abort = { signal, listener: undefined };
   }
 
   /** Starts listening to its signal (once it is in the table). */
   listen(): void {
-    const signal = this.#signal!;
-    this.#onAbort = () => this.fail(signal.reason);
-    signal.addEventListener("abort", this.#onAbort, { once: true });
+    const link = this.#abort!;
+    link.listener = () => this.fail(link.signal.reason);
+    link.signal.addEventListener("abort", link.listener, { once: true });
   }
 
   /**
@@ -99,9 +108,9 @@ export class Pending {
   /** Deadline passed. */
   expire(): void {
     if (this.settled) return;
-    this.#table.timedOut++;
+    this.burst.table.timedOut++;
     this.#finish();
-    this.#table.rememberExpired(this.id);
+    this.burst.table.rememberExpired(this.id);
     this.reject(
       new TimeoutError(
         `Request ${
@@ -123,20 +132,22 @@ export class Pending {
   fail(reason: unknown): void {
     if (this.settled) return;
     this.#finish();
-    if (this.#signal?.aborted && reason === this.#signal.reason) {
-      this.#table.rememberExpired(this.id);
+    const signal = this.#abort?.signal;
+    if (signal?.aborted && reason === signal.reason) {
+      this.burst.table.rememberExpired(this.id);
     }
     this.reject(reason);
   }
 
   #finish(): void {
     this.settled = true;
-    this.#table.release(this);
+    this.burst.table.release(this);
     this.owner.pendingCount--;
     this.owner.requestSettled();
-    if (this.#onAbort !== undefined) {
-      this.#signal!.removeEventListener("abort", this.#onAbort);
-      this.#onAbort = undefined;
+    const link = this.#abort;
+    if (link?.listener !== undefined) {
+      link.signal.removeEventListener("abort", link.listener);
+      link.listener = undefined;
     }
   }
 }
@@ -331,11 +342,11 @@ export class Correlator {
     // stamping costs nothing per request.
     let burst = this.#burst;
     if (burst === undefined) {
-      burst = this.#burst = new Burst();
+      burst = this.#burst = new Burst(this);
       queueMicrotask(this.#stamp);
     }
     if (timeout < this.#burstTimeout) this.#burstTimeout = timeout;
-    const entry = new Pending(this, burst, id, owner, timeout, signal);
+    const entry = new Pending(burst, id, owner, timeout, signal);
     if (id !== undefined) {
       if (!this.#byId.add(entry)) throw new DuplicateIdError(id);
       if (this.#expired.size > 0) this.#expired.delete(id);
