@@ -1109,8 +1109,6 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #dispatch(wire: unknown): void {
     const dialect = this.#dialect;
-    // A custom codec has messages only (no frame kinds).
-    if (!dialect.framed) return this.#dispatchMessage(wire);
     const correlator = this.#correlator;
     switch (dialect.kind(wire)) {
       case Inbound.Reply:
