@@ -368,8 +368,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #writingReplies = 0;
   #writing = false;
   #flushScheduled = false;
-  /** Bytes queued and in the write in flight (for maxWriteBytes). */
-  #queuedBytes = 0;
+  /** Bytes of the write in flight; with #outLength, what maxWriteBytes bounds. */
+  #writingBytes = 0;
   /**
    * Callers waiting for room in the write queue, in order. Each is called
    * once: with `true` when it may enqueue (it must do so synchronously), or
@@ -768,12 +768,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     size: number,
     done: PromiseWithResolvers<void> | undefined,
   ): boolean {
-    if (this.#queuedBytes + size <= this.#maxWriteBytes) return true;
+    const queued = this.#outLength + this.#writingBytes + size;
+    if (queued <= this.#maxWriteBytes) return true;
     if (done !== undefined) this.#queueNotify.push(done);
     this.#cutOff(
-      `write queue holds ${
-        this.#queuedBytes + size
-      } bytes, over maxWriteBytes (${this.#maxWriteBytes})`,
+      `write queue holds ${queued} bytes, over maxWriteBytes (${this.#maxWriteBytes})`,
     );
     return false;
   }
@@ -783,7 +782,6 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     end: number,
     done: PromiseWithResolvers<void> | undefined,
   ): void {
-    this.#queuedBytes += end - this.#outLength;
     this.#outLength = end;
     this.#queued++;
     if (done !== undefined) this.#queueNotify.push(done);
@@ -824,6 +822,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#spare = undefined;
         this.#outLength = 0;
         this.#queued = 0;
+        this.#writingBytes = bytes.length;
         if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
         this.#queuedReplies = 0;
@@ -835,7 +834,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         }
         this.writeStartedAt = 0;
         this.#writingReplies = 0;
-        this.#queuedBytes = Math.max(0, this.#queuedBytes - bytes.length);
+        this.#writingBytes = 0;
         this.#stats.messagesOut += count;
         this.#stats.bytesOut += bytes.length;
         this.#counters.messagesOut += count;
