@@ -146,3 +146,18 @@ export function codecDialect<T>(
     drain: unsupported,
   };
 }
+
+/**
+ * The correlation id of a request of a custom codec in "message" mode.
+ *
+ * @throws {TypeError} When the codec finds none in the message.
+ */
+export function requestId<T>(codec: Codec<T>, message: T): CorrelationId {
+  const id = codec.correlationId?.(message);
+  if (id === undefined) {
+    throw new TypeError(
+      "Cannot send request: the codec found no correlation id in the message",
+    );
+  }
+  return id;
+}

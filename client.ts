@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Codec, CorrelationId } from "./framing/codec.ts";
+import type { Codec } from "./framing/codec.ts";
 import {
   type ClientTlsOptions,
   connect,
@@ -15,7 +15,12 @@ import {
   type Transport,
 } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
-import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
+import {
+  codecDialect,
+  defaultDialect,
+  type Dialect,
+  requestId,
+} from "./_dialect.ts";
 import { nonNegative, positive } from "./_util.ts";
 import { after, type Timed } from "./_timeouts.ts";
 import { Housekeeper } from "./_housekeeping.ts";
@@ -523,15 +528,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     const dialect = this.#dialect;
     if (dialect.framed) return dialect.copy(message);
     const codec = dialect.codec;
-    let id: CorrelationId | undefined;
-    if (dialect.mode === "message") {
-      id = codec.correlationId?.(message);
-      if (id === undefined) {
-        throw new TypeError(
-          "Cannot send request: the codec found no correlation id in the message",
-        );
-      }
-    }
+    const id = dialect.mode === "message"
+      ? requestId(codec, message)
+      : undefined;
     return { bytes: codec.encode(message), id };
   }
 

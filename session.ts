@@ -14,7 +14,7 @@ import type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
-import { type Dialect, Inbound } from "./_dialect.ts";
+import { type Dialect, Inbound, requestId } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
 import { describeError, positive } from "./_util.ts";
 import {
@@ -538,12 +538,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         entry = correlator.add(undefined, this, ms, signal);
         wire = message;
       } else {
-        const id = dialect.codec.correlationId?.(message);
-        if (id === undefined) {
-          throw new TypeError(
-            "Cannot send request: the codec found no correlation id in the message",
-          );
-        }
+        const id = requestId(dialect.codec, message);
         entry = correlator.add(id, this, ms, signal);
         wire = message;
       }
