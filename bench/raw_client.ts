@@ -6,8 +6,9 @@
  *
  * Run: `deno run -A bench/raw_client.ts --port P --server-pid PID
  * --sessions S --inflight N --payload BYTES --warmup MS --duration MS`
- * (`--variant promise`: a promise per request, awaited by `--inflight` loops; `--inproc` starts the raw server in this process; `--idle N`
- * opens N idle connections, prints `IDLE READY`, waits for stdin EOF).
+ * (`--variant promise`: a promise per request, awaited by `--inflight`
+ * loops; `--inproc` starts the raw server in this process; `--idle N` opens N
+ * idle connections, prints `IDLE READY`, waits for stdin EOF).
  * Prints one `RESULT {json}` line.
  *
  * @module
