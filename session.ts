@@ -1149,12 +1149,18 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
       return this.#handle(wire);
     }
+    const correlator = this.#correlator;
+    // Nothing pending and no late reply to drop (a server that sends no
+    // requests of its own): the message is for the handler, its id unread.
+    if (correlator.count === 0 && !correlator.remembersExpired()) {
+      return this.#handle(wire);
+    }
     const id = dialect.id(wire);
     if (id !== undefined) {
-      const entry = this.#pendingFor(this.#correlator.get(id));
+      const entry = this.#pendingFor(correlator.get(id));
       if (entry !== undefined) return this.#settle(entry, wire);
-      if (this.#correlator.isExpired(id)) {
-        this.#correlator.forgetExpired(id);
+      if (correlator.isExpired(id)) {
+        correlator.forgetExpired(id);
         return this.#late(id);
       }
     }
