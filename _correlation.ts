@@ -379,7 +379,7 @@ export class Correlator {
 
   /** Whether a reply with this id would be a late one. */
   isExpired(id: CorrelationId): boolean {
-    return this.#expired.size > 0 && this.#expired.has(id);
+    return this.#expired.has(id);
   }
 
   /** Whether any id is remembered as expired (see {@linkcode isExpired}). */
