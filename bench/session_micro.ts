@@ -11,6 +11,9 @@
  *   joined by an in-memory pipe.
  * - `--side lean`: the same echo transport under the leanest promise client
  *   (a promise and a slot per request, no timeouts): the floor.
+ * - `--side server`: that lean client against a tcpbutler server session:
+ *   minus `--side lean`, what the server costs (for `--codec default` the
+ *   lean client speaks the default protocol's 9-byte header).
  *
  * `--codec plain` (default: the baselines' wire format through
  * `lengthPrefixed()`, the id in the first 4 payload bytes) or `default` (the
@@ -160,10 +163,17 @@ function drive(
   return Promise.all(Array.from({ length: inflight }, loop));
 }
 
-/** The leanest promise client over the echo transport (the floor). */
+/**
+ * The leanest promise client (the floor). Over the echo transport it reads
+ * its own requests back as replies; against a server session (`framed`,
+ * the default protocol) it writes request frames and reads response frames.
+ */
 function leanClient(
   conn: Transport,
+  framed = false,
 ): (frame: Uint8Array) => Promise<Uint8Array> {
+  // The default protocol: 4-byte length, kind, u32 id; plain: 4-byte length.
+  const header = framed ? 9 : 4;
   let capture: ((reply: Uint8Array) => void) | undefined;
   const executor = (resolve: (reply: Uint8Array) => void) => {
     capture = resolve;
@@ -172,8 +182,9 @@ function leanClient(
     .fill(undefined);
   // Room for every request in flight: a flush writes them all at once.
   const out = new Uint8Array(
-    Math.max(64 * 1024, inflight * (payloadBytes + 8)),
+    Math.max(64 * 1024, inflight * (header + payloadBytes + (framed ? 0 : 4))),
   );
+  let nextId = 0;
   let outLength = 0;
   let scheduled = false;
   const flush = async () => {
@@ -198,8 +209,8 @@ function leanClient(
       while (have - pos >= 4) {
         const length = readU32(buf, pos);
         if (have - pos - 4 < length) break;
-        const body = buf.subarray(pos + 4, pos + 4 + length);
-        const slot = readU32(body, 0) & 1023;
+        const body = buf.subarray(pos + header, pos + 4 + length);
+        const slot = readU32(framed ? buf : body, framed ? pos + 5 : 0) & 1023;
         const resolve = slots[slot]!;
         slots[slot] = undefined;
         resolve(body);
@@ -216,15 +227,25 @@ function leanClient(
     }
   })();
   return (frame) => {
-    writeU32(out, outLength, frame.length);
-    out.set(frame, outLength + 4);
-    outLength += 4 + frame.length;
+    let id: number;
+    if (framed) {
+      id = nextId;
+      nextId = (nextId + 1) >>> 0;
+      writeU32(out, outLength, frame.length + 5);
+      out[outLength + 4] = 1; // a request
+      writeU32(out, outLength + 5, id);
+    } else {
+      id = readU32(frame, 0);
+      writeU32(out, outLength, frame.length);
+    }
+    out.set(frame, outLength + header);
+    outLength += header + frame.length;
     if (!scheduled) {
       scheduled = true;
       queueMicrotask(flush);
     }
     const promise = new Promise(executor);
-    slots[readU32(frame, 0) & 1023] = capture;
+    slots[id & 1023] = capture;
     return promise;
   };
 }
@@ -238,6 +259,19 @@ function setup(): {
     const pipe = new Pipe();
     const conn = transport(pipe, pipe);
     return { request: leanClient(conn), close: () => conn.close() };
+  }
+  if (flags.side === "server") {
+    const up = new Pipe();
+    const down = new Pipe();
+    const server = session("server", transport(up, down));
+    const conn = transport(down, up);
+    return {
+      request: leanClient(conn, !plain),
+      close: () => {
+        conn.close();
+        server.close();
+      },
+    };
   }
   if (flags.side === "both") {
     const up = new Pipe();
