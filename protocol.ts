@@ -136,6 +136,12 @@ export function defaultCodec(options: DefaultCodecOptions = {}): Codec<Frame> {
   };
 }
 
+function checkKind(kind: number): void {
+  if (kind < 1 || kind > 7) {
+    throw new ProtocolError(`Cannot decode frame: unknown kind ${kind}`);
+  }
+}
+
 class DefaultDecoder implements FrameDecoder<Frame> {
   readonly #max: number;
   /** Bytes of an unfinished frame (header included), or undefined. */
@@ -156,8 +162,7 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       if (pos < 0) return frames;
     }
     const end = chunk.length;
-    // Whole, well-formed frames, read inline (no call per frame); the loop
-    // below takes the rest: a partial frame, or bad input (it throws).
+    // Frames are read inline (no call per frame).
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
     const max = this.#max;
@@ -169,7 +174,12 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       if (
         length < 5 || length - 5 > max || kind < 1 || kind > 7 ||
         end - pos < total
-      ) break;
+      ) {
+        // Bad input throws; a partial frame is kept for the next chunk.
+        this.#check(length);
+        if (end - pos < total) break;
+        checkKind(kind);
+      }
       const id = ((chunk[pos + 5]! << 24) | (chunk[pos + 6]! << 16) |
         (chunk[pos + 7]! << 8) | chunk[pos + 8]!) >>> 0;
       frames.push({
@@ -179,15 +189,6 @@ class DefaultDecoder implements FrameDecoder<Frame> {
           ? EMPTY
           : new Uint8Array(buffer, base + pos + HEADER_BYTES, length - 5),
       });
-      pos += total;
-    }
-    while (end - pos >= HEADER_BYTES) {
-      const length = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) |
-        (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
-      this.#check(length);
-      const total = length + 4;
-      if (end - pos < total) break;
-      frames.push(this.#frame(chunk, pos, total));
       pos += total;
     }
     if (pos < end) this.#stash(chunk.subarray(pos));
@@ -217,9 +218,7 @@ class DefaultDecoder implements FrameDecoder<Frame> {
 
   #frame(bytes: Uint8Array, pos: number, total: number): Frame {
     const kind = bytes[pos + 4]!;
-    if (kind < 1 || kind > 7) {
-      throw new ProtocolError(`Cannot decode frame: unknown kind ${kind}`);
-    }
+    checkKind(kind);
     const id = ((bytes[pos + 5]! << 24) | (bytes[pos + 6]! << 16) |
       (bytes[pos + 7]! << 8) | bytes[pos + 8]!) >>> 0;
     // The constructor makes a view faster than subarray() on V8.
