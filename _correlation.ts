@@ -48,15 +48,37 @@ interface AbortLink {
   listener: (() => void) | undefined;
 }
 
+/** Whether a request may be sent again on another session. */
+export const Retry = {
+  /** Never: it was sent on a session the caller chose (or is a heartbeat). */
+  Never: 0,
+  /** Only when it is known that the peer did not process it. */
+  Unprocessed: 1,
+  /** Also when it may have run: the caller marked it idempotent. */
+  Idempotent: 2,
+} as const;
+
 /** One request waiting for its reply. */
 export class Pending {
   /** Index in the correlator's list of entries without an id, or -1. */
   slot = -1;
   settled = false;
+  /** One of {@linkcode Retry}. */
+  retry = 0;
+  /**
+   * Where its bytes are in its session's outbound byte stream (from `start`
+   * to `end`), or -1 while they are not queued: bytes the socket never took
+   * whole did not reach the peer whole, so the request did not run.
+   */
+  start = -1;
+  end = -1;
+  /** Its wire bytes, kept only while it waits for room or when idempotent. */
+  copy: Uint8Array | undefined = undefined;
   /** Its deadline counts from the end of this burst. */
   readonly burst: Burst;
   readonly id: CorrelationId | undefined;
-  readonly owner: PendingOwner;
+  /** The session it is sent on (it moves when the request is retried). */
+  owner: PendingOwner;
   readonly timeout: number;
   resolve!: (value: unknown) => void;
   reject!: (reason: unknown) => void;
@@ -103,6 +125,16 @@ export class Pending {
   get deadline(): number {
     const start = this.burst.start;
     return start < 0 ? -1 : start + this.timeout;
+  }
+
+  /** Moves to another owner (a retry), keeping its id, deadline and signal. */
+  move(owner: PendingOwner): void {
+    const from = this.owner;
+    from.pendingCount--;
+    from.requestSettled();
+    owner.pendingCount++;
+    this.owner = owner;
+    this.start = this.end = -1;
   }
 
   /** Deadline passed. */
@@ -279,6 +311,14 @@ export class IdTable {
   }
 }
 
+/** Queued entries first, in stream order; then those never queued. */
+function byQueueOrder(a: Pending, b: Pending): number {
+  if (a.start < 0 || b.start < 0) {
+    return (a.start < 0 ? 1 : 0) - (b.start < 0 ? 1 : 0);
+  }
+  return a.start - b.start;
+}
+
 /** How late (ms) a sweep may run to spare re-arming the timer. */
 const SWEEP_SLACK = 10;
 
@@ -448,17 +488,28 @@ export class Correlator {
     }
   }
 
-  /** Fails every entry of an owner (its session died). */
-  failOwner(owner: PendingOwner, reason: unknown): void {
+  /**
+   * Fails every entry of an owner (its session died), except those `rescue`
+   * takes over (it sends them again elsewhere). They are offered in the
+   * order they were queued, so a retried fifo pipeline keeps its order.
+   */
+  failOwner(
+    owner: PendingOwner,
+    reason: unknown,
+    rescue?: (entry: Pending) => boolean,
+  ): void {
     if (owner.pendingCount === 0) return;
     const doomed: Pending[] = [];
     for (const entry of this.#byId.values()) {
       if (entry.owner === owner) doomed.push(entry);
     }
     for (const entry of owner.unkeyed()) {
-      if (!entry.settled) doomed.push(entry);
+      if (!entry.settled && entry.owner === owner) doomed.push(entry);
     }
-    for (const entry of doomed) entry.fail(reason);
+    if (rescue !== undefined) doomed.sort(byQueueOrder);
+    for (const entry of doomed) {
+      if (rescue === undefined || !rescue(entry)) entry.fail(reason);
+    }
   }
 
   /** Stops the sweep timer. */

@@ -2,6 +2,8 @@
  * How a session reads the meaning of wire messages. The default protocol has
  * frame kinds (request, response, push, error, ping, pong, drain); a custom
  * codec has only messages, told apart by the pending-request table.
+ * (The session still imports the default protocol's frame kinds through
+ * here; the codec contract is to carry them in the redesign.)
  *
  * @module
  */
@@ -19,8 +21,10 @@ export const Inbound = {
   Ping: 5,
   Pong: 6,
   Drain: 7,
+  /** A request the peer read but did not run (it is shutting down). */
+  Refused: 8,
   /** A custom-codec message: a reply when it matches a pending request. */
-  Message: 8,
+  Message: 9,
 } as const;
 
 /** How requests find their replies. */
@@ -48,6 +52,10 @@ export interface Dialect<T, W = unknown> {
   ping(id: number): W;
   pong(ping: W): W;
   drain(): W;
+  /** The answer to a request that will not run: "not processed". */
+  refusal(request: W): W | undefined;
+  /** The request a refusal gives back, to be sent again. */
+  resend(refusal: W): W;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -82,9 +90,7 @@ export function defaultDialect(
           id: to.id,
           payload: payload === undefined ? EMPTY : checkPayload(payload, max),
         }
-        : payload === undefined
-        ? undefined
-        : { kind: FrameKind.Push, id: 0, payload: checkPayload(payload, max) },
+        : undefined,
     push: (payload) => ({
       kind: FrameKind.Push,
       id: 0,
@@ -105,6 +111,15 @@ export function defaultDialect(
       payload: ping.payload,
     }),
     drain: () => ({ kind: FrameKind.Drain, id: 0, payload: EMPTY }),
+    refusal: (request) =>
+      request.kind === FrameKind.Request
+        ? { kind: FrameKind.Refused, id: request.id, payload: request.payload }
+        : undefined,
+    resend: (refusal) => ({
+      kind: FrameKind.Request,
+      id: refusal.id,
+      payload: refusal.payload,
+    }),
   };
 }
 
@@ -144,6 +159,8 @@ export function codecDialect<T>(
     ping: unsupported,
     pong: unsupported,
     drain: unsupported,
+    refusal: () => undefined,
+    resend: unsupported,
   };
 }
 

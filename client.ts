@@ -14,7 +14,12 @@ import {
   parseEndpoint,
   type Transport,
 } from "./_transport.ts";
-import { Correlator } from "./_correlation.ts";
+import {
+  Correlator,
+  type Pending,
+  type PendingOwner,
+  Retry,
+} from "./_correlation.ts";
 import {
   codecDialect,
   defaultDialect,
@@ -29,6 +34,7 @@ import {
   type Counters,
   type EncodedRequest,
   type Handler,
+  type HandlerContext,
   newCounters,
   type RequestOptions,
   type SendOptions,
@@ -152,8 +158,11 @@ export interface DialOptions<T> {
    * @default {10000}
    */
   maxWaitingRequests?: number;
-  /** Handles pushes and requests from the server; its return value is sent back. */
-  handler?: Handler<T>;
+  /**
+   * Handles pushes and requests from the server. What it returns for a
+   * request is the reply; for a push nothing is sent back.
+   */
+  handler?: ClientHandler<T>;
   /**
    * Custom codecs: turns a handler error into a reply message; without it the
    * error is logged.
@@ -220,12 +229,43 @@ export interface DialOptions<T> {
   logger?: Logger;
 }
 
+/**
+ * The context a client's handler receives: the session's, and the client.
+ *
+ * @typeParam T The message type.
+ */
+export interface ClientHandlerContext<T> extends HandlerContext<T> {
+  /** The client the message came to. */
+  readonly client: Client<T>;
+}
+
+/**
+ * Handles what the server sends that is not a reply: its pushes and its
+ * requests (see {@linkcode Handler}).
+ *
+ * @typeParam T The message type.
+ */
+export type ClientHandler<T> = Handler<T, ClientHandlerContext<T>>;
+
 /** Options of {@linkcode Client.request}. */
 export interface ClientRequestOptions<T> extends RequestOptions {
-  /** Send on this session (from `client.sessions`) instead of routing. */
+  /**
+   * Send on this session (from `client.sessions`) instead of routing. Such a
+   * request is never sent again on another session.
+   */
   session?: Session<T>;
   /** Overrides the client's `waitForSession` for this call. */
   waitForSession?: boolean;
+  /**
+   * The request may run twice: should its session end before the reply,
+   * it is sent again on another ready session (within its deadline) even
+   * when the server may have run it. Without it, only requests known not
+   * to have run are sent again. Keeps a copy of the request's bytes until
+   * the reply.
+   *
+   * @default {false}
+   */
+  idempotent?: boolean;
 }
 
 /** Options of {@linkcode Client.send}. */
@@ -262,6 +302,11 @@ export interface ClientStats extends Counters {
   timeouts: number;
   /** Reconnect attempts made. */
   reconnects: number;
+  /**
+   * Requests sent again on another session because their own could not
+   * deliver them unprocessed (or, `idempotent`, at all).
+   */
+  retried: number;
 }
 
 /** Detail of client events (`event.detail` of a `CustomEvent`). */
@@ -313,9 +358,16 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #housekeeper: Housekeeper<T>;
   readonly #logger: Logger;
   readonly #closed = Promise.withResolvers<void>();
-  #handler: Handler<T> | undefined;
+  #handler: ClientHandler<T> | undefined;
   #roundRobin = 0;
   #reconnects = 0;
+  #retried = 0;
+  /** The owner of retried requests between two sessions. */
+  readonly #inTransit: PendingOwner = {
+    pendingCount: 0,
+    requestSettled: () => {},
+    unkeyed: () => [],
+  };
   #closing: Promise<void> | undefined;
   #firstReady = Promise.withResolvers<void>();
 
@@ -337,7 +389,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       correlator: this.#correlator,
       counters: this.#counters,
       logger: this.#logger,
-      handler: () => this.#handler,
+      handler: () => this.#handler as Handler<T> | undefined,
+      context: { client: this },
+      retry: (entry, bytes) => this.#retry(entry, bytes),
       onHandlerError: options.onHandlerError,
       ...sessionLimits(options),
       requestTimeout: nonNegative(
@@ -420,12 +474,12 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   }
 
   /** The inbound handler (pushes and requests from the server). */
-  get handler(): Handler<T> | undefined {
+  get handler(): ClientHandler<T> | undefined {
     return this.#handler;
   }
 
   /** Replaces the inbound handler. */
-  set handler(handler: Handler<T> | undefined) {
+  set handler(handler: ClientHandler<T> | undefined) {
     this.#handler = handler;
   }
 
@@ -468,7 +522,13 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       // The common call: no options object to allocate and read.
       const session = this.#pick();
       if (session !== undefined) {
-        return session.requestOn(message, undefined, undefined, false);
+        return session.requestOn(
+          message,
+          undefined,
+          undefined,
+          false,
+          Retry.Unprocessed,
+        );
       }
       options = {};
     }
@@ -480,6 +540,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     } catch (error) {
       return Promise.reject(error);
     }
+    const retry = options.idempotent ? Retry.Idempotent : Retry.Unprocessed;
     if (session !== undefined) {
       if (options.session !== undefined) {
         return session.request(message, options);
@@ -489,6 +550,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         options.timeout,
         options.signal,
         false,
+        retry,
       );
     }
     if (options.session !== undefined) {
@@ -514,9 +576,50 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     ).then((ready) => {
       const left = Math.max(0, timeout - (performance.now() - start));
       return this.#dialect.framed
-        ? ready.requestOn(held as T, left, signal, false)
-        : ready.requestEncoded(held as EncodedRequest, left, signal);
+        ? ready.requestOn(held as T, left, signal, false, retry)
+        : ready.requestEncoded(held as EncodedRequest, left, signal, retry);
     });
+  }
+
+  /**
+   * Sends a request again on another ready session (its own could not
+   * deliver it), or waits for one within the request's own deadline. It
+   * keeps its id, so its reply is matched as before.
+   */
+  #retry(entry: Pending, bytes: Uint8Array): void {
+    if (this.#closing !== undefined) {
+      return entry.fail(
+        new ClosedError("Cannot retry request: client is closed"),
+      );
+    }
+    const from = entry.owner;
+    entry.move(this.#inTransit);
+    // Bytes from a read or write buffer: a copy of their own while they wait.
+    entry.copy = bytes;
+    const session = this.#pickOther(from);
+    if (session !== undefined) {
+      this.#retried++;
+      return session.adopt(entry, bytes);
+    }
+    const deadline = entry.deadline;
+    const left = deadline < 0
+      ? entry.timeout
+      : Math.max(0, deadline - performance.now());
+    this.#waitForSession(left, undefined, true).then(
+      (ready) => {
+        if (entry.settled) return;
+        this.#retried++;
+        ready.adopt(entry, bytes);
+      },
+      (error) => entry.fail(error),
+    );
+  }
+
+  /** A ready session other than `from`, routed as usual. */
+  #pickOther(from: PendingOwner): SessionImpl<T> | undefined {
+    const session = this.#pick();
+    if (session !== from && session?.state === "ready") return session;
+    return this.#ready.find((s) => s !== from && s.state === "ready");
   }
 
   /**
@@ -901,6 +1004,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       waiting: this.#waiters.size,
       timeouts: this.#correlator.timedOut,
       reconnects: this.#reconnects,
+      retried: this.#retried,
     };
   }
 

@@ -30,6 +30,8 @@
 export { Client, dial } from "./client.ts";
 export type {
   ClientEventDetail,
+  ClientHandler,
+  ClientHandlerContext,
   ClientRequestOptions,
   ClientSendOptions,
   ClientStats,
@@ -41,8 +43,11 @@ export type {
 } from "./client.ts";
 export { serve, serveMutualTls, Server } from "./server.ts";
 export type {
+  ForcedSession,
   ServeOptions,
   ServerEventDetail,
+  ServerHandler,
+  ServerHandlerContext,
   ServerStats,
   ServerTlsOptions,
   ShutdownOptions,
@@ -52,6 +57,7 @@ export type {
   Counters,
   Handler,
   HandlerContext,
+  MessageKind,
   PeerCertificate,
   ProxyInfo,
   RequestOptions,

@@ -10,6 +10,7 @@
 import type { Transport, TransportListener } from "./_transport.ts";
 import { formatAddr, prepend } from "./_transport.ts";
 import { ClosedError } from "./errors.ts";
+import { FrameKind } from "./protocol.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import { after } from "./_timeouts.ts";
 
@@ -102,7 +103,7 @@ export function matchPrefix(prefix: string | Uint8Array): Matcher {
 export function matchDefaultProtocol(head: Uint8Array): boolean | undefined {
   if (head.length >= 1 && head[0] !== 0) return false;
   if (head.length < 5) return undefined;
-  return head[4]! >= 1 && head[4]! <= 7;
+  return head[4]! >= 1 && head[4]! <= FrameKind.Refused;
 }
 
 /**

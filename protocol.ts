@@ -6,7 +6,7 @@
  * | offset | size | field | meaning |
  * | --- | --- | --- | --- |
  * | 0 | 4 | length | u32 big-endian: bytes after this field (5 + payload length) |
- * | 4 | 1 | kind | 1 request, 2 response, 3 push, 4 error, 5 ping, 6 pong, 7 drain |
+ * | 4 | 1 | kind | 1 request, 2 response, 3 push, 4 error, 5 ping, 6 pong, 7 drain, 8 refused |
  * | 5 | 4 | id | u32 big-endian correlation id |
  * | 9 | length − 5 | payload | opaque bytes (UTF-8 text for `error`) |
  *
@@ -37,6 +37,13 @@ export const FrameKind = {
    * arrived. Id is 0.
    */
   Drain: 7,
+  /**
+   * The answer to a request that the sender read but will not run (it is
+   * shutting down): the request with the same id was not processed, and its
+   * payload is the request's payload, so the requester can send it again
+   * elsewhere without having kept a copy.
+   */
+  Refused: 8,
 } as const;
 
 /** One of the {@linkcode FrameKind} values. */
@@ -54,6 +61,9 @@ export interface Frame {
    */
   payload: Uint8Array;
 }
+
+/** The highest frame kind on the wire. */
+const MAX_KIND = FrameKind.Refused;
 
 /** Size of the frame header, in bytes. */
 export const HEADER_BYTES = 9;
@@ -137,7 +147,7 @@ export function defaultCodec(options: DefaultCodecOptions = {}): Codec<Frame> {
 }
 
 function checkKind(kind: number): void {
-  if (kind < 1 || kind > 7) {
+  if (kind < 1 || kind > MAX_KIND) {
     throw new ProtocolError(`Cannot decode frame: unknown kind ${kind}`);
   }
 }
@@ -172,7 +182,7 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       const kind = chunk[pos + 4]!;
       const total = length + 4;
       if (
-        length < 5 || length - 5 > max || kind < 1 || kind > 7 ||
+        length < 5 || length - 5 > max || kind < 1 || kind > MAX_KIND ||
         end - pos < total
       ) {
         // Bad input throws; a partial frame is kept for the next chunk.

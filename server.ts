@@ -17,6 +17,7 @@ import {
   abortable,
   type Counters,
   type Handler,
+  type HandlerContext,
   newCounters,
   type PeerCertificate,
   type ProxyInfo,
@@ -73,8 +74,12 @@ export interface ServeOptions<T> {
   signal?: AbortSignal;
   /** Called once listening. */
   onListen?: (addr: Deno.Addr) => void;
-  /** Handles requests and pushes; its return value is the reply. */
-  handler?: Handler<T>;
+  /**
+   * Handles requests and pushes. What it returns for a request is the
+   * reply; for a push nothing is sent back (push with `session.send()`).
+   * Its context carries the session and the server.
+   */
+  handler?: ServerHandler<T>;
   /**
    * The wire format. Without it the server speaks the default protocol
    * (`Uint8Array` payloads).
@@ -82,9 +87,12 @@ export interface ServeOptions<T> {
   codec?: Codec<T>;
   /**
    * Custom codecs: match replies to the server's own requests by the codec's
-   * `correlationId`, or by order.
+   * `correlationId` ("id"), or by order ("fifo"). With "fifo" the server
+   * also writes its replies in the order the requests arrived, whatever
+   * order its handlers finish in (they still run concurrently; an answer
+   * that is ready early holds its handler slot until its turn).
    *
-   * @default {"id"}
+   * @default {"id"} when the codec has a `correlationId`, else "fifo"
    */
   correlation?: "id" | "fifo";
   /**
@@ -179,6 +187,39 @@ export interface ShutdownOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The context a server's handler receives: the session's, and the server
+ * (so a handler may broadcast without referring to a variable that holds
+ * the server it is part of).
+ *
+ * @typeParam T The message type.
+ */
+export interface ServerHandlerContext<T> extends HandlerContext<T> {
+  /** The server the message came to. */
+  readonly server: Server<T>;
+}
+
+/**
+ * Handles requests and pushes from clients (see {@linkcode Handler}).
+ *
+ * @typeParam T The message type.
+ */
+export type ServerHandler<T> = Handler<T, ServerHandlerContext<T>>;
+
+/** A session that a shutdown forced shut, and why. */
+export interface ForcedSession {
+  /** The session's id. */
+  session: number;
+  /** The peer's address. */
+  remote: string;
+  /**
+   * What was still under way at the timeout, for example "the peer never
+   * answered the drain", "2 handler(s) still running", "1 request(s) of
+   * ours still pending", "writes not flushed (the peer is not reading)".
+   */
+  reasons: string[];
+}
+
 /** What a shutdown did. */
 export interface ShutdownReport {
   /** Sessions open when the shutdown began. */
@@ -187,12 +228,24 @@ export interface ShutdownReport {
   drained: number;
   /** Sessions force-closed at the timeout. */
   forced: number;
-  /** Handlers still running when their session was forced shut (their replies were not sent). */
+  /**
+   * Requests from clients still running, waiting to run (pushes), or whose
+   * replies were not written when their session was forced shut: they got
+   * no answer and may have run.
+   */
   handlersCut: number;
+  /**
+   * Requests read but never started when their session was forced shut,
+   * answered "not processed" (default protocol): tcpbutler clients send
+   * them again elsewhere.
+   */
+  refused: number;
   /** The server's own requests to clients that were still pending when forced. */
   requestsCut: number;
   /** How long the shutdown took, in milliseconds. */
   durationMs: number;
+  /** The sessions forced shut, each with why. */
+  forcedSessions: ForcedSession[];
 }
 
 /** Counters of a server. */
@@ -239,7 +292,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #opening = new Set<Promise<void>>();
   readonly #maxConnections: number;
   #acceptLoop: Promise<void> = Promise.resolve();
-  #handler: Handler<T> | undefined;
+  #handler: ServerHandler<T> | undefined;
   #shutdown: Promise<ShutdownReport> | undefined;
   #accepted = 0;
   #refused = 0;
@@ -269,7 +322,9 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       correlator: this.#correlator,
       counters: this.#counters,
       logger: this.#logger,
-      handler: () => this.#handler,
+      handler: () => this.#handler as Handler<T> | undefined,
+      context: { server: this },
+      retry: undefined,
       onHandlerError: options.onHandlerError,
       ...sessionLimits(options),
       requestTimeout: positive(
@@ -327,12 +382,12 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   }
 
   /** The handler (settable, for example to swap it at run time). */
-  get handler(): Handler<T> | undefined {
+  get handler(): ServerHandler<T> | undefined {
     return this.#handler;
   }
 
   /** Replaces the handler. */
-  set handler(handler: Handler<T> | undefined) {
+  set handler(handler: ServerHandler<T> | undefined) {
     this.#handler = handler;
   }
 
@@ -638,13 +693,23 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       drained: 0,
       forced: 0,
       handlersCut: 0,
+      refused: 0,
       requestsCut: 0,
       durationMs: Math.round(performance.now() - started),
+      forcedSessions: [],
     };
-    results.forEach((cut) => {
-      if (cut.forced) report.forced++;
-      else report.drained++;
+    results.forEach((cut, i) => {
+      if (cut.forced) {
+        report.forced++;
+        const session = sessions[i]!;
+        report.forcedSessions.push({
+          session: session.id,
+          remote: formatAddr(session.remoteAddr),
+          reasons: cut.reasons,
+        });
+      } else report.drained++;
       report.handlersCut += cut.handlers;
+      report.refused += cut.refused;
       report.requestsCut += cut.requests;
     });
     const log = report.forced > 0 ? "warn" : "info";
@@ -672,6 +737,17 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   }
 }
 
+/** The protocol view of a server's options: fifo when the codec has no ids. */
+function serverDialect<T>(options: ServeOptions<T>): Dialect<T> {
+  const codec = options.codec;
+  if (codec === undefined) {
+    return defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>;
+  }
+  const fifo = options.correlation === "fifo" ||
+    (options.correlation === undefined && codec.correlationId === undefined);
+  return codecDialect(codec, fifo);
+}
+
 /**
  * Starts a server. Shaped like `Deno.serve`: options (with the handler) or
  * options and a handler. Without a `codec` it speaks the default protocol
@@ -697,12 +773,10 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
  */
 export function serve<T = Uint8Array>(
   options: ServeOptions<T> | Deno.Listener | TransportListener,
-  handler?: Handler<T>,
+  handler?: ServerHandler<T>,
 ): Server<T> {
   if (isListener(options)) options = { listener: options };
-  const dialect = options.codec === undefined
-    ? defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>
-    : codecDialect(options.codec, options.correlation === "fifo");
+  const dialect = serverDialect(options);
   const merged = handler === undefined ? options : { ...options, handler };
   let listener: TransportListener;
   if (options.listener !== undefined) {
@@ -774,11 +848,9 @@ export async function serveMutualTls<T = Uint8Array>(
   options: ServeOptions<T> & {
     tls: ServerTlsOptions & { ca: string | string[] };
   },
-  handler?: Handler<T>,
+  handler?: ServerHandler<T>,
 ): Promise<Server<T>> {
-  const dialect = options.codec === undefined
-    ? defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>
-    : codecDialect(options.codec, options.correlation === "fifo");
+  const dialect = serverDialect(options);
   const merged = handler === undefined ? options : { ...options, handler };
   const listener = await listenMutualTls({
     hostname: options.hostname ?? "0.0.0.0",

@@ -13,7 +13,13 @@
 import type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
-import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
+import {
+  type Correlator,
+  type Pending,
+  type PendingOwner,
+  Retry,
+} from "./_correlation.ts";
+import { NOT_READY, ReplyOrder } from "./_reply_order.ts";
 import { type Dialect, Inbound, requestId } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
 import { describeError, positive } from "./_util.ts";
@@ -151,10 +157,14 @@ export interface EncodedRequest {
 export interface DrainResult {
   /** The timeout (or a forced stop) closed the session. */
   forced: boolean;
-  /** Requests from the peer that got no answer. */
+  /** Requests from the peer that got no answer (they may have run). */
   handlers: number;
+  /** Requests from the peer refused unprocessed (never run). */
+  refused: number;
   /** Our own requests still pending. */
   requests: number;
+  /** Why it was forced: what was still under way (empty when not forced). */
+  reasons: string[];
 }
 
 /** A verified peer certificate. */
@@ -170,6 +180,14 @@ export interface PeerCertificate {
 }
 
 /**
+ * What an inbound message is: a `"request"` (the default protocol's request
+ * frame: a reply is owed), a `"push"` (no reply is owed), or a custom
+ * codec's `"message"` (the library cannot tell; a value the handler returns
+ * is its reply).
+ */
+export type MessageKind = "request" | "push" | "message";
+
+/**
  * The context an inbound handler receives with each message.
  *
  * @typeParam T The message type.
@@ -179,19 +197,29 @@ export interface HandlerContext<T> {
   readonly session: Session<T>;
   /** Aborted when the session closes (or the server is forced to stop). */
   readonly signal: AbortSignal;
+  /** What the message is. */
+  readonly kind: MessageKind;
+  /**
+   * Whether a value the handler returns is sent back: true for requests and
+   * custom-codec messages, false for pushes (push back with
+   * `session.send()`).
+   */
+  readonly expectsReply: boolean;
 }
 
 /**
  * Handles a message that is not a reply to one of ours: a request or a push.
- * The value it returns (sync or async) is sent back on the same session:
- * with the default protocol a request always gets a response (empty when the
- * handler returns nothing); a thrown error becomes an error frame.
+ * For a request (and a custom codec's message) the value it returns (sync or
+ * async) is sent back on the same session: with the default protocol a
+ * request always gets a response (empty when the handler returns nothing); a
+ * thrown error becomes an error frame. For a push nothing is sent back.
  *
  * @typeParam T The message type.
+ * @typeParam C The context (servers and clients add themselves to it).
  */
-export type Handler<T> = (
+export type Handler<T, C extends HandlerContext<T> = HandlerContext<T>> = (
   message: T,
-  context: HandlerContext<T>,
+  context: C,
 ) => T | undefined | void | Promise<T | undefined | void>;
 
 /** Traffic counters of a client or server (part of their `stats()`). */
@@ -259,6 +287,14 @@ export interface SessionConfig<T> {
   counters: Counters;
   logger: Logger;
   handler(): Handler<T> | undefined;
+  /** Added to every handler context (`{ server }` or `{ client }`). */
+  context: Readonly<Record<string, unknown>>;
+  /**
+   * Takes over a request of a routed kind that this session cannot deliver
+   * but knows was not processed (or that is idempotent): it sends `bytes`
+   * again elsewhere. Absent where nothing is retried (servers).
+   */
+  retry: ((entry: Pending, bytes: Uint8Array) => void) | undefined;
   onHandlerError:
     | ((error: unknown, message: T, session: Session<T>) => T | undefined)
     | undefined;
@@ -279,6 +315,11 @@ const COPY_SLAB_BYTES = 16 * 1024;
 /** Short reads in a row that move a session back to its small buffer. */
 const SHORT_READS_TO_IDLE = 8;
 const RETAIN_WRITE_BYTES = 4 * 1024 * 1024;
+/**
+ * How long a forced drain goes on refusing what the peer sent before its
+ * drain answer, and waits for the refusals to be written.
+ */
+const REFUSAL_MS = 200;
 /** Held requests past which reading stops even while own requests wait. */
 const HELD_HARD_CAP = 1024;
 
@@ -317,8 +358,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   readonly #maxHandlers: number;
   readonly #decoder: FrameDecoder<unknown>;
   readonly #resolveClosed: () => void;
-  /** Made on the first handler call: idle sessions do not pay for it. */
-  #context: HandlerContext<T> | undefined;
+  /**
+   * Handler contexts by inbound kind, made on first use: idle sessions do
+   * not pay for them.
+   */
+  #contexts: (HandlerContext<T> | undefined)[] = [];
+  /** Fifo correlation: answers leave in request order. */
+  readonly #order: ReplyOrder | undefined;
   #abort: AbortController | undefined;
 
   // read side
@@ -371,6 +417,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   /** Bytes of the write in flight; with #outLength, what maxWriteBytes bounds. */
   #writingBytes = 0;
   /**
+   * Positions in the outbound byte stream: #out starts at #outBase, the
+   * write in flight (#writingBuffer) at #writingBase, and the socket has
+   * taken everything before #written. They place a request's bytes, to tell
+   * whether it left and to send it again if it did not.
+   */
+  #outBase = 0;
+  #writingBase = 0;
+  #written = 0;
+  #writingBuffer: Uint8Array | undefined;
+  /**
    * Callers waiting for room in the write queue, in order. Each is called
    * once: with `true` when it may enqueue (it must do so synchronously), or
    * `false` when the session closed.
@@ -380,6 +436,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   // drain
   #drainSent = false;
+  /** Set once a forced drain refuses the requests it will not run. */
+  #refusing:
+    | { count: number; written: PromiseWithResolvers<void> | undefined }
+    | undefined;
   #peerDrainedDone = false;
   #peerDrainedWaiter: PromiseWithResolvers<void> | undefined;
   #flushTask: (() => void) | undefined;
@@ -405,21 +465,33 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const codec = cfg.dialect.codec;
     this.#preEncoded = codec.encodedLength === undefined ||
       codec.encodeInto === undefined;
+    this.#order = cfg.dialect.mode === "fifo" ? new ReplyOrder() : undefined;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
   }
 
   /** The context handed to handlers; its signal is made on first use. */
-  #handlerContext(): HandlerContext<T> {
-    if (this.#context === undefined) {
-      const context = { session: this as Session<T> } as HandlerContext<T>;
+  #handlerContext(inbound: number): HandlerContext<T> {
+    let context = this.#contexts[inbound];
+    if (context === undefined) {
+      const kind: MessageKind = inbound === Inbound.Request
+        ? "request"
+        : inbound === Inbound.Push
+        ? "push"
+        : "message";
+      context = {
+        ...this.#cfg.context,
+        session: this as Session<T>,
+        kind,
+        expectsReply: kind !== "push",
+      } as HandlerContext<T>;
       Object.defineProperty(context, "signal", {
         get: () => this.#handlerSignal(),
       });
-      this.#context = context;
+      this.#contexts[inbound] = context;
     }
-    return this.#context;
+    return context;
   }
 
   /** Resolves once the peer ended its side (or the session closed). */
@@ -514,13 +586,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /**
    * Registers and writes a request. Used by the client router too; it may
-   * route to a draining session only when `force` (heartbeats).
+   * route to a draining session only when `force` (heartbeats). `retry`
+   * says whether the request may be sent again elsewhere (see
+   * {@linkcode Retry}).
    */
   requestOn(
     message: T,
     timeout: number | undefined,
     signal: AbortSignal | undefined,
     heartbeat: boolean,
+    retry: number = Retry.Never,
   ): Promise<T> {
     const dialect = this.#dialect;
     const correlator = this.#correlator;
@@ -545,6 +620,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } catch (error) {
       return Promise.reject(error);
     }
+    entry.retry = retry;
     return this.#sendRequest(entry, wire, undefined, heartbeat);
   }
 
@@ -556,6 +632,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     request: EncodedRequest,
     timeout: number | undefined,
     signal: AbortSignal | undefined,
+    retry: number = Retry.Never,
   ): Promise<T> {
     let entry: Pending;
     try {
@@ -568,7 +645,17 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } catch (error) {
       return Promise.reject(error);
     }
+    entry.retry = retry;
     return this.#sendRequest(entry, undefined, request.bytes, false);
+  }
+
+  /**
+   * Takes over a request another session could not deliver (a retry): it
+   * keeps its id, deadline and signal, and is sent as `bytes`.
+   */
+  adopt(entry: Pending, bytes: Uint8Array): void {
+    entry.move(this);
+    void this.#sendRequest(entry, undefined, bytes, false);
   }
 
   /** Queues a registered request (its wire message, or its bytes). */
@@ -584,7 +671,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#enqueueRequest(entry, wire, bytes, heartbeat);
       return entry.promise as Promise<T>;
     }
-    // It waits for room: encode it now, so the caller may reuse its message.
+    // It waits for room: encode it now, so the caller may reuse its message
+    // (and so a retry elsewhere has its bytes).
     let held: Uint8Array;
     try {
       held = bytes ?? this.#codec.encode(wire);
@@ -592,11 +680,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       entry.fail(error);
       return entry.promise as Promise<T>;
     }
-    this.#roomWaiters.push((open) =>
-      open
-        ? this.#enqueueRequest(entry, undefined, held, heartbeat)
-        : entry.fail(this.#closedError("request"))
-    );
+    entry.copy = held;
+    this.#roomWaiters.push((open) => {
+      // A closed session handed it to a retry already (see #rescue).
+      if (entry.owner !== this) return;
+      if (open) this.#enqueueRequest(entry, undefined, held, heartbeat);
+      else entry.fail(this.#closedError("request"));
+    });
     return entry.promise as Promise<T>;
   }
 
@@ -613,7 +703,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     if (this.#drainSent && !heartbeat && this.#dialect.framed) {
       // Our drain (or drain answer) is already queued: a request behind it
-      // breaks the promise that nothing follows. It never left: retryable.
+      // breaks the promise that nothing follows. It never left: it goes
+      // elsewhere when it may.
+      const retry = this.#cfg.retry;
+      if (retry !== undefined && entry.retry !== Retry.Never) {
+        try {
+          return retry(entry, bytes ?? this.#codec.encode(wire));
+        } catch (error) {
+          return entry.fail(error);
+        }
+      }
       entry.fail(
         new ConnectionClosedError(
           `Cannot send request: session ${this.id} is draining`,
@@ -623,13 +722,21 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
     const fifo = this.#dialect.mode === "fifo";
     if (fifo) this.#fifo.push(entry);
+    const start = this.#outBase + this.#outLength;
     try {
       if (bytes === undefined) this.#enqueue(wire, undefined);
       else this.#enqueueBytes(bytes, undefined);
     } catch (error) {
       if (fifo && this.#fifo.at(-1) === entry) this.#fifo.pop();
       entry.fail(error);
+      return;
     }
+    if (entry.settled) return; // cut off for maxWriteBytes
+    entry.start = start;
+    entry.end = this.#outBase + this.#outLength;
+    entry.copy = entry.retry === Retry.Idempotent
+      ? this.#out!.slice(start - this.#outBase, entry.end - this.#outBase)
+      : undefined;
   }
 
   /** Whether a new message may be queued now (waiters go first). */
@@ -818,6 +925,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         this.#outLength = 0;
         this.#queued = 0;
         this.#writingBytes = bytes.length;
+        this.#writingBuffer = bytes;
+        this.#writingBase = this.#outBase;
+        this.#outBase += bytes.length;
         if (notify !== undefined) this.#queueNotify = [];
         this.#writingReplies = this.#queuedReplies;
         this.#queuedReplies = 0;
@@ -826,7 +936,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         let offset = 0;
         while (offset < bytes.length) {
           offset += await this.#conn.write(bytes.subarray(offset));
+          this.#written = this.#writingBase + offset;
         }
+        this.#writingBuffer = undefined;
         this.writeStartedAt = 0;
         this.#writingReplies = 0;
         this.#writingBytes = 0;
@@ -1128,6 +1240,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         return;
       case Inbound.Drain:
         return this.#onDrainFrame();
+      case Inbound.Refused: {
+        const id = dialect.id(wire)!;
+        const entry = this.#pendingFor(correlator.get(id));
+        if (entry === undefined) return this.#late(id);
+        return this.#refused(entry, wire);
+      }
       default:
         return this.#dispatchMessage(wire);
     }
@@ -1185,6 +1303,27 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     else entry.fail(error);
   }
 
+  /**
+   * The peer read our request but will not run it (it is shutting down):
+   * send it again elsewhere when it may go anywhere, else fail it as a
+   * closed connection whose request is known not to have run.
+   */
+  #refused(entry: Pending, wire: unknown): void {
+    const retry = this.#cfg.retry;
+    if (retry !== undefined && entry.retry !== Retry.Never) {
+      try {
+        return retry(entry, this.#codec.encode(this.#dialect.resend(wire)));
+      } catch (error) {
+        return entry.fail(error);
+      }
+    }
+    entry.fail(
+      new ConnectionClosedError(
+        `Session ${this.id}: the peer is shutting down and refused the request unprocessed (it did not run)`,
+      ),
+    );
+  }
+
   #late(id: unknown): void {
     this.#counters.lateReplies++;
     this.#correlator.lateReplies++;
@@ -1196,6 +1335,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Hands a request or push to the handler, or holds it (in order). */
   #handle(wire: unknown): void {
+    if (this.#refusing !== undefined) return this.#refuse(wire);
     if (
       this.#gated || this.#held.length > 0 ||
       this.#handlersRunning >= this.#maxHandlers
@@ -1226,66 +1366,63 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   #invoke(wire: unknown): void {
     const handler = this.#cfg.handler();
-    const message = this.#dialect.message(wire);
+    const dialect = this.#dialect;
+    const message = dialect.message(wire);
+    // Fifo: the answer takes its turn, and holds its handler slot until then.
+    const turn = this.#order === undefined ? -1 : this.#order.take();
+    if (turn >= 0) this.#handlersRunning++;
     if (handler === undefined) {
-      this.#handlerFailed(
-        new Error("No handler is set for inbound messages"),
+      const error = new Error("No handler is set for inbound messages");
+      return this.#answer(
+        turn,
+        this.#failureAnswer(error, wire, message),
         wire,
-        message,
       );
-      return;
     }
     let result;
     try {
-      result = handler(message, this.#handlerContext());
+      result = handler(message, this.#handlerContext(dialect.kind(wire)));
     } catch (error) {
-      this.#handlerFailed(error, wire, message);
-      return;
+      return this.#answer(
+        turn,
+        this.#failureAnswer(error, wire, message),
+        wire,
+      );
     }
     if (result instanceof Promise) {
-      this.#handlersRunning++;
+      if (turn < 0) this.#handlersRunning++;
       result.then(
         (value) => {
-          this.#handlersRunning--;
-          this.#reply(value ?? undefined, wire);
+          if (turn < 0) this.#handlersRunning--;
+          this.#answer(turn, this.#replyAnswer(value ?? undefined, wire), wire);
           this.#releaseHeld();
         },
         (error) => {
-          this.#handlersRunning--;
-          this.#handlerFailed(error, wire, message);
+          if (turn < 0) this.#handlersRunning--;
+          this.#answer(turn, this.#failureAnswer(error, wire, message), wire);
           this.#releaseHeld();
         },
       ).catch((error) => this.#fail(error));
     } else {
-      this.#reply(result ?? undefined, wire);
+      this.#answer(turn, this.#replyAnswer(result ?? undefined, wire), wire);
     }
   }
 
-  #reply(value: T | undefined, to: unknown): void {
-    if (this.#state === "closed") {
-      this.#cfg.logger.debug("Dropped a reply: the session is closed", {
-        session: this.id,
-      });
-      return;
-    }
-    let wire: unknown;
+  /** The wire answer for a handler's value (undefined: nothing to send). */
+  #replyAnswer(value: T | undefined, to: unknown): unknown {
     try {
-      wire = this.#dialect.reply(value, to);
+      return this.#dialect.reply(value, to);
     } catch (error) {
-      this.#handlerFailed(error, to, this.#dialect.message(to));
-      return;
-    }
-    if (wire === undefined) return;
-    try {
-      this.#enqueue(wire, undefined);
-      this.#queuedReplies++;
-    } catch (error) {
-      // The codec refused the reply (too large, unencodable).
-      this.#handlerFailed(error, to, this.#dialect.message(to));
+      return this.#failureAnswer(error, to, this.#dialect.message(to));
     }
   }
 
-  #handlerFailed(error: unknown, wire: unknown, message: T): void {
+  /**
+   * The wire answer for a failed handler: the default protocol's error
+   * frame, or what `onHandlerError` maps it to. Counted; logged when it
+   * gets no answer.
+   */
+  #failureAnswer(error: unknown, wire: unknown, message: T): unknown {
     this.#counters.handlerErrors++;
     const dialect = this.#dialect;
     let reply: unknown;
@@ -1298,20 +1435,90 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         error = mapError;
       }
     }
-    if (reply !== undefined && this.#state !== "closed") {
+    if (reply === undefined) {
+      this.#cfg.logger.error("Handler failed", { session: this.id, error });
+    } else {
+      this.#cfg.logger.debug("Handler failed; an error reply is sent", {
+        session: this.id,
+        error,
+      });
+    }
+    return reply;
+  }
+
+  /**
+   * Sends an answer now, or, with fifo correlation, in its turn: one that
+   * finished early is encoded and held until the answers before it left.
+   */
+  #answer(turn: number, answer: unknown, to: unknown): void {
+    const order = this.#order;
+    if (turn < 0 || order === undefined) return this.#write(answer, to);
+    if (!order.isNext(turn)) {
+      return order.hold(turn, this.#encodeAnswer(answer, to));
+    }
+    this.#handlersRunning--;
+    this.#write(answer, to);
+    for (
+      let next = order.advance();
+      next !== NOT_READY;
+      next = order.advance()
+    ) {
+      this.#handlersRunning--;
+      if (next !== undefined) this.#writeHeld(next);
+    }
+  }
+
+  /** An answer's bytes, to hold for its turn (or its error mapping's). */
+  #encodeAnswer(answer: unknown, to: unknown): Uint8Array | undefined {
+    if (answer === undefined) return undefined;
+    try {
+      return this.#codec.encode(answer);
+    } catch (error) {
+      const mapped = this.#failureAnswer(error, to, this.#dialect.message(to));
       try {
-        this.#enqueue(reply, undefined);
-        this.#queuedReplies++;
-        this.#cfg.logger.debug("Handler failed; an error reply was sent", {
-          session: this.id,
-          error,
-        });
-        return;
+        return mapped === undefined ? undefined : this.#codec.encode(mapped);
       } catch (encodeError) {
-        error = encodeError;
+        this.#cfg.logger.error("Handler failed", {
+          session: this.id,
+          error: encodeError,
+        });
+        return undefined;
       }
     }
-    this.#cfg.logger.error("Handler failed", { session: this.id, error });
+  }
+
+  /**
+   * Queues an answer. One the codec refuses (too large, unencodable) is
+   * answered as a handler failure of `to` (or logged, without `to`).
+   */
+  #write(answer: unknown, to: unknown): void {
+    if (answer === undefined || this.#replyDropped()) return;
+    try {
+      this.#enqueue(answer, undefined);
+      this.#queuedReplies++;
+    } catch (error) {
+      if (to === undefined) {
+        this.#cfg.logger.error("Handler failed", { session: this.id, error });
+        return;
+      }
+      const mapped = this.#failureAnswer(error, to, this.#dialect.message(to));
+      if (mapped !== undefined) this.#write(mapped, undefined);
+    }
+  }
+
+  /** Queues an answer that was encoded while it waited for its turn. */
+  #writeHeld(bytes: Uint8Array): void {
+    if (this.#replyDropped()) return;
+    this.#enqueueBytes(bytes, undefined);
+    this.#queuedReplies++;
+  }
+
+  #replyDropped(): boolean {
+    if (this.#state !== "closed") return false;
+    this.#cfg.logger.debug("Dropped a reply: the session is closed", {
+      session: this.id,
+    });
+    return true;
   }
 
   // ---- lifecycle ------------------------------------------------------
@@ -1330,6 +1537,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       new ConnectionClosedError(
         `Session ${this.id} ended: the peer closed the connection`,
       ),
+      this.#rescue,
     );
     // Finish what we owe the peer (handlers, queued writes), then close.
     this.#whenIdle().then(() =>
@@ -1389,10 +1597,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       : new ConnectionClosedError(`Session ${this.id} closed`, {
         cause: reason,
       });
-    this.#correlator.failOwner(this, error);
+    this.#correlator.failOwner(this, error, this.#rescue);
     this.#fifo.length = 0;
     this.#fifoHead = 0;
     this.#held = [];
+    this.#order?.clear();
+    this.#writingBuffer = undefined;
     for (const done of this.#queueNotify) done.reject(error);
     this.#out = this.#spare = undefined;
     this.#outLength = this.#queued = 0;
@@ -1406,6 +1616,39 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#checkIdle();
     this.#cfg.onClose(this);
     this.#resolveClosed();
+  }
+
+  /**
+   * Hands a request of this dying session to a retry when it did not run:
+   * its bytes never reached the socket whole (queued, waiting for room, or
+   * cut by a failed write), so the peer cannot have read it whole. An
+   * idempotent request goes again even when it may have run.
+   */
+  readonly #rescue = (entry: Pending): boolean => {
+    const retry = this.#cfg.retry;
+    if (retry === undefined || entry.retry === Retry.Never) return false;
+    let bytes: Uint8Array | undefined;
+    if (entry.end > this.#written) {
+      bytes = this.#unsentBytes(entry.start, entry.end);
+    } else if (entry.end < 0 || entry.retry === Retry.Idempotent) {
+      bytes = entry.copy;
+    }
+    bytes ??= entry.copy;
+    if (bytes === undefined) return false;
+    retry(entry, bytes);
+    return true;
+  };
+
+  /** A copy of the stream bytes from `start` to `end` not yet written. */
+  #unsentBytes(start: number, end: number): Uint8Array | undefined {
+    if (start >= this.#outBase && this.#out !== undefined) {
+      return this.#out.slice(start - this.#outBase, end - this.#outBase);
+    }
+    const writing = this.#writingBuffer;
+    if (writing !== undefined && start >= this.#writingBase) {
+      return writing.slice(start - this.#writingBase, end - this.#writingBase);
+    }
+    return undefined;
   }
 
   /** Resolves when nothing is owed: no handler running, nothing to write, no own request pending. */
@@ -1464,7 +1707,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     onDrain?: (session: Session<T>) => void | Promise<void>,
   ): Promise<DrainResult> {
     if (this.#state === "closed") {
-      return { forced: false, handlers: 0, requests: 0 };
+      return {
+        forced: false,
+        handlers: 0,
+        refused: 0,
+        requests: 0,
+        reasons: [],
+      };
     }
     if (this.#state !== "draining") this.#state = "draining";
     const forced = abortPromise(signal);
@@ -1496,19 +1745,35 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         await Promise.race([this.#eofSeen(), forced.promise]);
       }
       this.close();
-      return { forced: false, handlers: 0, requests: 0 };
+      return {
+        forced: false,
+        handlers: 0,
+        refused: 0,
+        requests: 0,
+        reasons: [],
+      };
     } catch {
-      // Handlers still running, requests still held, and replies written by
-      // none: their requesters will not get an answer.
+      // Requests never started are answered "not processed", so their
+      // requesters may send them elsewhere; the rest (handlers still
+      // running, replies not yet written) get no answer.
+      const refused = await this.#refuseUnstarted();
+      const reasons = this.#busyWith();
+      if (refused > 0) {
+        reasons.push(`${refused} request(s) not started, refused unprocessed`);
+      }
       const cut = {
         forced: true,
         handlers: this.#handlersRunning + this.#held.length +
           this.#queuedReplies + this.#writingReplies,
+        refused,
         requests: this.pendingCount,
+        reasons,
       };
       this.close(
         new ClosedError(
-          `Session ${this.id} was force-closed: the drain timeout passed`,
+          `Session ${this.id} was force-closed: the drain timeout passed (${
+            reasons.join("; ")
+          })`,
           { cause: signal.reason },
         ),
       );
@@ -1516,6 +1781,71 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     } finally {
       forced.dispose();
     }
+  }
+
+  /** What a drain is still waiting for, in words (for the shutdown report). */
+  #busyWith(): string[] {
+    const reasons: string[] = [];
+    if (this.#dialect.framed && !this.#peerDrainedDone) {
+      reasons.push("the peer never answered the drain");
+    }
+    const running = this.#handlersRunning;
+    if (running > 0) reasons.push(`${running} handler(s) still running`);
+    const held = this.#held.length;
+    if (held > 0) reasons.push(`${held} request(s) not started`);
+    const pending = this.pendingCount;
+    if (pending > 0) {
+      reasons.push(`${pending} request(s) of ours still pending`);
+    }
+    if (this.#queued > 0 || this.#writing) {
+      reasons.push("writes not flushed (the peer is not reading)");
+    }
+    if (reasons.length === 0) reasons.push("the peer did not close its side");
+    return reasons;
+  }
+
+  /**
+   * A forced drain: answers every request read but not started, and every
+   * request the peer sent before its drain answer, with a refusal (they
+   * will not run: the requester may send them elsewhere), then waits, for
+   * REFUSAL_MS at most, until the peer's drain answer is read and the
+   * refusals are written. Returns how many requests were refused.
+   */
+  async #refuseUnstarted(): Promise<number> {
+    if (this.#state === "closed" || !this.#dialect.framed) return 0;
+    this.#refusing = { count: 0, written: undefined };
+    const held = this.#held;
+    this.#held = [];
+    for (const wire of held) this.#handle(wire);
+    // Reading resumes: what the peer sent before its drain answer is refused.
+    this.#recheckReading();
+    const gaveUp = Promise.withResolvers<void>();
+    const cancel = after(REFUSAL_MS, gaveUp.resolve);
+    try {
+      await Promise.race([this.#peerDrained(), gaveUp.promise]);
+      const written = this.#refusing.written?.promise;
+      if (written !== undefined) await Promise.race([written, gaveUp.promise]);
+    } catch {
+      // The write failed: the peer is gone.
+    } finally {
+      cancel();
+    }
+    return this.#refusing.count;
+  }
+
+  /** Answers a request "not processed" (a forced drain); holds a push. */
+  #refuse(wire: unknown): void {
+    const refusing = this.#refusing!;
+    const refusal = this.#dialect.refusal(wire);
+    if (refusal === undefined || this.#state === "closed") {
+      this.#held.push(wire);
+      return;
+    }
+    const written = Promise.withResolvers<void>();
+    written.promise.catch(() => {});
+    this.#enqueue(refusal, written);
+    refusing.written = written;
+    refusing.count++;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

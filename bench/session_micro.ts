@@ -128,6 +128,8 @@ function session(
     counters: newCounters(),
     logger: noopLogger,
     handler: () => (message: Uint8Array) => message,
+    context: {},
+    retry: undefined,
     onHandlerError: undefined,
     maxConcurrentHandlers: 64,
     highWaterMark: 100,

@@ -13,11 +13,11 @@
 import { parseArgs } from "node:util";
 import {
   consoleLogger,
-  type Handler,
   type LogLevel,
   serve,
   serveMutualTls,
   type Server,
+  type ServerHandler,
 } from "../mod.ts";
 
 const { values } = parseArgs({
@@ -40,7 +40,12 @@ const logger = consoleLogger({
   level: values["log-level"] as LogLevel,
 });
 
-const handler: Handler<Uint8Array> = (payload) => payload;
+// A request's reply is its payload; a push (no reply owed) is echoed with an
+// explicit push back.
+const handler: ServerHandler<Uint8Array> = (payload, { kind, session }) => {
+  if (kind === "request") return payload;
+  void session.send(payload).catch(() => {});
+};
 const base = {
   hostname: values.hostname,
   port: Number(values.port),

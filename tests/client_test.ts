@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import {
   type Client,
   type ClientEventDetail,
+  type ClientHandlerContext,
   ClosedError,
   ConnectionClosedError,
   ConnectionError,
@@ -1193,7 +1194,7 @@ Deno.test("dial() option idleTimeout closes a silent session", async () => {
 // ---------------------------------------------------------------------------
 // Pushes
 
-Deno.test("Client handler receives server pushes and its return value goes back to the server", async () => {
+Deno.test("Client handler receives server pushes; pushing back is explicit (a returned value is not sent)", async () => {
   const fromClient: string[] = [];
   const gotBack = new Counter();
   await using server = serveLoopback({
@@ -1211,19 +1212,24 @@ Deno.test("Client handler receives server pushes and its return value goes back 
   const received: string[] = [];
   await using client = await dial(`${HOST}:${portOf(server.addr)}`, {
     heartbeat: false,
-    handler: (p) => {
-      received.push(`first: ${dec(p)}`);
-      return enc(`thanks for ${dec(p)}`);
+    handler: async (p, { session, kind, expectsReply }) => {
+      received.push(`first: ${dec(p)} (${kind}, ${expectsReply})`);
+      await session.send(enc(`thanks for ${dec(p)}`));
+      return enc("not sent: a push owes no reply");
     },
   });
   assert.equal(dec(await client.request(enc("push-me 1"))), "pushed");
   await gotBack.reach(1);
-  assert.deepEqual(received, ["first: hello push-me 1"]);
+  assert.deepEqual(received, ["first: hello push-me 1 (push, false)"]);
   assert.deepEqual(fromClient, ["thanks for hello push-me 1"]);
 
-  const second = (p: Uint8Array) => {
+  const second = (
+    p: Uint8Array,
+    { client: owner }: ClientHandlerContext<Uint8Array>,
+  ) => {
     received.push(`second: ${dec(p)}`);
-    return enc("from the second handler");
+    void owner.send(enc("from the second handler"));
+    return undefined;
   };
   client.handler = second;
   assert.equal(client.handler, second);
@@ -1236,6 +1242,7 @@ Deno.test("Client handler receives server pushes and its return value goes back 
   await client.send(enc("a client push"));
   await gotBack.reach(3);
   assert.equal(fromClient[2], "a client push");
+  assert.equal(fromClient.length, 3);
 });
 
 Deno.test("Client handler answers the server's own requests; a throwing handler gives the server a RemoteError", async () => {

@@ -121,9 +121,11 @@ Deno.test({
     await using server = serve({
       hostname: "127.0.0.1",
       port: 0,
-      handler: (payload) => {
+      handler: (payload, { kind, session }) => {
         if (text(payload) === "fail") throw new Error("cannot do that");
-        return payload;
+        // A push owes no reply: push it back explicitly.
+        if (kind === "push") void session.send(payload);
+        else return payload;
       },
       onConnect: async (session) => {
         await session.send(bytes("welcome"));

@@ -280,8 +280,8 @@ Deno.test("defaultCodec() decoder rejects a length below 5 with ProtocolError", 
   }
 });
 
-Deno.test("defaultCodec() decoder rejects unknown kinds 0 and 8 with ProtocolError", () => {
-  for (const kind of [0, 8, 255]) {
+Deno.test("defaultCodec() decoder rejects unknown kinds 0 and 9 with ProtocolError", () => {
+  for (const kind of [0, 9, 255]) {
     const bytes = concat([header(3, kind), new Uint8Array([1, 2, 3])]);
     for (const chunks of [[bytes], bytewise(bytes)]) {
       const decoder = defaultCodec().decoder();
@@ -365,7 +365,7 @@ Deno.test("decoderStream(defaultCodec()) errors with ProtocolError on truncation
   );
   await assert.rejects(
     Array.fromAsync(
-      ReadableStream.from([header(0, 8)])
+      ReadableStream.from([header(0, 9)])
         .pipeThrough(decoderStream(defaultCodec().decoder())),
     ),
     ProtocolError,
