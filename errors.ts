@@ -113,6 +113,59 @@ export class ProxyProtocolError extends ProtocolError {
 }
 
 /**
+ * A protocol that {@linkcode ProtocolMismatchError} recognised in a peer's
+ * first bytes: a TLS record, an HTTP request or response (HTTP/2 included),
+ * or an SSH banner.
+ */
+export type DetectedProtocol = "tls" | "http" | "ssh";
+
+/**
+ * The peer speaks another protocol: the first bytes a session received,
+ * which could not be decoded, are a TLS record, an HTTP request or
+ * response, or an SSH banner. Typical causes are a plain client pointed at a
+ * TLS port ("The peer at 127.0.0.1:4433 speaks TLS: connect with `tls`
+ * options") and a TLS or HTTP client connected to a plain port. `cause` is
+ * the decoder's own error (usually a {@linkcode FrameTooLargeError}: the
+ * foreign bytes read as a length header).
+ *
+ * `dial()` rejects with it at once instead of waiting for `connectTimeout`.
+ * It is not retryable ({@linkcode isRetryableError} says `false`): the same
+ * address will answer the same way until its configuration changes.
+ *
+ * @example Usage
+ * ```ts
+ * import { ProtocolError, ProtocolMismatchError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new ProtocolMismatchError(
+ *   "The peer at 127.0.0.1:4433 speaks TLS: connect with `tls` options",
+ *   { detected: "tls" },
+ * );
+ * assert.ok(error instanceof ProtocolError);
+ * assert.equal(error.detected, "tls");
+ * ```
+ */
+export class ProtocolMismatchError extends ProtocolError {
+  /** The protocol the peer's first bytes belong to. */
+  readonly detected: DetectedProtocol;
+
+  /**
+   * Creates the error.
+   *
+   * @param message What the peer speaks, and what to change.
+   * @param options `detected`: the peer's protocol; `cause`: the decoder's error.
+   */
+  constructor(
+    message: string,
+    options: ErrorOptions & { detected: DetectedProtocol },
+  ) {
+    super(message, options);
+    this.name = "ProtocolMismatchError";
+    this.detected = options.detected;
+  }
+}
+
+/**
  * A frame header announced more than `maxFrameBytes`. Raised as soon as the
  * header is read, before anything of the frame is buffered.
  *
