@@ -44,6 +44,7 @@ import {
   ClosedError,
   ConnectionError,
   NoSessionError,
+  ProtocolMismatchError,
   RetryExhaustedError,
 } from "./errors.ts";
 
@@ -771,16 +772,36 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         this.#wakeWaiters();
         await session.closed;
         slot.lastError = session.closeReason;
-      } catch (error) {
+        if (session.closeReason instanceof ProtocolMismatchError) {
+          this.#logger.error(
+            "Session failed: the peer speaks another protocol",
+            {
+              endpoint: slot.name,
+              session: session.id,
+              error: session.closeReason,
+            },
+          );
+        }
+      } catch (caught) {
+        // The ping (or onConnect) only saw the session close; the session's
+        // close reason says why, and a mismatch is the one that matters.
+        const mismatch = session?.closeReason instanceof ProtocolMismatchError
+          ? session.closeReason
+          : undefined;
+        const error = mismatch ?? caught;
         slot.lastError = error;
         if (session !== undefined) session.close(error);
         else closeQuietly(conn); // the session could not be made (a codec's decoder() threw)
         if (!this.#stop.signal.aborted) {
-          this.#logger.warn("Connection attempt failed", {
-            endpoint: slot.name,
-            error,
-          });
+          // A peer that speaks another protocol is a configuration error,
+          // not a network fault: dial() fails with it at once, and once the
+          // client is up it is logged as an error while the slot backs off.
+          this.#logger[mismatch === undefined ? "warn" : "error"](
+            "Connection attempt failed",
+            { endpoint: slot.name, error },
+          );
           this.#emit({ type: "error", endpoint: slot.name, error });
+          if (mismatch !== undefined) this.#firstReady.reject(mismatch);
         }
       } finally {
         cancelTimer();

@@ -400,7 +400,10 @@ export class SlowConsumerError extends Error {
 /**
  * Tells whether an error is worth retrying on another session or later: a
  * connection that failed or closed, a missing session, or a timeout. Remote
- * (handler) errors, protocol errors and closed clients are not.
+ * (handler) errors, protocol errors and closed clients are not, nor is a
+ * {@linkcode ProtocolMismatchError}, or a connection error whose `cause` is
+ * one (a request cut off because its session met a peer of another
+ * protocol): the same address answers the same way until it is fixed.
  *
  * @param error Any thrown value.
  * @returns `true` when a retry may succeed.
@@ -415,6 +418,14 @@ export class SlowConsumerError extends Error {
  * ```
  */
 export function isRetryableError(error: unknown): boolean {
+  if (
+    error instanceof ProtocolMismatchError ||
+    ((error instanceof ConnectionError ||
+      error instanceof ConnectionClosedError) &&
+      error.cause instanceof ProtocolMismatchError)
+  ) {
+    return false;
+  }
   return error instanceof ConnectionError ||
     error instanceof ConnectionClosedError ||
     error instanceof NoSessionError ||
