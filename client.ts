@@ -438,7 +438,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * @param message The request (payload bytes with the default protocol).
    * @param options Timeout, signal, a session to use, whether to wait for one.
    * @returns The reply.
-   * @throws {TimeoutError} No reply before the timeout.
+   * @throws {TimeoutError} No reply before the timeout. A request aborted by
+   * `AbortSignal.timeout()` rejects with that signal's `DOMException` (also
+   * named `"TimeoutError"`) instead: tell them apart with `instanceof`.
    * @throws {NoSessionError} No session became ready in time (or at once, with `waitForSession: false`).
    * @throws {ConnectionClosedError} The session closed while the request was pending.
    * @throws {RemoteError} The server's handler failed (default protocol).

@@ -211,12 +211,34 @@ export class FrameTooLargeError extends ProtocolError {
  * A request did not get its reply before its deadline. The pending entry has
  * been freed; a reply that arrives later is dropped and counted.
  *
+ * Only the library's own deadline (the `timeout` option, or the client's or
+ * server's `requestTimeout`) rejects with this class. A request aborted by
+ * its `signal` rejects with `signal.reason` unchanged, and for
+ * `AbortSignal.timeout()` that is a `DOMException` whose `name` is also
+ * `"TimeoutError"`: `error instanceof TimeoutError` matches the library's
+ * deadline only, `error.name === "TimeoutError"` matches both.
+ *
  * @example Usage
  * ```ts
  * import { TimeoutError } from "@tcpbutler/core";
  * import assert from "node:assert/strict";
  *
  * assert.equal(new TimeoutError("late", { timeout: 5 }).timeout, 5);
+ * ```
+ *
+ * @example Tell it from an `AbortSignal.timeout()` abort
+ * ```ts
+ * import { TimeoutError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const deadline = new TimeoutError("late", { timeout: 5 });
+ * // What a request whose signal is AbortSignal.timeout(5) rejects with:
+ * const aborted = new DOMException("Signal timed out.", "TimeoutError");
+ *
+ * assert.ok(deadline instanceof TimeoutError);
+ * assert.ok(!(aborted instanceof TimeoutError));
+ * assert.equal(deadline.name, "TimeoutError");
+ * assert.equal(aborted.name, "TimeoutError");
  * ```
  */
 export class TimeoutError extends Error {
