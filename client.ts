@@ -996,6 +996,12 @@ function closeQuietly(conn: Transport | undefined): void {
  * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
  * @returns The client.
  * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ * @throws {ProtocolMismatchError} A peer answered in another protocol (TLS,
+ * HTTP, SSH) before any session was ready: at once, whatever
+ * `connectTimeout`, even if other endpoints might work, since the
+ * configuration is wrong. Once the client is up, a slot that meets one logs
+ * it at error level and keeps reconnecting with backoff (`shouldReconnect`
+ * can stop it).
  *
  * @example Usage
  * ```ts
@@ -1021,6 +1027,12 @@ export function dial(
  * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
  * @returns The client.
  * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ * @throws {ProtocolMismatchError} A peer answered in another protocol (TLS,
+ * HTTP, SSH) before any session was ready: at once, whatever
+ * `connectTimeout`, even if other endpoints might work, since the
+ * configuration is wrong. Once the client is up, a slot that meets one logs
+ * it at error level and keeps reconnecting with backoff (`shouldReconnect`
+ * can stop it).
  */
 export function dial<T>(
   target: DialTarget,

@@ -14,6 +14,7 @@ import {
   isRetryableError,
   ProtocolMismatchError,
 } from "../mod.ts";
+import { lengthPrefixed } from "../framing/mod.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
 import { hasOpenssl, makeTestPki, OPENSSL_SUFFIX } from "./_certs.ts";
 import { enc, HOST, portOf, rawPeer, serveLoopback } from "./_loopback.ts";
@@ -173,6 +174,40 @@ Deno.test("dial() client logs a ProtocolMismatchError at error level once up, an
   await backingOff;
   await ready;
   third.close();
+});
+
+Deno.test("Client logs at error level a ready session that meets a peer of another protocol (custom codec: no connect ping)", async () => {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const peer = (async () => {
+    using conn = await listener.accept();
+    // Refuse reconnects: this test is about the session that was ready.
+    listener.close();
+    await conn.read(new Uint8Array(64)); // the request
+    await conn.write(TLS_ALERT);
+  })();
+  const logger = new CaptureLogger();
+  const client = await dial(
+    `${HOST}:${portOf(listener.addr)}`,
+    lengthPrefixed(),
+    { correlation: "fifo", logger },
+  );
+  try {
+    const error = await client.request(enc("hi")).then(
+      () => assert.fail("request() resolved"),
+      (error: unknown) => error,
+    );
+    await peer;
+    assert.ok(error instanceof ConnectionClosedError, `got ${error}`);
+    assert.ok(error.cause instanceof ProtocolMismatchError, `${error.cause}`);
+    assert.equal(isRetryableError(error), false);
+    const entry = await logger.waitFor((e) =>
+      e.message === "Session failed: the peer speaks another protocol"
+    );
+    assert.equal(entry.level, "error");
+    assert.ok(entry.properties?.error instanceof ProtocolMismatchError);
+  } finally {
+    await client.close();
+  }
 });
 
 Deno.test("isRetryableError() is false for a mismatch and for a close it caused", () => {
