@@ -50,6 +50,7 @@ import {
   ClosedError,
   ConnectionError,
   NoSessionError,
+  ProtocolMismatchError,
   RetryExhaustedError,
 } from "./errors.ts";
 
@@ -491,7 +492,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * @param message The request (payload bytes with the default protocol).
    * @param options Timeout, signal, a session to use, whether to wait for one.
    * @returns The reply.
-   * @throws {TimeoutError} No reply before the timeout.
+   * @throws {TimeoutError} No reply before the timeout. A request aborted by
+   * `AbortSignal.timeout()` rejects with that signal's `DOMException` (also
+   * named `"TimeoutError"`) instead: tell them apart with `instanceof`.
    * @throws {NoSessionError} No session became ready in time (or at once, with `waitForSession: false`).
    * @throws {ConnectionClosedError} The session closed while the request was pending.
    * @throws {RemoteError} The server's handler failed (default protocol).
@@ -874,16 +877,36 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         this.#wakeWaiters();
         await session.closed;
         slot.lastError = session.closeReason;
-      } catch (error) {
+        if (session.closeReason instanceof ProtocolMismatchError) {
+          this.#logger.error(
+            "Session failed: the peer speaks another protocol",
+            {
+              endpoint: slot.name,
+              session: session.id,
+              error: session.closeReason,
+            },
+          );
+        }
+      } catch (caught) {
+        // The ping (or onConnect) only saw the session close; the session's
+        // close reason says why, and a mismatch is the one that matters.
+        const mismatch = session?.closeReason instanceof ProtocolMismatchError
+          ? session.closeReason
+          : undefined;
+        const error = mismatch ?? caught;
         slot.lastError = error;
         if (session !== undefined) session.close(error);
         else closeQuietly(conn); // the session could not be made (a codec's decoder() threw)
         if (!this.#stop.signal.aborted) {
-          this.#logger.warn("Connection attempt failed", {
-            endpoint: slot.name,
-            error,
-          });
+          // A peer that speaks another protocol is a configuration error,
+          // not a network fault: dial() fails with it at once, and once the
+          // client is up it is logged as an error while the slot backs off.
+          this.#logger[mismatch === undefined ? "warn" : "error"](
+            "Connection attempt failed",
+            { endpoint: slot.name, error },
+          );
           this.#emit({ type: "error", endpoint: slot.name, error });
+          if (mismatch !== undefined) this.#firstReady.reject(mismatch);
         }
       } finally {
         cancelTimer();
@@ -1077,6 +1100,12 @@ function closeQuietly(conn: Transport | undefined): void {
  * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
  * @returns The client.
  * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ * @throws {ProtocolMismatchError} A peer answered in another protocol (TLS,
+ * HTTP, SSH) before any session was ready: at once, whatever
+ * `connectTimeout`, even if other endpoints might work, since the
+ * configuration is wrong. Once the client is up, a slot that meets one logs
+ * it at error level and keeps reconnecting with backoff (`shouldReconnect`
+ * can stop it).
  *
  * @example Usage
  * ```ts
@@ -1102,6 +1131,12 @@ export function dial(
  * @param options Pool, TLS, timeouts, handler, reconnect, heartbeat.
  * @returns The client.
  * @throws {ConnectionError} No session became ready within `connectTimeout`.
+ * @throws {ProtocolMismatchError} A peer answered in another protocol (TLS,
+ * HTTP, SSH) before any session was ready: at once, whatever
+ * `connectTimeout`, even if other endpoints might work, since the
+ * configuration is wrong. Once the client is up, a slot that meets one logs
+ * it at error level and keeps reconnecting with backoff (`shouldReconnect`
+ * can stop it).
  */
 export function dial<T>(
   target: DialTarget,

@@ -113,6 +113,59 @@ export class ProxyProtocolError extends ProtocolError {
 }
 
 /**
+ * A protocol that {@linkcode ProtocolMismatchError} recognised in a peer's
+ * first bytes: a TLS record, an HTTP request or response (HTTP/2 included),
+ * or an SSH banner.
+ */
+export type DetectedProtocol = "tls" | "http" | "ssh";
+
+/**
+ * The peer speaks another protocol: the first bytes a session received,
+ * which could not be decoded, are a TLS record, an HTTP request or
+ * response, or an SSH banner. Typical causes are a plain client pointed at a
+ * TLS port ("The peer at 127.0.0.1:4433 speaks TLS: connect with `tls`
+ * options") and a TLS or HTTP client connected to a plain port. `cause` is
+ * the decoder's own error (usually a {@linkcode FrameTooLargeError}: the
+ * foreign bytes read as a length header).
+ *
+ * `dial()` rejects with it at once instead of waiting for `connectTimeout`.
+ * It is not retryable ({@linkcode isRetryableError} says `false`): the same
+ * address will answer the same way until its configuration changes.
+ *
+ * @example Usage
+ * ```ts
+ * import { ProtocolError, ProtocolMismatchError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new ProtocolMismatchError(
+ *   "The peer at 127.0.0.1:4433 speaks TLS: connect with `tls` options",
+ *   { detected: "tls" },
+ * );
+ * assert.ok(error instanceof ProtocolError);
+ * assert.equal(error.detected, "tls");
+ * ```
+ */
+export class ProtocolMismatchError extends ProtocolError {
+  /** The protocol the peer's first bytes belong to. */
+  readonly detected: DetectedProtocol;
+
+  /**
+   * Creates the error.
+   *
+   * @param message What the peer speaks, and what to change.
+   * @param options `detected`: the peer's protocol; `cause`: the decoder's error.
+   */
+  constructor(
+    message: string,
+    options: ErrorOptions & { detected: DetectedProtocol },
+  ) {
+    super(message, options);
+    this.name = "ProtocolMismatchError";
+    this.detected = options.detected;
+  }
+}
+
+/**
  * A frame header announced more than `maxFrameBytes`. Raised as soon as the
  * header is read, before anything of the frame is buffered.
  *
@@ -158,12 +211,34 @@ export class FrameTooLargeError extends ProtocolError {
  * A request did not get its reply before its deadline. The pending entry has
  * been freed; a reply that arrives later is dropped and counted.
  *
+ * Only the library's own deadline (the `timeout` option, or the client's or
+ * server's `requestTimeout`) rejects with this class. A request aborted by
+ * its `signal` rejects with `signal.reason` unchanged, and for
+ * `AbortSignal.timeout()` that is a `DOMException` whose `name` is also
+ * `"TimeoutError"`: `error instanceof TimeoutError` matches the library's
+ * deadline only, `error.name === "TimeoutError"` matches both.
+ *
  * @example Usage
  * ```ts
  * import { TimeoutError } from "@tcpbutler/core";
  * import assert from "node:assert/strict";
  *
  * assert.equal(new TimeoutError("late", { timeout: 5 }).timeout, 5);
+ * ```
+ *
+ * @example Tell it from an `AbortSignal.timeout()` abort
+ * ```ts
+ * import { TimeoutError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const deadline = new TimeoutError("late", { timeout: 5 });
+ * // What a request whose signal is AbortSignal.timeout(5) rejects with:
+ * const aborted = new DOMException("Signal timed out.", "TimeoutError");
+ *
+ * assert.ok(deadline instanceof TimeoutError);
+ * assert.ok(!(aborted instanceof TimeoutError));
+ * assert.equal(deadline.name, "TimeoutError");
+ * assert.equal(aborted.name, "TimeoutError");
  * ```
  */
 export class TimeoutError extends Error {
@@ -347,7 +422,10 @@ export class SlowConsumerError extends Error {
 /**
  * Tells whether an error is worth retrying on another session or later: a
  * connection that failed or closed, a missing session, or a timeout. Remote
- * (handler) errors, protocol errors and closed clients are not.
+ * (handler) errors, protocol errors and closed clients are not, nor is a
+ * {@linkcode ProtocolMismatchError}, or a connection error whose `cause` is
+ * one (a request cut off because its session met a peer of another
+ * protocol): the same address answers the same way until it is fixed.
  *
  * @param error Any thrown value.
  * @returns `true` when a retry may succeed.
@@ -362,6 +440,14 @@ export class SlowConsumerError extends Error {
  * ```
  */
 export function isRetryableError(error: unknown): boolean {
+  if (
+    error instanceof ProtocolMismatchError ||
+    ((error instanceof ConnectionError ||
+      error instanceof ConnectionClosedError) &&
+      error.cause instanceof ProtocolMismatchError)
+  ) {
+    return false;
+  }
   return error instanceof ConnectionError ||
     error instanceof ConnectionClosedError ||
     error instanceof NoSessionError ||

@@ -114,12 +114,14 @@ export {
   isRetryableError,
   NoSessionError,
   ProtocolError,
+  ProtocolMismatchError,
   ProxyProtocolError,
   RemoteError,
   RetryExhaustedError,
   SlowConsumerError,
   TimeoutError,
 } from "./errors.ts";
+export type { DetectedProtocol } from "./errors.ts";
 export { delay, exponentialBackoff } from "./backoff.ts";
 export type { Backoff, BackoffOptions, DelayOptions } from "./backoff.ts";
 export { consoleLogger, noopLogger, safeLogger, withFields } from "./logger.ts";

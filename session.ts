@@ -13,6 +13,7 @@
 import type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
 import { formatAddr } from "./_transport.ts";
+import { protocolMismatch } from "./_sniff.ts";
 import {
   type Correlator,
   type Pending,
@@ -1144,7 +1145,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.missedHeartbeats = 0;
       stats.bytesIn += chunk.length;
       counters.bytesIn += chunk.length;
-      const batch = decoder.decode(chunk);
+      let batch: unknown[];
+      try {
+        batch = decoder.decode(chunk);
+      } catch (error) {
+        throw this.#firstBytesError(chunk, error);
+      }
       stats.messagesIn += batch.length;
       counters.messagesIn += batch.length;
       // Replies keep flowing while the handlers are at their limit; only
@@ -1162,6 +1168,25 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     }
     this.#onEof();
+  }
+
+  /**
+   * The error for a chunk the decoder refused. When it is the session's
+   * first chunk and its bytes are a foreign protocol's (TLS, HTTP, SSH), a
+   * `ProtocolMismatchError` that says so, with the decoder's error as
+   * `cause`; otherwise the decoder's error. Only the first chunk is sniffed:
+   * later bytes do not start at the peer's first byte.
+   */
+  #firstBytesError(chunk: Uint8Array, error: unknown): unknown {
+    if (this.#stats.messagesIn !== 0 || this.#stats.bytesIn !== chunk.length) {
+      return error;
+    }
+    return protocolMismatch(
+      chunk,
+      this.side,
+      formatAddr(this.remoteAddr),
+      error,
+    ) ?? error;
   }
 
   /**
@@ -1565,7 +1590,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       const protocol = error instanceof Error &&
         (error.name === "ProtocolError" ||
           error.name === "FrameTooLargeError" ||
-          error.name === "ProxyProtocolError");
+          error.name === "ProxyProtocolError" ||
+          error.name === "ProtocolMismatchError");
       if (protocol) {
         this.#counters.protocolErrors++;
         this.#cfg.logger.warn("Closing session: bad input from peer", {
