@@ -41,6 +41,7 @@ export type {
 } from "./client.ts";
 export { serve, serveMutualTls, Server } from "./server.ts";
 export type {
+  ProxyProtocolOptions,
   ServeOptions,
   ServerEventDetail,
   ServerStats,
@@ -48,6 +49,7 @@ export type {
   ShutdownOptions,
   ShutdownReport,
 } from "./server.ts";
+export type { SessionOptions, SessionSettings } from "./options.ts";
 export type {
   Counters,
   Handler,

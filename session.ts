@@ -16,7 +16,7 @@ import { formatAddr } from "./_transport.ts";
 import type { Correlator, Pending, PendingOwner } from "./_correlation.ts";
 import { type Dialect, Inbound, requestId } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
-import { describeError, positive } from "./_util.ts";
+import { callTimeout, describeError } from "./_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -222,32 +222,6 @@ export function newCounters(): Counters {
     lateReplies: 0,
     handlerErrors: 0,
     protocolErrors: 0,
-  };
-}
-
-/** The per-session limits clients and servers both take. @internal */
-export interface SessionLimitOptions {
-  maxConcurrentHandlers?: number;
-  outboundBuffer?: number;
-  maxWriteBytes?: number;
-}
-
-/** Validates the per-session limits, with their defaults. @internal */
-export function sessionLimits(options: SessionLimitOptions): {
-  maxConcurrentHandlers: number;
-  highWaterMark: number;
-  maxWriteBytes: number;
-} {
-  return {
-    maxConcurrentHandlers: positive(
-      options.maxConcurrentHandlers ?? 64,
-      "maxConcurrentHandlers",
-    ),
-    highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
-    maxWriteBytes: positive(
-      options.maxWriteBytes ?? 64 * 1024 * 1024,
-      "maxWriteBytes",
-    ),
   };
 }
 
@@ -509,7 +483,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       );
     }
     // No default `{}`: an object per call.
-    return this.requestOn(message, options?.timeout, options?.signal, false);
+    let timeout: number | undefined;
+    try {
+      timeout = callTimeout(options?.timeout);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.requestOn(message, timeout, options?.signal, false);
   }
 
   /**
