@@ -64,8 +64,12 @@ export interface HeartbeatOptions<T> {
   /**
    * Heartbeat period in milliseconds. A heartbeat is sent after half of it
    * of read silence, each waits half of it for an answer, and after
-   * `maxMissed` unanswered ones in a row the session is closed. 0 or
-   * `Infinity` turns heartbeats off (as `heartbeat: false`).
+   * `maxMissed` unanswered ones in a row the session is closed. With the
+   * default `maxMissed` a half-open connection is found within 2 intervals:
+   * 1.5 intervals of waiting (the silence before the first heartbeat, then
+   * each heartbeat's wait) plus up to two housekeeping ticks (a quarter
+   * interval each, at most 1 s). 0 or `Infinity` turns heartbeats off (as
+   * `heartbeat: false`).
    *
    * @default {30000}
    */
