@@ -11,6 +11,7 @@
  * @module
  */
 
+// deno-lint-ignore-file no-console
 import { parseArgs } from "node:util";
 import { defaultCodec, dial, FrameKind } from "../mod.ts";
 
