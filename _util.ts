@@ -17,21 +17,68 @@ export function describeError(error: unknown): string {
   }
 }
 
-/** Checks a positive, finite option. @throws {RangeError} */
-export function positive(value: number, name: string): number {
-  if (!(value > 0) || !Number.isFinite(value)) {
+/**
+ * Checks a timeout option: a number of milliseconds, at least 0, not `NaN`
+ * (`Infinity` allowed). What 0 means is up to the option (see the module
+ * doc).
+ *
+ * @param value The value given.
+ * @param name The option's name, for the error message.
+ * @returns The value unchanged.
+ * @throws {RangeError} Negative, `NaN` or not a number.
+ */
+export function timeoutOption(value: number, name: string): number {
+  if (typeof value !== "number" || !(value >= 0)) {
     throw new RangeError(
-      `Cannot use ${name} ${value}: expected a positive number`,
+      `Cannot use ${name} ${
+        String(value)
+      }: expected milliseconds >= 0 (0 or Infinity = none)`,
     );
   }
   return value;
 }
 
-/** Checks a non-negative, finite option. @throws {RangeError} */
-export function nonNegative(value: number, name: string): number {
-  if (!(value >= 0) || !Number.isFinite(value)) {
+/**
+ * Checks a per-call deadline (`{ timeout }` of a request or send) and turns
+ * "none" (0) into `Infinity`, the form deadlines are computed with.
+ *
+ * @param value The value given, or undefined for the default.
+ * @param name The option's name, for the error message.
+ * @returns undefined, or the deadline in milliseconds (`Infinity` = none).
+ * @throws {RangeError} Negative, `NaN` or not a number.
+ */
+export function callTimeout(
+  value: number | undefined,
+  name = "timeout",
+): number | undefined {
+  if (value === undefined) return undefined;
+  return deadlineMs(timeoutOption(value, name));
+}
+
+/**
+ * A checked deadline option in the form timers take: 0 ("none") becomes
+ * `Infinity`.
+ *
+ * @param ms Milliseconds, 0 or `Infinity` for none.
+ * @returns The milliseconds, `Infinity` for none.
+ */
+export function deadlineMs(ms: number): number {
+  return ms === 0 ? Infinity : ms;
+}
+
+/**
+ * Checks a count option: an integer of at least `min`.
+ *
+ * @param value The value given.
+ * @param name The option's name, for the error message.
+ * @param min The smallest value allowed.
+ * @returns The value unchanged.
+ * @throws {RangeError} Not an integer, or below `min`.
+ */
+export function countOption(value: number, name: string, min: number): number {
+  if (!Number.isSafeInteger(value) || value < min) {
     throw new RangeError(
-      `Cannot use ${name} ${value}: expected a non-negative number`,
+      `Cannot use ${name} ${String(value)}: expected an integer >= ${min}`,
     );
   }
   return value;

@@ -26,7 +26,17 @@ import {
   type Dialect,
   requestId,
 } from "./_dialect.ts";
-import { nonNegative, positive } from "./_util.ts";
+import {
+  callTimeout,
+  countOption,
+  deadlineMs,
+  timeoutOption,
+} from "./_util.ts";
+import {
+  resolveSessionOptions,
+  type SessionOptions,
+  type SessionSettings,
+} from "./options.ts";
 import { after, type Timed } from "./_timeouts.ts";
 import { Housekeeper } from "./_housekeeping.ts";
 import {
@@ -41,7 +51,6 @@ import {
   type Session,
   type SessionConfig,
   SessionImpl,
-  sessionLimits,
   type SessionState,
 } from "./session.ts";
 import { type BackoffOptions, delay, exponentialBackoff } from "./backoff.ts";
@@ -60,16 +69,20 @@ export type DialTarget = string | Endpoint | ReadonlyArray<string | Endpoint>;
 /** Heartbeat settings. */
 export interface HeartbeatOptions<T> {
   /**
-   * Milliseconds of read silence before a heartbeat. A heartbeat is sent
-   * after half of it, each waits half of it for an answer, and after
-   * `maxMissed` unanswered ones in a row the session is closed: a half-open
-   * connection is found within about 1.5 intervals.
+   * Heartbeat period in milliseconds. A heartbeat is sent after half of it
+   * of read silence, each waits half of it for an answer, and after
+   * `maxMissed` unanswered ones in a row the session is closed. With the
+   * default `maxMissed` a half-open connection is found within 2 intervals:
+   * 1.5 intervals of waiting (the silence before the first heartbeat, then
+   * each heartbeat's wait) plus up to two housekeeping ticks (a quarter
+   * interval each, at most 1 s). 0 or `Infinity` turns heartbeats off (as
+   * `heartbeat: false`).
    *
    * @default {30000}
    */
   interval?: number;
   /**
-   * Unanswered heartbeats in a row that close the session.
+   * Unanswered heartbeats in a row that close the session; an integer >= 1.
    *
    * @default {2}
    */
@@ -107,7 +120,8 @@ export interface ReconnectOptions extends BackoffOptions {
  *
  * @typeParam T The message type.
  */
-export interface DialOptions<T> {
+export interface DialOptions<T>
+  extends SessionOptions<T, ClientHandlerContext<T>> {
   /**
    * Sessions per endpoint.
    *
@@ -118,7 +132,8 @@ export interface DialOptions<T> {
   tls?: ClientTlsOptions;
   /**
    * Milliseconds `dial()` waits for the first ready session, and each
-   * connection attempt (handshake included) may take.
+   * connection attempt (handshake, connect ping and `onConnect` included)
+   * may take. 0 or `Infinity` = no limit (`signal` can still abort).
    *
    * @default {10000}
    */
@@ -126,25 +141,12 @@ export interface DialOptions<T> {
   /** Aborts `dial()` (the client is closed). */
   signal?: AbortSignal;
   /**
-   * Default request timeout, in milliseconds.
-   *
-   * @default {5000}
-   */
-  requestTimeout?: number;
-  /**
    * How requests pick a session: in turn, or the one with the fewest
    * pending requests.
    *
    * @default {"round-robin"}
    */
   routing?: "round-robin" | "least-pending";
-  /**
-   * Custom codecs: match replies by the codec's `correlationId` ("id"), or
-   * by order on each session ("fifo", for Redis-like protocols).
-   *
-   * @default {"id"}
-   */
-  correlation?: "id" | "fifo";
   /**
    * Whether a request made while no session is ready waits for one (until
    * its own deadline) instead of failing at once with `NoSessionError`.
@@ -154,34 +156,22 @@ export interface DialOptions<T> {
   waitForSession?: boolean;
   /**
    * Requests that may wait for a session at once; more fail with
-   * `NoSessionError`.
+   * `NoSessionError`. An integer >= 0.
    *
    * @default {10000}
    */
   maxWaitingRequests?: number;
   /**
-   * Handles pushes and requests from the server. What it returns for a
-   * request is the reply; for a push nothing is sent back.
-   */
-  handler?: ClientHandler<T>;
-  /**
-   * Custom codecs: turns a handler error into a reply message; without it the
-   * error is logged.
-   */
-  onHandlerError?: (
-    error: unknown,
-    message: T,
-    session: Session<T>,
-  ) => T | undefined;
-  /**
    * Runs after each connect, before the session takes requests (sign-on,
-   * auth). It may use `session.request()`. A throw closes the session and
-   * the slot backs off.
+   * auth). It may use `session.request()`. The session becomes ready once
+   * the returned value (a promise is awaited) settles; the value itself is
+   * ignored, so `(session) => session.request(signOn)` works as it reads.
+   * A throw or rejection closes the session and the slot backs off.
    */
   onConnect?: (
     session: Session<T>,
     context: { signal: AbortSignal },
-  ) => void | Promise<void>;
+  ) => unknown;
   /** Reconnect backoff. */
   reconnect?: ReconnectOptions;
   /**
@@ -189,45 +179,6 @@ export interface DialOptions<T> {
    * `heartbeat.message`. `false` turns it off.
    */
   heartbeat?: HeartbeatOptions<T> | false;
-  /**
-   * Close a session that read nothing for this long (ms); 0 = never.
-   *
-   * @default {0}
-   */
-  idleTimeout?: number;
-  /**
-   * Inbound handlers running at once per session; further requests are held
-   * in order, and reading pauses once as many are held.
-   *
-   * @default {64}
-   */
-  maxConcurrentHandlers?: number;
-  /**
-   * Messages waiting in a session's write queue before `request`/`send` wait.
-   *
-   * @default {100}
-   */
-  outboundBuffer?: number;
-  /**
-   * Bytes queued for writing to a session before it is cut off as a slow consumer.
-   *
-   * @default {67108864}
-   */
-  maxWriteBytes?: number;
-  /**
-   * A write that does not complete in this long (ms) cuts the session off; 0 = never.
-   *
-   * @default {60000}
-   */
-  writeTimeout?: number;
-  /**
-   * Default protocol: largest payload accepted.
-   *
-   * @default {8388608}
-   */
-  maxFrameBytes?: number;
-  /** Where the client logs; structurally compatible with LogTape. */
-  logger?: Logger;
 }
 
 /**
@@ -274,7 +225,7 @@ export interface ClientSendOptions<T> extends SendOptions {
   /** Send on this session instead of routing. */
   session?: Session<T>;
   /**
-   * Milliseconds to wait for a ready session.
+   * Milliseconds to wait for a ready session. 0 or `Infinity` = no limit.
    *
    * @default {5000} (the client's `requestTimeout`)
    */
@@ -284,7 +235,9 @@ export interface ClientSendOptions<T> extends SendOptions {
 /** Options of {@linkcode Client.close}. */
 export interface CloseOptions {
   /**
-   * Milliseconds to let pending requests finish before sockets are forced shut.
+   * Milliseconds to let pending requests finish before sockets are forced
+   * shut. Unlike the other timeouts, 0 means no grace (force at once);
+   * `Infinity` waits as long as it takes.
    *
    * @default {5000}
    */
@@ -319,6 +272,16 @@ export type ClientEventDetail =
   | { type: "error"; endpoint: string; error: unknown }
   | { type: "close" };
 
+/** Guards the constructor: only this module makes clients. */
+const INTERNAL: unique symbol = Symbol("tcpbutler.client");
+
+/** What dial() reaches inside a client; set by the class's static block. */
+let clientInternals: {
+  start<T>(client: Client<T>): void;
+  firstReady<T>(client: Client<T>): Promise<void>;
+  lastError<T>(client: Client<T>): unknown;
+};
+
 interface Slot {
   endpoint: Endpoint;
   name: string;
@@ -346,6 +309,8 @@ interface Waiter extends Timed {
  */
 export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #options: DialOptions<T>;
+  readonly #settings: SessionSettings;
+  readonly #connectTimeout: number;
   readonly #dialect: Dialect<T>;
   readonly #correlator = new Correlator();
   readonly #counters: Counters = newCounters();
@@ -372,18 +337,33 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   #closing: Promise<void> | undefined;
   #firstReady = Promise.withResolvers<void>();
 
-  /** @internal Use {@linkcode dial}. */
+  /**
+   * Not for users: {@linkcode dial} makes clients.
+   *
+   * @ignore
+   */
   constructor(
+    token: typeof INTERNAL,
     endpoints: Endpoint[],
     dialect: Dialect<T>,
     options: DialOptions<T>,
   ) {
+    if (token !== INTERNAL) {
+      throw new TypeError("Cannot construct Client: use dial()");
+    }
     super();
+    const settings = resolveSessionOptions(options);
+    this.#settings = settings;
     this.#options = options;
     this.#dialect = dialect;
     this.#logger = safeLogger(options.logger);
     this.#handler = options.handler;
     this.#firstReady.promise.catch(() => {});
+    this.#connectTimeout = deadlineMs(timeoutOption(
+      options.connectTimeout ?? 10_000,
+      "connectTimeout",
+    ));
+    countOption(options.maxWaitingRequests ?? 10_000, "maxWaitingRequests", 0);
     this.#config = {
       side: "client",
       dialect,
@@ -394,35 +374,41 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       context: { client: this },
       retry: (entry, bytes) => this.#retry(entry, bytes),
       onHandlerError: options.onHandlerError,
-      ...sessionLimits(options),
-      requestTimeout: nonNegative(
-        options.requestTimeout ?? 5000,
-        "requestTimeout",
-      ),
+      maxConcurrentHandlers: settings.maxConcurrentHandlers,
+      highWaterMark: settings.outboundBuffer,
+      maxWriteBytes: settings.maxWriteBytes,
+      requestTimeout: deadlineMs(settings.requestTimeout),
       onClose: (session) => this.#sessionClosed(session),
       onPeerDrain: (session) => this.#unroute(session),
     };
     const heartbeat = options.heartbeat === false
       ? undefined
       : options.heartbeat ?? (dialect.framed ? {} : undefined);
+    const interval = heartbeat === undefined ? 0 : timeoutOption(
+      heartbeat.interval ?? 30_000,
+      "heartbeat.interval",
+    );
+    const maxMissed = countOption(
+      heartbeat?.maxMissed ?? 2,
+      "heartbeat.maxMissed",
+      1,
+    );
     if (
-      heartbeat !== undefined && !dialect.framed &&
-      heartbeat.message === undefined
+      heartbeat !== undefined && interval !== 0 && interval !== Infinity &&
+      !dialect.framed && heartbeat.message === undefined
     ) {
       throw new TypeError(
         "Cannot use heartbeat: a custom codec needs heartbeat.message",
       );
     }
     this.#housekeeper = new Housekeeper(() => this.#all, {
-      idleTimeout: nonNegative(options.idleTimeout ?? 0, "idleTimeout"),
-      heartbeatInterval: heartbeat === undefined
-        ? 0
-        : positive(heartbeat.interval ?? 30_000, "heartbeat.interval"),
-      maxMissed: positive(heartbeat?.maxMissed ?? 2, "heartbeat.maxMissed"),
+      idleTimeout: settings.idleTimeout,
+      heartbeatInterval: interval === Infinity ? 0 : interval,
+      maxMissed,
       heartbeatMessage: heartbeat?.message,
-      writeTimeout: nonNegative(options.writeTimeout ?? 60_000, "writeTimeout"),
+      writeTimeout: settings.writeTimeout,
     });
-    const perEndpoint = positive(options.sessions ?? 1, "sessions");
+    const perEndpoint = countOption(options.sessions ?? 1, "sessions", 1);
     for (const endpoint of endpoints) {
       for (let i = 0; i < perEndpoint; i++) {
         this.#slots.push({
@@ -438,8 +424,18 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     }
   }
 
-  /** @internal Starts the slots. */
-  start(): void {
+  static {
+    // dial() needs these; as #private members they stay off the public
+    // surface, and this block is the only way out of the class body.
+    clientInternals = {
+      start: (client) => client.#start(),
+      firstReady: (client) => client.#firstReady.promise,
+      lastError: (client) => client.#lastError(),
+    };
+  }
+
+  /** Starts the slots. */
+  #start(): void {
     this.#housekeeper.start();
     for (const slot of this.#slots) {
       // A slot loop never rejects on purpose; should it, log it rather than
@@ -452,11 +448,6 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         });
       });
     }
-  }
-
-  /** @internal Resolves when the first session is ready. */
-  get firstReady(): Promise<void> {
-    return this.#firstReady.promise;
   }
 
   /** The sessions currently open (ready, handshaking or draining). */
@@ -474,14 +465,29 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     return this.#closed.promise;
   }
 
-  /** The inbound handler (pushes and requests from the server). */
+  /**
+   * The handler of pushes and requests from the server (the `handler`
+   * option). Assigning replaces it for every session at once: each message
+   * goes to the handler set when it is dispatched (requests held behind
+   * `maxConcurrentHandlers` included), calls already running finish in the
+   * old one. With none set, a message counts as a handler failure: a
+   * default-protocol request gets an error reply (`RemoteError`), anything
+   * else is logged and counted in `stats().handlerErrors`.
+   */
   get handler(): ClientHandler<T> | undefined {
     return this.#handler;
   }
 
-  /** Replaces the inbound handler. */
   set handler(handler: ClientHandler<T> | undefined) {
     this.#handler = handler;
+  }
+
+  /**
+   * The shared options this client runs with (see {@linkcode SessionOptions}),
+   * defaults filled in; a server given the same options reports the same.
+   */
+  get settings(): SessionSettings {
+    return this.#settings;
   }
 
   /**
@@ -536,7 +542,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       options = {};
     }
     let session: SessionImpl<T> | undefined;
+    let callTimeoutMs: number | undefined;
     try {
+      callTimeoutMs = callTimeout(options.timeout);
       session = options.session !== undefined
         ? this.#own(options.session)
         : this.#pick();
@@ -550,7 +558,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       }
       return session.requestOn(
         message,
-        options.timeout,
+        callTimeoutMs,
         options.signal,
         false,
         retry,
@@ -561,7 +569,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         new NoSessionError("Cannot send request: that session is closed"),
       );
     }
-    const timeout = options.timeout ?? this.#config.requestTimeout;
+    const timeout = callTimeoutMs ?? this.#config.requestTimeout;
     const start = performance.now();
     // It waits for a session: keep it as it is now (the caller may reuse
     // its message as soon as request() returns).
@@ -656,6 +664,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     if (this.#closing !== undefined) {
       throw new ClosedError("Cannot send: client is closed");
     }
+    const timeout = callTimeout(options.timeout);
     const session = options.session !== undefined
       ? this.#own(options.session)
       : this.#pick();
@@ -667,7 +676,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       // message as soon as send() returns).
       const bytes = this.#dialect.codec.encode(this.#dialect.push(message));
       const ready = await this.#waitForSession(
-        options.timeout ?? this.#config.requestTimeout,
+        timeout ?? this.#config.requestTimeout,
         options.signal,
         undefined,
       ) as SessionImpl<T>;
@@ -788,11 +797,6 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     return undefined;
   }
 
-  /** @internal The most recent connection error of any slot. */
-  get lastError(): unknown {
-    return this.#lastError();
-  }
-
   #emit(detail: ClientEventDetail): void {
     this.dispatchEvent(new CustomEvent(detail.type, { detail }));
   }
@@ -801,7 +805,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     const reconnect = this.#options.reconnect ?? {};
     const backoff = exponentialBackoff(reconnect);
     const stableAfter = reconnect.stableAfter ?? 1000;
-    const connectTimeout = this.#options.connectTimeout ?? 10_000;
+    const connectTimeout = this.#connectTimeout;
     let failures = 0;
     while (!this.#stop.signal.aborted) {
       let session: SessionImpl<T> | undefined;
@@ -1037,9 +1041,17 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * (forced at the timeout). Idempotent; resolves when closed.
    *
    * @param options The grace period.
+   * @throws {RangeError} `timeout` is negative or `NaN` (the client is not
+   * closed then).
    */
   close(options: CloseOptions = {}): Promise<void> {
-    this.#closing ??= this.#close(options.timeout ?? 5000);
+    let timeout: number;
+    try {
+      timeout = timeoutOption(options.timeout ?? 5000, "timeout");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.#closing ??= this.#close(timeout);
     return this.#closing;
   }
 
@@ -1169,9 +1181,10 @@ export async function dial<T>(
       'Cannot dial: the codec has no correlationId; give one or use correlation: "fifo"',
     );
   }
-  const client = new Client<T>(endpoints, dialect, options);
-  client.start();
-  const timeout = options.connectTimeout ?? 10_000;
+  const client = new Client<T>(INTERNAL, endpoints, dialect, options);
+  clientInternals.start(client);
+  // Checked by the constructor.
+  const timeout = deadlineMs(options.connectTimeout ?? 10_000);
   const failed = Promise.withResolvers<never>();
   const cancelTimer = after(
     timeout,
@@ -1181,7 +1194,7 @@ export async function dial<T>(
           `Cannot connect to ${
             endpoints.map(formatEndpoint).join(", ")
           }: no session ready within ${timeout} ms`,
-          { cause: client.lastError },
+          { cause: clientInternals.lastError(client) },
         ),
       ),
   );
@@ -1190,7 +1203,7 @@ export async function dial<T>(
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
     signal?.throwIfAborted();
-    await Promise.race([client.firstReady, failed.promise]);
+    await Promise.race([clientInternals.firstReady(client), failed.promise]);
     return client;
   } catch (error) {
     await client.close({ timeout: 0 });

@@ -44,6 +44,7 @@ export type {
 export { serve, serveMutualTls, Server } from "./server.ts";
 export type {
   ForcedSession,
+  ProxyProtocolOptions,
   ServeOptions,
   ServerEventDetail,
   ServerHandler,
@@ -53,6 +54,7 @@ export type {
   ShutdownOptions,
   ShutdownReport,
 } from "./server.ts";
+export type { SessionOptions, SessionSettings } from "./options.ts";
 export type {
   Counters,
   Handler,

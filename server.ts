@@ -11,7 +11,12 @@ import { formatAddr, noDelay, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
-import { positive } from "./_util.ts";
+import { countOption, deadlineMs, timeoutOption } from "./_util.ts";
+import {
+  resolveSessionOptions,
+  type SessionOptions,
+  type SessionSettings,
+} from "./options.ts";
 import { after } from "./_timeouts.ts";
 import {
   abortable,
@@ -24,7 +29,6 @@ import {
   type Session,
   type SessionConfig,
   SessionImpl,
-  sessionLimits,
 } from "./session.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
@@ -38,10 +42,12 @@ export interface ServerTlsOptions {
   /** PEM private key. */
   key: string;
   /**
-   * PEM CA certificate(s) that client certificates must chain to. Setting it
-   * turns on mutual TLS: clients without a valid certificate are refused
-   * during the handshake. (Served through `node:tls`, since
-   * `Deno.listenTls` cannot request client certificates.)
+   * PEM CA certificate(s) that client certificates must chain to: mutual
+   * TLS, where clients without a valid certificate are refused during the
+   * handshake. Only {@linkcode serveMutualTls} takes it: it serves through
+   * `node:tls`, since `Deno.listenTls` cannot request client certificates,
+   * and that listener starts asynchronously. {@linkcode serve} throws a
+   * `TypeError` when it is set rather than serve without the check.
    */
   ca?: string | string[];
 }
@@ -51,7 +57,8 @@ export interface ServerTlsOptions {
  *
  * @typeParam T The message type.
  */
-export interface ServeOptions<T> {
+export interface ServeOptions<T>
+  extends SessionOptions<T, ServerHandlerContext<T>> {
   /**
    * Interface to listen on.
    *
@@ -68,52 +75,35 @@ export interface ServeOptions<T> {
   path?: string;
   /** Serve connections from this listener instead (TCP, TLS, Unix, or your own). */
   listener?: Deno.Listener | TransportListener;
-  /** TLS; with `ca`, mutual TLS. */
+  /**
+   * TLS through `Deno.listenTls`. Mutual TLS (`tls.ca`) needs
+   * {@linkcode serveMutualTls}: `serve()` throws a `TypeError` when `ca` is
+   * set.
+   */
   tls?: ServerTlsOptions;
   /** Aborting it shuts the server down gracefully. */
   signal?: AbortSignal;
   /** Called once listening. */
   onListen?: (addr: Deno.Addr) => void;
   /**
-   * Handles requests and pushes. What it returns for a request is the
-   * reply; for a push nothing is sent back (push with `session.send()`).
-   * Its context carries the session and the server.
-   */
-  handler?: ServerHandler<T>;
-  /**
    * The wire format. Without it the server speaks the default protocol
    * (`Uint8Array` payloads).
    */
   codec?: Codec<T>;
   /**
-   * Custom codecs: match replies to the server's own requests by the codec's
-   * `correlationId` ("id"), or by order ("fifo"). With "fifo" the server
-   * also writes its replies in the order the requests arrived, whatever
-   * order its handlers finish in (they still run concurrently; an answer
-   * that is ready early holds its handler slot until its turn).
-   *
-   * @default {"id"} when the codec has a `correlationId`, else "fifo"
-   */
-  correlation?: "id" | "fifo";
-  /**
    * Runs for each new session before its messages reach the handler (auth,
    * greeting, a sign-on request of the server's own: the session reads from
    * the start, so it may `await session.request()`; requests that arrive
    * meanwhile are held, up to `maxConcurrentHandlers`, then reading pauses).
-   * A throw closes that session.
+   * A returned promise is awaited and its value ignored. A throw or
+   * rejection closes that session.
    */
-  onConnect?: (session: Session<T>) => void | Promise<void>;
+  onConnect?: (session: Session<T>) => unknown;
   /**
    * Custom codecs: tell a session's peer the server is draining (for example
    * send a "going away" message). The default protocol sends a drain frame.
    */
   onDrain?: (session: Session<T>) => void | Promise<void>;
-  /** Custom codecs: turns a handler error into a reply; else it is logged. */
-  onHandlerError?: (
-    error: unknown,
-    message: T,
-    session: Session<T>,
-  ) => T | undefined;
   /**
    * Open sessions at most; connections past it are closed at once (logged).
    *
@@ -121,64 +111,34 @@ export interface ServeOptions<T> {
    */
   maxConnections?: number;
   /**
-   * Handlers running at once per session; further requests are held in
-   * order, and reading pauses once as many are held.
-   *
-   * @default {64}
-   */
-  maxConcurrentHandlers?: number;
-  /**
-   * Messages in a session's write queue before senders wait and reading pauses.
-   *
-   * @default {100}
-   */
-  outboundBuffer?: number;
-  /**
-   * Bytes queued for one session before it is cut off as a slow consumer.
-   *
-   * @default {67108864}
-   */
-  maxWriteBytes?: number;
-  /**
-   * A write that does not complete in this long (ms) cuts the session off; 0 = never.
-   *
-   * @default {30000}
-   */
-  writeTimeout?: number;
-  /**
-   * Close a session that read nothing for this long (ms); 0 = never.
-   *
-   * @default {0}
-   */
-  idleTimeout?: number;
-  /**
-   * Default protocol: largest payload accepted.
-   *
-   * @default {8388608}
-   */
-  maxFrameBytes?: number;
-  /**
    * Expect a PROXY protocol (v1 or v2) header on every connection; the
    * session's `remoteAddr` is then the original client's. A connection
    * without a valid header is closed.
    *
    * @default {false}
    */
-  proxyProtocol?: boolean | { timeout?: number; maxHeaderBytes?: number };
+  proxyProtocol?: boolean | ProxyProtocolOptions;
+}
+
+/** PROXY protocol settings of a server (`serve({ proxyProtocol })`). */
+export interface ProxyProtocolOptions {
   /**
-   * Timeout of the server's own requests to clients (`session.request`).
+   * Milliseconds a new connection has to send its PROXY header; 0 or
+   * `Infinity` = no limit.
    *
    * @default {5000}
    */
-  requestTimeout?: number;
-  /** Where the server logs; structurally compatible with LogTape. */
-  logger?: Logger;
+  timeout?: number;
+  /** Largest PROXY header accepted, in bytes (as `readProxyHeader()` takes it). */
+  maxHeaderBytes?: number;
 }
 
 /** Options of {@linkcode Server.shutdown}. */
 export interface ShutdownOptions {
   /**
-   * Milliseconds to let in-flight work finish before sessions are forced shut.
+   * Milliseconds to let in-flight work finish before sessions are forced
+   * shut. Unlike the other timeouts, 0 means no grace (force at once);
+   * `Infinity` waits as long as it takes.
    *
    * @default {10000}
    */
@@ -267,6 +227,12 @@ export type ServerEventDetail =
   | { type: "error"; error: unknown; remote?: string }
   | { type: "shutdown"; report: ShutdownReport };
 
+/** Guards the constructor: only this module makes servers. */
+const INTERNAL: unique symbol = Symbol("tcpbutler.server");
+
+/** Starts a server's accept loop; set by the class's static block. */
+let startAccepting: <T>(server: Server<T>) => void;
+
 /**
  * A running server. Make one with {@linkcode serve}.
  *
@@ -280,6 +246,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly addr: Deno.Addr;
   readonly #listener: TransportListener;
   readonly #options: ServeOptions<T>;
+  readonly #settings: SessionSettings;
+  readonly #proxyTimeout: number;
   readonly #config: SessionConfig<T>;
   readonly #sessions = new Set<SessionImpl<T>>();
   readonly #correlator = new Correlator();
@@ -299,23 +267,31 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   #rejected = 0;
   #forceNow: AbortController | undefined;
 
-  /** @internal Use {@linkcode serve}. */
+  /**
+   * Not for users: {@linkcode serve} makes servers.
+   *
+   * @ignore
+   */
   constructor(
+    token: typeof INTERNAL,
     listener: TransportListener,
     dialect: Dialect<T>,
     options: ServeOptions<T>,
+    settings: ServerSettings,
   ) {
+    if (token !== INTERNAL) {
+      throw new TypeError("Cannot construct Server: use serve()");
+    }
     super();
     this.#listener = listener;
     this.addr = listener.addr;
     this.#options = options;
+    this.#settings = settings.session;
+    this.#proxyTimeout = settings.proxyTimeout;
     this.#handler = options.handler;
     this.#logger = safeLogger(options.logger);
     this.#finished.promise.catch(() => {});
-    this.#maxConnections = positive(
-      options.maxConnections ?? 10_000,
-      "maxConnections",
-    );
+    this.#maxConnections = settings.maxConnections;
     this.#config = {
       side: "server",
       dialect,
@@ -326,25 +302,30 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       context: { server: this },
       retry: undefined,
       onHandlerError: options.onHandlerError,
-      ...sessionLimits(options),
-      requestTimeout: positive(
-        options.requestTimeout ?? 5000,
-        "requestTimeout",
-      ),
+      maxConcurrentHandlers: settings.session.maxConcurrentHandlers,
+      highWaterMark: settings.session.outboundBuffer,
+      maxWriteBytes: settings.session.maxWriteBytes,
+      requestTimeout: deadlineMs(settings.session.requestTimeout),
       onClose: (session) => this.#sessionClosed(session),
       onPeerDrain: () => {},
     };
     this.#housekeeper = new Housekeeper(() => this.#sessions, {
-      idleTimeout: options.idleTimeout ?? 0,
+      idleTimeout: settings.session.idleTimeout,
       heartbeatInterval: 0,
       maxMissed: 2,
       heartbeatMessage: undefined,
-      writeTimeout: options.writeTimeout ?? 30_000,
+      writeTimeout: settings.session.writeTimeout,
     });
   }
 
-  /** @internal Starts accepting. */
-  start(): void {
+  static {
+    // serve() needs this; as a #private member it stays off the public
+    // surface, and this block is the only way out of the class body.
+    startAccepting = (server) => server.#start();
+  }
+
+  /** Starts accepting. */
+  #start(): void {
     this.#housekeeper.start();
     this.#acceptLoop = this.#accept();
     const signal = this.#options.signal;
@@ -381,14 +362,30 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     return [...this.#sessions];
   }
 
-  /** The handler (settable, for example to swap it at run time). */
+  /**
+   * The handler of requests and pushes from clients (the `handler` option
+   * or `serve()`'s second argument). Assigning replaces it for every
+   * session at once, for example to swap it at run time: each message goes
+   * to the handler set when it is dispatched (requests held behind
+   * `maxConcurrentHandlers` included), calls already running finish in the
+   * old one. With none set, a message counts as a handler failure: a
+   * default-protocol request gets an error reply (`RemoteError`), anything
+   * else is logged and counted in `stats().handlerErrors`.
+   */
   get handler(): ServerHandler<T> | undefined {
     return this.#handler;
   }
 
-  /** Replaces the handler. */
   set handler(handler: ServerHandler<T> | undefined) {
     this.#handler = handler;
+  }
+
+  /**
+   * The shared options this server runs with (see {@linkcode SessionOptions}),
+   * defaults filled in; a client given the same options reports the same.
+   */
+  get settings(): SessionSettings {
+    return this.#settings;
   }
 
   /** Resolves with the shutdown report once the server has stopped. */
@@ -497,7 +494,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     const remote = formatAddr(conn.remoteAddr);
     const proxyOptions = this.#options.proxyProtocol;
     const settings = typeof proxyOptions === "object" ? proxyOptions : {};
-    const timeout = settings.timeout ?? 5000;
+    const timeout = this.#proxyTimeout;
     const abort = new AbortController();
     const cancelTimer = after(
       timeout,
@@ -634,6 +631,11 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
    * @returns What was drained and what was cut.
    */
   shutdown(options: ShutdownOptions = {}): Promise<ShutdownReport> {
+    try {
+      timeoutOption(options.timeout ?? 10_000, "timeout");
+    } catch (error) {
+      return Promise.reject(error);
+    }
     this.#shutdown ??= this.#runShutdown(options);
     return this.#shutdown;
   }
@@ -737,15 +739,22 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   }
 }
 
-/** The protocol view of a server's options: fifo when the codec has no ids. */
+/** A server's correlation: fifo by default when its codec has no ids. */
+function serverCorrelation<T>(options: ServeOptions<T>): "id" | "fifo" {
+  if (options.correlation !== undefined) return options.correlation;
+  const codec = options.codec;
+  return codec !== undefined && codec.correlationId === undefined
+    ? "fifo"
+    : "id";
+}
+
+/** The protocol view of a server's options. */
 function serverDialect<T>(options: ServeOptions<T>): Dialect<T> {
   const codec = options.codec;
   if (codec === undefined) {
     return defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>;
   }
-  const fifo = options.correlation === "fifo" ||
-    (options.correlation === undefined && codec.correlationId === undefined);
-  return codecDialect(codec, fifo);
+  return codecDialect(codec, serverCorrelation(options) === "fifo");
 }
 
 /**
@@ -776,6 +785,7 @@ export function serve<T = Uint8Array>(
   handler?: ServerHandler<T>,
 ): Server<T> {
   if (isListener(options)) options = { listener: options };
+  const settings = resolveServeOptions(options);
   const dialect = serverDialect(options);
   const merged = handler === undefined ? options : { ...options, handler };
   let listener: TransportListener;
@@ -800,7 +810,7 @@ export function serve<T = Uint8Array>(
       port: options.port ?? 9000,
     });
   }
-  return startServer(listener, dialect, merged);
+  return startServer(listener, dialect, merged, settings);
 }
 
 function isListener<T>(
@@ -809,13 +819,42 @@ function isListener<T>(
   return typeof (value as TransportListener).accept === "function";
 }
 
+/** What `serve()` checks before it opens a listener. */
+interface ServerSettings {
+  session: SessionSettings;
+  maxConnections: number;
+  /** `Infinity` = no limit. */
+  proxyTimeout: number;
+}
+
+function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
+  const proxy = typeof options.proxyProtocol === "object"
+    ? options.proxyProtocol
+    : {};
+  return {
+    session: {
+      ...resolveSessionOptions(options),
+      correlation: serverCorrelation(options),
+    },
+    maxConnections: countOption(
+      options.maxConnections ?? 10_000,
+      "maxConnections",
+      1,
+    ),
+    proxyTimeout: deadlineMs(
+      timeoutOption(proxy.timeout ?? 5000, "proxyProtocol.timeout"),
+    ),
+  };
+}
+
 function startServer<T>(
   listener: TransportListener,
   dialect: Dialect<T>,
   options: ServeOptions<T>,
+  settings: ServerSettings,
 ): Server<T> {
-  const server = new Server<T>(listener, dialect, options);
-  server.start();
+  const server = new Server<T>(INTERNAL, listener, dialect, options, settings);
+  startAccepting(server);
   options.onListen?.(server.addr);
   return server;
 }
@@ -851,6 +890,7 @@ export async function serveMutualTls<T = Uint8Array>(
   handler?: ServerHandler<T>,
 ): Promise<Server<T>> {
   const dialect = serverDialect(options);
+  const settings = resolveServeOptions(options);
   const merged = handler === undefined ? options : { ...options, handler };
   const listener = await listenMutualTls({
     hostname: options.hostname ?? "0.0.0.0",
@@ -859,5 +899,5 @@ export async function serveMutualTls<T = Uint8Array>(
     key: options.tls.key,
     ca: options.tls.ca,
   });
-  return startServer(listener, dialect, merged);
+  return startServer(listener, dialect, merged, settings);
 }

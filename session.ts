@@ -23,7 +23,7 @@ import {
 import { NOT_READY, ReplyOrder } from "./_reply_order.ts";
 import { type Dialect, Inbound, requestId } from "./_dialect.ts";
 import { after, coarseNow } from "./_timeouts.ts";
-import { describeError, positive } from "./_util.ts";
+import { callTimeout, describeError } from "./_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -251,32 +251,6 @@ export function newCounters(): Counters {
     lateReplies: 0,
     handlerErrors: 0,
     protocolErrors: 0,
-  };
-}
-
-/** The per-session limits clients and servers both take. @internal */
-export interface SessionLimitOptions {
-  maxConcurrentHandlers?: number;
-  outboundBuffer?: number;
-  maxWriteBytes?: number;
-}
-
-/** Validates the per-session limits, with their defaults. @internal */
-export function sessionLimits(options: SessionLimitOptions): {
-  maxConcurrentHandlers: number;
-  highWaterMark: number;
-  maxWriteBytes: number;
-} {
-  return {
-    maxConcurrentHandlers: positive(
-      options.maxConcurrentHandlers ?? 64,
-      "maxConcurrentHandlers",
-    ),
-    highWaterMark: positive(options.outboundBuffer ?? 100, "outboundBuffer"),
-    maxWriteBytes: positive(
-      options.maxWriteBytes ?? 64 * 1024 * 1024,
-      "maxWriteBytes",
-    ),
   };
 }
 
@@ -582,7 +556,13 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       );
     }
     // No default `{}`: an object per call.
-    return this.requestOn(message, options?.timeout, options?.signal, false);
+    let timeout: number | undefined;
+    try {
+      timeout = callTimeout(options?.timeout);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.requestOn(message, timeout, options?.signal, false);
   }
 
   /**
