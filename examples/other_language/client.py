@@ -21,7 +21,7 @@ import struct
 import sys
 
 # Frame kinds (README: "The default wire format").
-REQUEST, RESPONSE, PUSH, ERROR, PING, PONG, DRAIN = 1, 2, 3, 4, 5, 6, 7
+REQUEST, RESPONSE, PUSH, ERROR, PING, PONG, DRAIN, REFUSED = 1, 2, 3, 4, 5, 6, 7, 8
 HEADER = struct.Struct(">IBI")  # length, kind, id: unsigned, big-endian
 HEADER_SIZE = HEADER.size  # 9
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -66,7 +66,7 @@ class Connection:
                 raise ProtocolError("length %d is below 5" % length)
             if length - 5 > MAX_PAYLOAD:
                 raise ProtocolError("payload of %d bytes is over the limit" % (length - 5))
-            if kind < 1 or kind > 7:
+            if kind < 1 or kind > REFUSED:
                 raise ProtocolError("unknown kind %d" % kind)
             end = 4 + length
             if len(self.buffer) < end:
@@ -173,6 +173,12 @@ def main():
                     conn.send(frame(RESPONSE, frame_id, b"python got: " + payload))
                     answered += 1
                     out("answered request %d %s" % (frame_id, show(payload)))
+                elif kind == REFUSED:
+                    # The server is stopping and did not run this request:
+                    # it is safe to send it again elsewhere. Here: report it.
+                    pending.pop(frame_id, None)
+                    ok = False
+                    out("refused %d" % frame_id)
                 elif kind == DRAIN:
                     if drain_sent:
                         # The answer to our drain: every request the server
