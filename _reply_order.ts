@@ -47,10 +47,4 @@ export class ReplyOrder {
     this.#early.delete(turn);
     return answer;
   }
-
-  /** Forgets everything (the session closed). */
-  clear(): void {
-    this.#early.clear();
-    this.#issued = this.#next = 0;
-  }
 }

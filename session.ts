@@ -1607,7 +1607,6 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#fifo.length = 0;
     this.#fifoHead = 0;
     this.#held = [];
-    this.#order?.clear();
     this.#writingBuffer = undefined;
     for (const done of this.#queueNotify) done.reject(error);
     this.#out = this.#spare = undefined;

@@ -78,6 +78,34 @@ Deno.test("serve() with a codec that has no correlationId keeps request order by
   assert.equal(got, expected);
 });
 
+Deno.test("serve() with fifo correlation keeps the place of a handler that throws at once or answers nothing", async () => {
+  const release = Promise.withResolvers<void>();
+  const started = Promise.withResolvers<void>();
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    codec: lines(),
+    correlation: "fifo",
+    handler: (line) => {
+      const text = dec(line);
+      if (text === "throw") throw new Error("at once");
+      if (text === "quiet") return undefined;
+      if (text === "slow") {
+        started.resolve();
+        return release.promise.then(() => enc("slow!"));
+      }
+      return enc(`${text}!`);
+    },
+    onHandlerError: (error) => enc(`ERR ${(error as Error).message}`),
+  });
+  using conn = await Deno.connect({ hostname: HOST, port: server.port });
+  await conn.write(enc("slow\nthrow\nquiet\nfast\n"));
+  await started.promise;
+  release.resolve();
+  const expected = "slow!\nERR at once\nfast!\n";
+  assert.equal(dec(await readExactly(conn, expected.length)), expected);
+});
+
 Deno.test("serve() with fifo correlation holds at most maxConcurrentHandlers answers waiting for their turn", async () => {
   const release = Promise.withResolvers<void>();
   let running = 0;
