@@ -628,9 +628,9 @@ async function listenOnFd(
  * ```
  */
 export function listenInherited(
-  options: ListenInheritedOptions = {},
+  options?: ListenInheritedOptions,
 ): Promise<InheritedListener> {
-  const { fd = 3, backlog = 128, signal } = options;
+  const { fd = 3, backlog = 128, signal } = options ?? {};
   if (!Number.isInteger(fd) || fd < 0) {
     return Promise.reject(
       new RangeError(`Cannot listen: fd ${fd} is not an integer >= 0`),
@@ -685,9 +685,9 @@ export interface SystemdListenersOptions {
  * ```
  */
 export async function systemdListeners(
-  options: SystemdListenersOptions = {},
+  options?: SystemdListenersOptions,
 ): Promise<InheritedListener[]> {
-  const { backlog = 128, signal } = options;
+  const { backlog = 128, signal } = options ?? {};
   checkBacklog(backlog);
   const pidText = Deno.env.get("LISTEN_PID");
   const countText = Deno.env.get("LISTEN_FDS");

@@ -111,7 +111,8 @@ export interface Backoff {
  * }
  * ```
  */
-export function exponentialBackoff(options: BackoffOptions = {}): Backoff {
+export function exponentialBackoff(options?: BackoffOptions): Backoff {
+  options ??= {};
   const initial = options.initial ?? 100;
   const max = options.max ?? 30_000;
   const multiplier = options.multiplier ?? 2;
@@ -252,8 +253,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * await assert.rejects(waiting, (error) => error === reason);
  * ```
  */
-export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
-  const { signal } = options;
+export function delay(ms: number, options?: DelayOptions): Promise<void> {
+  const { signal } = options ?? {};
   if (!(typeof ms === "number" && Number.isFinite(ms) && ms >= 0)) {
     return Promise.reject(
       new RangeError(

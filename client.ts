@@ -660,7 +660,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * @throws {ConnectionClosedError} The session closed before the write.
    * @throws {ClosedError} The client is closing or closed.
    */
-  async send(message: T, options: ClientSendOptions<T> = {}): Promise<void> {
+  async send(message: T, options?: ClientSendOptions<T>): Promise<void> {
+    options ??= {};
     if (this.#closing !== undefined) {
       throw new ClosedError("Cannot send: client is closed");
     }
@@ -1044,10 +1045,10 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * @throws {RangeError} `timeout` is negative or `NaN` (the client is not
    * closed then).
    */
-  close(options: CloseOptions = {}): Promise<void> {
+  close(options?: CloseOptions): Promise<void> {
     let timeout: number;
     try {
-      timeout = timeoutOption(options.timeout ?? 5000, "timeout");
+      timeout = timeoutOption(options?.timeout ?? 5000, "timeout");
     } catch (error) {
       return Promise.reject(error);
     }

@@ -197,7 +197,8 @@ const RESERVED_KEYS = new Set(["time", "level", "logger", "message"]);
  * });
  * ```
  */
-export function consoleLogger(options: ConsoleLoggerOptions = {}): Logger {
+export function consoleLogger(options?: ConsoleLoggerOptions): Logger {
+  options ??= {};
   const level = options.level ?? "info";
   const format = options.format ?? "text";
   if (!Object.hasOwn(LEVELS, level)) {
@@ -527,7 +528,7 @@ function describeThrown(error: unknown): string {
  * logger.debug("still fine", {}); // does not throw
  * ```
  */
-export function safeLogger(logger: Logger | undefined): Logger {
+export function safeLogger(logger?: Logger): Logger {
   if (logger === undefined || logger === noopLogger) return noopLogger;
   const guard = (
     method: (message: string, properties?: Record<string, unknown>) => void,

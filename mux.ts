@@ -197,8 +197,9 @@ class Route implements TransportListener {
  */
 export function muxListener(
   listener: TransportListener,
-  options: MuxOptions = {},
+  options?: MuxOptions,
 ): MuxListener {
+  options ??= {};
   const timeout = options.timeout ?? 5000;
   const maxPeek = options.maxPeekBytes ?? 64;
   const logger = safeLogger(options.logger);

@@ -101,8 +101,8 @@ const INITIAL_PARTIAL_BYTES = 64 * 1024;
  * assert.deepEqual([...frame!.payload], [1, 2]);
  * ```
  */
-export function defaultCodec(options: DefaultCodecOptions = {}): Codec<Frame> {
-  const maxFrameBytes = options.maxFrameBytes ?? 8 * 1024 * 1024;
+export function defaultCodec(options?: DefaultCodecOptions): Codec<Frame> {
+  const maxFrameBytes = options?.maxFrameBytes ?? 8 * 1024 * 1024;
   if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 0) {
     throw new RangeError(
       `Cannot use maxFrameBytes ${maxFrameBytes}: expected a non-negative integer`,

@@ -464,10 +464,10 @@ function parseV2(
  */
 export function parseProxyHeader(
   buffer: Uint8Array,
-  options: ParseProxyHeaderOptions = {},
+  options?: ParseProxyHeaderOptions,
 ): { header: ProxyHeader; consumed: number } | null {
   const maxHeaderBytes = checkMaxHeaderBytes(
-    options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
+    options?.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
   );
   if (buffer.length === 0) return null;
   switch (buffer[0]) {
@@ -525,8 +525,9 @@ export function parseProxyHeader(
  */
 export async function readProxyHeader(
   conn: { read(p: Uint8Array): Promise<number | null> },
-  options: ReadProxyHeaderOptions = {},
+  options?: ReadProxyHeaderOptions,
 ): Promise<{ header: ProxyHeader; rest: Uint8Array }> {
+  options ??= {};
   const maxHeaderBytes = checkMaxHeaderBytes(
     options.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
   );
@@ -720,9 +721,9 @@ function unixPathBytes(address: Deno.UnixAddr, role: string): Uint8Array {
 export function encodeProxyHeaderV2(
   source: ProxyAddress | undefined,
   destination: ProxyAddress | undefined,
-  options: EncodeProxyHeaderV2Options = {},
+  options?: EncodeProxyHeaderV2Options,
 ): Uint8Array {
-  const { local = false, tlvs = [] } = options;
+  const { local = false, tlvs = [] } = options ?? {};
   let familyByte = 0x00;
   let addresses = new Uint8Array(0);
   if (source === undefined || destination === undefined) {

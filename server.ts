@@ -630,7 +630,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
    * @param options Timeout and a signal that forces the shutdown.
    * @returns What was drained and what was cut.
    */
-  shutdown(options: ShutdownOptions = {}): Promise<ShutdownReport> {
+  shutdown(options?: ShutdownOptions): Promise<ShutdownReport> {
+    options ??= {};
     try {
       timeoutOption(options.timeout ?? 10_000, "timeout");
     } catch (error) {

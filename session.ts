@@ -726,14 +726,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       this.#roomWaiters.length === 0;
   }
 
-  send(message: T, options: SendOptions = {}): Promise<void> {
+  send(message: T, options?: SendOptions): Promise<void> {
     let wire: unknown;
     try {
       wire = this.#dialect.push(message);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#sendPush(wire, undefined, options.signal);
+    return this.#sendPush(wire, undefined, options?.signal);
   }
 
   /**

@@ -108,8 +108,9 @@ class FixedLengthDecoder implements FrameDecoder<Uint8Array> {
  */
 export function fixedLength(
   size: number,
-  options: FixedLengthOptions = {},
+  options?: FixedLengthOptions,
 ): Codec<Uint8Array> {
+  options ??= {};
   if (!Number.isSafeInteger(size) || size < 1) {
     throw new RangeError(
       `Cannot create codec: size must be a positive integer, got ${size}`,

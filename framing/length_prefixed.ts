@@ -465,8 +465,9 @@ function integerOption(
  * ```
  */
 export function lengthPrefixed(
-  options: LengthPrefixedOptions = {},
+  options?: LengthPrefixedOptions,
 ): Codec<Uint8Array> {
+  options ??= {};
   const maxFrameBytes = maxFrameBytesOption(options.maxFrameBytes);
   const offset = integerOption(
     options.lengthOffset,

@@ -765,7 +765,8 @@ function write(target: Uint8Array, at: number, value: RespValue): number {
  * const value = await redis.request(command("GET", "greeting")); // Uint8Array "hello"
  * ```
  */
-export function resp(options: RespOptions = {}): RespCodec {
+export function resp(options?: RespOptions): RespCodec {
+  options ??= {};
   const max = maxFrameBytesOption(options.maxFrameBytes);
   const maxDepth = options.maxDepth ?? 32;
   if (!Number.isSafeInteger(maxDepth) || maxDepth < 1) {
