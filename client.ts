@@ -683,10 +683,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       ) as SessionImpl<T>;
       return ready.sendEncoded(bytes, options.signal);
     }
-    return session.send(
-      message,
-      options.signal ? { signal: options.signal } : {},
-    );
+    return session.send(message, options);
   }
 
   #own(session: Session<T>): SessionImpl<T> | undefined {
