@@ -128,6 +128,18 @@ export function formatEndpoint(endpoint: Endpoint): string {
     : `${endpoint.hostname}:${endpoint.port}`;
 }
 
+/**
+ * Whether a write of this transport that is pending when the connection
+ * closes, or that rejects, has written nothing of its buffer: true of
+ * Deno's own TCP and Unix connections (a write resolves with what the
+ * kernel took). Other transports (node:net sockets resolve once flushed,
+ * TLS buffers) cannot say what a failed write sent.
+ */
+export function writesAreExact(conn: Transport): boolean {
+  const kind = conn.constructor?.name;
+  return kind === "TcpConn" || kind === "UnixConn";
+}
+
 /** Renders a `Deno.Addr` for logs. */
 export function formatAddr(addr: Deno.Addr): string {
   if (addr.transport === "tcp" || addr.transport === "udp") {

@@ -616,7 +616,11 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     const left = deadline < 0
       ? entry.timeout
       : Math.max(0, deadline - performance.now());
-    this.#waitForSession(left, undefined, true).then(
+    // The wait ends with the request (its deadline, its signal).
+    const gone = new AbortController();
+    const end = () => gone.abort();
+    entry.promise.then(end, end);
+    this.#waitForSession(left, gone.signal, undefined).then(
       (ready) => {
         if (entry.settled) return;
         this.#retried++;

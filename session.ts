@@ -12,7 +12,7 @@
 
 import type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";
 import type { Transport } from "./_transport.ts";
-import { formatAddr } from "./_transport.ts";
+import { formatAddr, writesAreExact } from "./_transport.ts";
 import { protocolMismatch } from "./_sniff.ts";
 import {
   type Correlator,
@@ -402,6 +402,12 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #written = 0;
   #writingBuffer: Uint8Array | undefined;
   /**
+   * Requests of a closed session whose bytes were in the write in flight:
+   * they are sent again or failed once that write settles and #written is
+   * known (see #rescue).
+   */
+  #inFlight: { entries: Pending[]; error: unknown } | undefined;
+  /**
    * Callers waiting for room in the write queue, in order. Each is called
    * once: with `true` when it may enqueue (it must do so synchronously), or
    * `false` when the session closed.
@@ -666,7 +672,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       // A closed session handed it to a retry already (see #rescue).
       if (entry.owner !== this) return;
       if (open) this.#enqueueRequest(entry, undefined, held, heartbeat);
-      else entry.fail(this.#closedError("request"));
+      else {
+        // Fifo requests waiting for room are in no table: offered here.
+        const error = this.#closedError("request");
+        if (!this.#rescue(entry, error)) entry.fail(error);
+      }
     });
     return entry.promise as Promise<T>;
   }
@@ -712,7 +722,10 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       entry.fail(error);
       return;
     }
-    if (entry.settled) return; // cut off for maxWriteBytes
+    // Cut off for maxWriteBytes: the close failed it or sent it elsewhere.
+    if (entry.settled || entry.owner !== this || this.#isClosed()) {
+      return;
+    }
     entry.start = start;
     entry.end = this.#outBase + this.#outLength;
     entry.copy = entry.retry === Retry.Idempotent
@@ -954,6 +967,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       }
     } finally {
       this.#writing = false;
+      if (this.#inFlight !== undefined) this.#settleInFlight();
       this.#checkIdle();
     }
   }
@@ -1201,6 +1215,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     const held = this.#held.length;
     const max = this.#maxHandlers;
     if (held < max) return false;
+    // Refusing (a forced drain): read on, to refuse what is still coming.
+    if (this.#refusing !== undefined) return false;
     return this.pendingCount === 0 || held >= Math.max(HELD_HARD_CAP, max);
   }
 
@@ -1477,11 +1493,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #encodeAnswer(answer: unknown, to: unknown): Uint8Array | undefined {
     if (answer === undefined) return undefined;
     try {
-      return this.#codec.encode(answer);
+      // A copy: a codec may reuse the buffer it encodes into.
+      return this.#codec.encode(answer).slice();
     } catch (error) {
       const mapped = this.#failureAnswer(error, to, this.#dialect.message(to));
       try {
-        return mapped === undefined ? undefined : this.#codec.encode(mapped);
+        return mapped === undefined
+          ? undefined
+          : this.#codec.encode(mapped).slice();
       } catch (encodeError) {
         this.#cfg.logger.error("Handler failed", {
           session: this.id,
@@ -1542,7 +1561,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       new ConnectionClosedError(
         `Session ${this.id} ended: the peer closed the connection`,
       ),
-      this.#rescue,
+      // Only idempotent requests: what is still queued is written to a
+      // peer that may have only half-closed, and may run there.
+      (entry) => this.#rescueIdempotent(entry),
     );
     // Finish what we owe the peer (handlers, queued writes), then close.
     this.#whenIdle().then(() =>
@@ -1603,11 +1624,15 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       : new ConnectionClosedError(`Session ${this.id} closed`, {
         cause: reason,
       });
-    this.#correlator.failOwner(this, error, this.#rescue);
+    this.#correlator.failOwner(
+      this,
+      error,
+      (entry) => this.#rescue(entry, error),
+    );
     this.#fifo.length = 0;
     this.#fifoHead = 0;
     this.#held = [];
-    this.#writingBuffer = undefined;
+    if (this.#inFlight === undefined) this.#writingBuffer = undefined;
     for (const done of this.#queueNotify) done.reject(error);
     this.#out = this.#spare = undefined;
     this.#outLength = this.#queued = 0;
@@ -1624,36 +1649,75 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   }
 
   /**
-   * Hands a request of this dying session to a retry when it did not run:
-   * its bytes never reached the socket whole (queued, waiting for room, or
-   * cut by a failed write), so the peer cannot have read it whole. An
-   * idempotent request goes again even when it may have run.
+   * Hands a request of this closing session to a retry when it cannot have
+   * run: its bytes were never handed to the socket (still in #out), or it
+   * was never queued (it waited for room: its copy). A request in the write
+   * in flight is decided once that write settles (#settleInFlight), where
+   * the transport can say exactly what it took. An idempotent request goes
+   * again whatever happened. Not used at the peer's end of stream: the
+   * queued bytes are still written to a peer that only half-closed.
    */
-  readonly #rescue = (entry: Pending): boolean => {
+  #rescue(entry: Pending, error: unknown): boolean {
     const retry = this.#cfg.retry;
     if (retry === undefined || entry.retry === Retry.Never) return false;
-    let bytes: Uint8Array | undefined;
-    if (entry.end > this.#written) {
-      bytes = this.#unsentBytes(entry.start, entry.end);
-    } else if (entry.end < 0 || entry.retry === Retry.Idempotent) {
-      bytes = entry.copy;
+    if (entry.start < 0) {
+      if (entry.copy === undefined) return false;
+      retry(entry, entry.copy);
+      return true;
     }
-    bytes ??= entry.copy;
-    if (bytes === undefined) return false;
-    retry(entry, bytes);
-    return true;
-  };
+    if (entry.start >= this.#outBase && this.#out !== undefined) {
+      retry(
+        entry,
+        this.#out.slice(entry.start - this.#outBase, entry.end - this.#outBase),
+      );
+      return true;
+    }
+    if (
+      entry.end > this.#written && this.#writingBuffer !== undefined &&
+      entry.start >= this.#writingBase && writesAreExact(this.#conn)
+    ) {
+      const inFlight = this.#inFlight ??= { entries: [], error };
+      inFlight.entries.push(entry);
+      return true;
+    }
+    return this.#rescueIdempotent(entry);
+  }
 
-  /** A copy of the stream bytes from `start` to `end` not yet written. */
-  #unsentBytes(start: number, end: number): Uint8Array | undefined {
-    if (start >= this.#outBase && this.#out !== undefined) {
-      return this.#out.slice(start - this.#outBase, end - this.#outBase);
-    }
+  /** Sends an idempotent request again, whatever happened to it here. */
+  #rescueIdempotent(entry: Pending): boolean {
+    const retry = this.#cfg.retry;
+    if (
+      retry === undefined || entry.retry !== Retry.Idempotent ||
+      entry.copy === undefined
+    ) return false;
+    retry(entry, entry.copy);
+    return true;
+  }
+
+  /**
+   * The write in flight when the session closed has settled: requests whose
+   * bytes the socket did not take whole go again, the others fail (they
+   * may have run), idempotent ones go again in any case.
+   */
+  #settleInFlight(): void {
+    const inFlight = this.#inFlight;
     const writing = this.#writingBuffer;
-    if (writing !== undefined && start >= this.#writingBase) {
-      return writing.slice(start - this.#writingBase, end - this.#writingBase);
+    this.#inFlight = undefined;
+    this.#writingBuffer = undefined;
+    if (inFlight === undefined || writing === undefined) return;
+    const retry = this.#cfg.retry!;
+    for (const entry of inFlight.entries) {
+      if (entry.settled || entry.owner !== this) continue;
+      if (entry.end > this.#written) {
+        retry(
+          entry,
+          writing.slice(
+            entry.start - this.#writingBase,
+            entry.end - this.#writingBase,
+          ),
+        );
+      } else if (!this.#rescueIdempotent(entry)) entry.fail(inFlight.error);
     }
-    return undefined;
   }
 
   /** Resolves when nothing is owed: no handler running, nothing to write, no own request pending. */

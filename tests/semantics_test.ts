@@ -10,7 +10,15 @@ import { ConnectionClosedError } from "../errors.ts";
 import { delimited } from "../framing/delimited.ts";
 import { serve } from "../server.ts";
 import type { HandlerContext } from "../session.ts";
-import { dec, enc, HOST, rawPeer, serveLoopback } from "./_loopback.ts";
+import {
+  dec,
+  enc,
+  HOST,
+  pollUntil,
+  rawPeer,
+  serveLoopback,
+} from "./_loopback.ts";
+import { FrameKind } from "../protocol.ts";
 import { readExactly } from "./_bytes.ts";
 import { latch } from "./_raw_peer.ts";
 
@@ -324,3 +332,65 @@ async function readyCount(
     );
   }
 }
+
+Deno.test("Client.request() still queued when its peer only half-closes is not sent elsewhere too (no double delivery)", async () => {
+  await using stuck = rawPeer();
+  const ranOnStaying = new Set<number>();
+  await using staying = serveLoopback({
+    handler: (payload) => {
+      ranOnStaying.add(payload[0]! * 256 + payload[1]!);
+      return payload.subarray(0, 2);
+    },
+  });
+  const accepted = stuck.accept();
+  const clientPromise = dial(
+    [`${HOST}:${stuck.port}`, `${HOST}:${staying.port}`],
+    { requestTimeout: 10_000, heartbeat: false },
+  );
+  const conn = await accepted;
+  await using client = await clientPromise;
+  await readyCount(client, 2);
+  const payload = new Uint8Array(256 * 1024);
+  const results = Array.from({ length: 128 }, (_, i) => {
+    payload[0] = i >> 8;
+    payload[1] = i & 255;
+    return client.request(payload).then(() => "ok", (error) => error);
+  });
+  // The peer stops sending but still reads, and would run, all it gets.
+  await conn.conn.closeWrite();
+  const ranOnStuck = new Set<number>();
+  await conn.drainAll((frame) => {
+    if (frame.kind === FrameKind.Request) {
+      ranOnStuck.add(frame.payload[0]! * 256 + frame.payload[1]!);
+    }
+  });
+  await Promise.all(results);
+  const twice = [...ranOnStuck].filter((i) => ranOnStaying.has(i));
+  assert.deepEqual(twice, []);
+});
+
+Deno.test("Client.request() retried and waiting for a session leaves no waiter behind once it is aborted", async () => {
+  await using stuck = rawPeer();
+  const accepted = stuck.accept();
+  const clientPromise = dial(`${HOST}:${stuck.port}`, {
+    requestTimeout: 60_000,
+    heartbeat: false,
+    reconnect: { initial: 30_000, max: 60_000 },
+  });
+  const conn = await accepted;
+  await using client = await clientPromise;
+  const controller = new AbortController();
+  const payload = new Uint8Array(256 * 1024);
+  const results = Array.from(
+    { length: 64 },
+    () =>
+      client.request(payload, { signal: controller.signal }).catch((e) => e),
+  );
+  conn.close();
+  // Requests that never left wait for a session to be sent again.
+  await pollUntil(() => client.stats().waiting > 0);
+  controller.abort(new Error("give up"));
+  await Promise.all(results);
+  assert.equal(client.stats().waiting, 0);
+  await client.close({ timeout: 0 });
+});
