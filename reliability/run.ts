@@ -4,6 +4,8 @@
  *
  * Runs every fault scenario of `tests/_load.ts` under concurrent load (16
  * loops, 1 s request timeout, payloads with a unique nonce echoed back), then
+ * a forced rolling restart (three in-process servers, each shut down in turn
+ * with a 50 ms timeout while its handlers run and more requests wait), then
  * a soak with a random fault switched every 0.5–2 s, and prints a Markdown
  * table: scenario | requests | ok | errors by type | max lateness beyond
  * deadline | recovered | notes, then the soak's RSS at start and end.
@@ -13,12 +15,15 @@
  * once, no later than deadline + 250 ms, with its own reply or a
  * `TimeoutError`/`ConnectionClosedError`/`NoSessionError`; after the heal, a
  * verification load of 160 requests all succeed and no request is left
- * pending. The exit code is 1 if any invariant fails, if the client did not
+ * pending. In the rolling restart, no more requests may fail than the
+ * servers' shutdowns cut (`handlersCut`), and no failed request may be one
+ * that no handler had started. The exit code is 1 if any invariant fails, if the client did not
  * recover, or if RSS grew by 64 MiB or more over the soak.
  *
  * Flags: `--duration S` (soak seconds, default 60), `--seed N` (the soak's
  * fault schedule), `--faults a,b` (a subset of latency, fragment,
- * reset-mid-frame, blackhole, slow-read, process-restart), `--fault-ms MS`
+ * reset-mid-frame, blackhole, slow-read, process-restart, rolling-restart),
+ * `--fault-ms MS`
  * (how long each fault lasts, default 1500), `--no-soak`, `--soak-only`,
  * `--json` (also print the results as one JSON line at the end).
  *
@@ -35,7 +40,10 @@ import {
   formatErrors,
   type LoadReport,
   mib,
+  type RollingRestartResult,
+  rollingRestartViolations,
   runFaultScenario,
+  runRollingRestart,
   runSoak,
   type SoakResult,
   violations,
@@ -63,16 +71,19 @@ const durationS = Number(flags.duration);
 if (!(durationS > 0)) {
   throw new RangeError(`Cannot soak for ${flags.duration} s`);
 }
-const faults = flags.faults === undefined
-  ? FAULTS
-  : flags.faults.split(",").map((name) => name.trim()) as FaultName[];
-for (const name of faults) {
-  if (!FAULTS.includes(name)) {
+const ROLLING = "rolling-restart";
+const SCENARIOS: readonly string[] = [...FAULTS, ROLLING];
+const selected = flags.faults === undefined
+  ? SCENARIOS
+  : flags.faults.split(",").map((name) => name.trim());
+for (const name of selected) {
+  if (!SCENARIOS.includes(name)) {
     throw new TypeError(
-      `Unknown fault ${name}: expected one of ${FAULTS.join(", ")}`,
+      `Unknown fault ${name}: expected one of ${SCENARIOS.join(", ")}`,
     );
   }
 }
+const faults = selected.filter((name) => name !== ROLLING) as FaultName[];
 const faultMs = Number(flags["fault-ms"]);
 
 interface Row {
@@ -134,6 +145,34 @@ if (!flags["soak-only"]) {
       ].join("; "),
     });
   }
+}
+
+let rolling: RollingRestartResult | undefined;
+if (!flags["soak-only"] && selected.includes(ROLLING)) {
+  console.error(`… ${ROLLING}`);
+  rolling = await runRollingRestart({
+    concurrency: 16,
+    timeout: 1000,
+    slack: SLACK_MS,
+  });
+  const failed = rolling.load.requests - rolling.load.ok;
+  rows.push({
+    scenario: "rolling restart, forced",
+    requests: rolling.load.requests,
+    ok: rolling.load.ok,
+    errors: formatErrors(rolling.load.errors),
+    lateness: lateness(rolling.load),
+    recovered: rolling.completed &&
+        rolling.verify.ok === rolling.verify.requests
+      ? "yes"
+      : "no",
+    notes: [
+      ...rolling.notes,
+      `${failed} failed ≤ ${rolling.handlersCut} cut`,
+      `after restarts ${rolling.verify.ok}/${rolling.verify.requests} ok`,
+      ...check(ROLLING, rollingRestartViolations(rolling, SLACK_MS)),
+    ].join("; "),
+  });
 }
 
 let soak: SoakResult | undefined;
@@ -233,7 +272,9 @@ if (failures.length > 0) {
   console.log(`\nFAILED:\n${failures.map((f) => `- ${f}`).join("\n")}`);
 }
 if (flags.json) {
-  console.log(JSON.stringify({ scenarios: results, soak, failures }));
+  console.log(
+    JSON.stringify({ scenarios: results, rolling, soak, failures }),
+  );
 }
 // No Deno.exit(): the process ends only once every connection, timer and
 // child is gone, so a leak shows as a runner that does not exit.

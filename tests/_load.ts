@@ -20,7 +20,7 @@
  */
 
 import { type Client, dial, type DialOptions } from "../client.ts";
-import { serve, type Server } from "../server.ts";
+import { serve, type Server, type ShutdownReport } from "../server.ts";
 import type { Logger } from "../logger.ts";
 import { delay } from "../backoff.ts";
 import { type FaultProxy, startFaultProxy } from "./_fault_proxy.ts";
@@ -81,6 +81,8 @@ export interface LoadOptions {
   hangAfter?: number;
   /** Called after each request settles, with the report so far. */
   onSettle?: (report: Readonly<LoadReport>) => void;
+  /** Called for each request that failed, with its payload and error. */
+  onFailure?: (payload: Uint8Array, error: unknown) => void;
 }
 
 /** What {@linkcode runLoad} saw. */
@@ -282,6 +284,7 @@ export async function runLoad(
     allowedErrors = NETWORK_ERRORS,
     hangAfter = 5000,
     onSettle,
+    onFailure,
   } = options;
   if (duration === undefined && count === undefined && signal === undefined) {
     throw new TypeError(
@@ -352,6 +355,7 @@ export async function runLoad(
           failedFast = now - start < 1;
           const name = errorName(error);
           report.errors[name] = (report.errors[name] ?? 0) + 1;
+          onFailure?.(payload, error);
           if (!allowedErrors.includes(name)) {
             report.unexpectedCount++;
             if (report.unexpected.length < 10) {
@@ -843,6 +847,334 @@ export async function runFaultScenario(
   } finally {
     stop.abort();
     await rig.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Rolling restart, forced
+
+/** Options of {@linkcode runRollingRestart}. */
+export interface RollingRestartOptions {
+  /**
+   * Servers the client knows, restarted one at a time.
+   *
+   * @default {3}
+   */
+  servers?: number;
+  /**
+   * `shutdown({ timeout })` of each server, ms: shorter than the work queued
+   * on its sessions, so the shutdown is forced with handlers running.
+   *
+   * @default {50}
+   */
+  shutdownTimeout?: number;
+  /**
+   * How long each handler works before it answers, ms.
+   *
+   * @default {10}
+   */
+  handlerMs?: number;
+  /**
+   * `maxConcurrentHandlers` of each server session: requests beyond it are
+   * read and held, so a forced shutdown has some it never started.
+   *
+   * @default {1}
+   */
+  maxConcurrentHandlers?: number;
+  /**
+   * Client sessions per server.
+   *
+   * @default {1}
+   */
+  sessions?: number;
+  /**
+   * Concurrent request loops.
+   *
+   * @default {16}
+   */
+  concurrency?: number;
+  /**
+   * Request timeout, ms.
+   *
+   * @default {1000}
+   */
+  timeout?: number;
+  /**
+   * Allowed lateness past a deadline, ms.
+   *
+   * @default {250}
+   */
+  slack?: number;
+  /**
+   * Successful requests before the first restart, and after each restarted
+   * server is back, before the next one.
+   *
+   * @default {64}
+   */
+  settleRequests?: number;
+  /**
+   * Requests per loop after the last restart that must all succeed.
+   *
+   * @default {10}
+   */
+  verifyPerLoop?: number;
+  /**
+   * Bound on each wait (for sessions, for successes), ms: a wait that runs
+   * out ends the scenario, reported in `notes`.
+   *
+   * @default {5000}
+   */
+  waitBound?: number;
+}
+
+/** What {@linkcode runRollingRestart} found. */
+export interface RollingRestartResult {
+  /** Load from the first restart's warmup to the end of the last restart. */
+  load: LoadReport;
+  /** Load once every server was back (must be all ok). */
+  verify: LoadReport;
+  /** `client.stats().retried` at the end. */
+  retried: number;
+  /** Every shutdown's report, in restart order. */
+  reports: ShutdownReport[];
+  /** Sums over the reports. */
+  refused: number;
+  /** Sums over the reports. */
+  handlersCut: number;
+  /** Sessions forced shut, summed. */
+  forced: number;
+  /** Sessions open at the shutdowns, summed. */
+  sessions: number;
+  /** Failed requests whose payload no handler ever started (must be 0). */
+  lostUnstarted: number;
+  /** Every server was restarted and the client reached all of them again. */
+  completed: boolean;
+  /** `client.stats().pending` once the verification load ended. */
+  pendingAfter: number;
+  /** Notes for the table. */
+  notes: string[];
+}
+
+/**
+ * The invariants of a forced rolling restart: the load's own invariants, no
+ * more failures than handlers cut, no failed request that no handler had
+ * started, a full verification load, nothing left pending.
+ *
+ * @returns The violations, empty when all hold.
+ */
+export function rollingRestartViolations(
+  result: RollingRestartResult,
+  slack = 250,
+): string[] {
+  const failed = result.load.requests - result.load.ok;
+  return [
+    ...violations(result.load, slack),
+    ...violations(result.verify, slack).map((v) => `after restarts: ${v}`),
+    ...(failed <= result.handlersCut
+      ? []
+      : [`${failed} requests failed, more than ${result.handlersCut} cut`]),
+    ...(result.lostUnstarted === 0
+      ? []
+      : [`${result.lostUnstarted} failed requests were never started`]),
+    ...(result.completed ? [] : ["restarts did not complete"]),
+    ...(result.verify.requests > 0 &&
+        result.verify.ok === result.verify.requests
+      ? []
+      : [
+        `after restarts ${result.verify.ok}/${result.verify.requests} ok`,
+      ]),
+    ...(result.pendingAfter === 0
+      ? []
+      : [`${result.pendingAfter} requests left pending`]),
+  ];
+}
+
+/** The first 16 bytes of a load payload (its nonce) as a key. */
+function nonceKey(payload: Uint8Array): string {
+  return Array.from(payload.subarray(0, 16), (b) => b.toString(16)).join(".");
+}
+
+/**
+ * In-process echo servers on port 0, one client that knows all of them, and
+ * steady load; each server in turn is shut down with a short
+ * `shutdown({ timeout })` while its handlers run and more requests wait
+ * (`maxConcurrentHandlers`), then served again on the same port; the next
+ * restart waits until the client is back on it and requests succeed again.
+ * Every handler records the nonce of what it starts, so a failed request can
+ * be told apart: one that had started (cut, it may have run) or one that
+ * never did (lost).
+ *
+ * @param options Servers, timeouts, handler work, load shape.
+ * @returns Load reports, the shutdown reports and their sums, `retried`; it
+ * never throws for a violated invariant (check with
+ * {@linkcode rollingRestartViolations}).
+ */
+export async function runRollingRestart(
+  options: RollingRestartOptions = {},
+): Promise<RollingRestartResult> {
+  const {
+    servers: count = 3,
+    shutdownTimeout = 50,
+    handlerMs = 10,
+    maxConcurrentHandlers = 1,
+    sessions = 1,
+    concurrency = 16,
+    timeout = 1000,
+    slack = 250,
+    settleRequests = 64,
+    verifyPerLoop = 10,
+    waitBound = 5000,
+  } = options;
+  const started = new Set<string>();
+  const running = new Set<Promise<unknown>>();
+  const start = (port: number) =>
+    serve({
+      hostname: "127.0.0.1",
+      port,
+      maxConcurrentHandlers,
+      handler: (payload: Uint8Array) => {
+        started.add(nonceKey(payload));
+        // Held until it settles, so the scenario ends with no timer left
+        // behind by a handler its server cut.
+        const work = delay(handlerMs).then(() => payload);
+        running.add(work);
+        work.finally(() => running.delete(work));
+        return work;
+      },
+    });
+  const servers: Server<Uint8Array>[] = [];
+  const notes: string[] = [];
+  const reports: ShutdownReport[] = [];
+  const failed: Uint8Array[] = [];
+  let client: Client<Uint8Array> | undefined;
+  const stop = new AbortController();
+  let load: Promise<LoadReport> | undefined;
+  try {
+    for (let i = 0; i < count; i++) servers.push(start(0));
+    const ports = servers.map((s) => (s.addr as Deno.NetAddr).port);
+    client = await dial(
+      ports.map((port) => ({ hostname: "127.0.0.1", port })),
+      {
+        ...scenarioClientOptions(400, timeout),
+        sessions,
+        reconnect: { initial: 20, max: 100, stableAfter: 1000 },
+      },
+    );
+    const c = client;
+    const full = count * sessions;
+    /** Resolves once `n` sessions are ready, false if `waitBound` passed first. */
+    const readyAtLeast = async (n: number): Promise<boolean> => {
+      const deadline = AbortSignal.timeout(waitBound);
+      while ((c.stats().sessions.ready ?? 0) < n) {
+        if (deadline.aborted) return false;
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            c.removeEventListener("ready", done);
+            deadline.removeEventListener("abort", done);
+            resolve();
+          };
+          c.addEventListener("ready", done);
+          deadline.addEventListener("abort", done);
+        });
+      }
+      return true;
+    };
+    if (!await readyAtLeast(full)) notes.push("not every session came up");
+
+    // Successes counted by the load; a latch waits for the next `n` of them.
+    let ok = 0;
+    let waiter: { at: number; resolve: () => void } | undefined;
+    const okAfter = async (n: number): Promise<boolean> => {
+      const { promise, resolve } = Promise.withResolvers<void>();
+      waiter = { at: ok + n, resolve };
+      const timer = setTimeout(resolve, waitBound);
+      await promise;
+      clearTimeout(timer);
+      const reached = ok >= waiter.at;
+      waiter = undefined;
+      return reached;
+    };
+    load = runLoad(client, {
+      concurrency,
+      timeout,
+      slack,
+      signal: stop.signal,
+      onSettle: (report) => {
+        ok = report.ok;
+        if (waiter !== undefined && ok >= waiter.at) waiter.resolve();
+      },
+      onFailure: (payload) => failed.push(payload),
+    });
+    /**
+     * Resolves once `sessions` new sessions to `port` are ready, false if
+     * `waitBound` passed first. Called before the restart, so none is missed.
+     */
+    const backOn = (port: number): Promise<boolean> => {
+      const { promise, resolve } = Promise.withResolvers<boolean>();
+      let seen = 0;
+      const onReady = (event: Event) => {
+        const { endpoint } = (event as CustomEvent<{ endpoint: string }>)
+          .detail;
+        if (endpoint.endsWith(`:${port}`) && ++seen === sessions) done(true);
+      };
+      const timer = setTimeout(() => done(false), waitBound);
+      const done = (value: boolean) => {
+        clearTimeout(timer);
+        c.removeEventListener("ready", onReady);
+        resolve(value);
+      };
+      c.addEventListener("ready", onReady);
+      return promise;
+    };
+    let completed = await okAfter(settleRequests);
+    for (let i = 0; i < count && completed; i++) {
+      const back = backOn(ports[i]!);
+      reports.push(await servers[i]!.shutdown({ timeout: shutdownTimeout }));
+      servers[i] = start(ports[i]!);
+      completed = await back && await okAfter(settleRequests);
+    }
+    if (!completed) notes.push("a restart did not complete in time");
+    stop.abort();
+    const faulted = await load;
+    load = undefined;
+    const verify = await runLoad(client, {
+      concurrency,
+      timeout,
+      slack,
+      count: concurrency * verifyPerLoop,
+    });
+    const sum = (key: "refused" | "handlersCut" | "forced" | "sessions") =>
+      reports.reduce((total, report) => total + report[key], 0);
+    const lostUnstarted = failed.filter((payload) =>
+      !started.has(nonceKey(payload))
+    ).length;
+    const result: RollingRestartResult = {
+      load: faulted,
+      verify,
+      retried: client.stats().retried,
+      reports,
+      refused: sum("refused"),
+      handlersCut: sum("handlersCut"),
+      forced: sum("forced"),
+      sessions: sum("sessions"),
+      lostUnstarted,
+      completed,
+      pendingAfter: client.stats().pending,
+      notes,
+    };
+    notes.push(
+      `${count} servers, shutdown timeout ${shutdownTimeout} ms, handler ${handlerMs} ms, ${maxConcurrentHandlers} at a time per session`,
+      `forced ${result.forced}/${result.sessions} sessions`,
+      `refused ${result.refused}, handlersCut ${result.handlersCut}, retried ${result.retried}`,
+      `${lostUnstarted} failed requests never started`,
+    );
+    return result;
+  } finally {
+    stop.abort();
+    await load;
+    await client?.close({ timeout: 1000 });
+    await Promise.all(servers.map((s) => s.shutdown({ timeout: 1000 })));
+    await Promise.all([...running]);
   }
 }
 

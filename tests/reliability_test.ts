@@ -24,8 +24,10 @@ import {
   FAULTS,
   formatErrors,
   mib,
+  rollingRestartViolations,
   runFaultScenario,
   runLoad,
+  runRollingRestart,
   type SoakResult,
   violations,
 } from "./_load.ts";
@@ -99,6 +101,47 @@ for (const fault of FAULTS) {
     },
   );
 }
+
+Deno.test(
+  "Server.shutdown() forced in a rolling restart of three servers under load: no more requests fail than handlers were cut, and every refused request succeeds elsewhere",
+  async () => {
+    // Each session runs one 10 ms handler at a time and holds the rest, so
+    // a 20 ms shutdown timeout is forced with one running and more waiting.
+    const result = await runRollingRestart({
+      servers: 3,
+      shutdownTimeout: 20,
+      handlerMs: 10,
+      maxConcurrentHandlers: 1,
+      concurrency: 16,
+      timeout: 2000,
+      slack: SLACK_MS,
+      settleRequests: 32,
+      verifyPerLoop: 2,
+      waitBound: HANG_MS,
+    });
+    const failed = result.load.requests - result.load.ok;
+    const summary = `${result.load.requests} requests, ${result.load.ok} ok, ${
+      formatErrors(result.load.errors)
+    }; ${result.notes.join("; ")}`;
+    assert.deepEqual(rollingRestartViolations(result, SLACK_MS), [], summary);
+    assert.equal(result.reports.length, 3, summary);
+    assert.ok(result.forced >= 1, `no shutdown was forced: ${summary}`);
+    assert.ok(result.refused >= 1, `nothing was refused: ${summary}`);
+    // Failures are requests whose handler had started and was cut: it may
+    // have run, so it is not sent again.
+    assert.ok(failed <= result.handlersCut, summary);
+    assert.equal(result.lostUnstarted, 0, summary);
+    assert.deepEqual(
+      Object.keys(result.load.errors).filter((name) =>
+        name !== "ConnectionClosedError"
+      ),
+      [],
+      summary,
+    );
+    // Refused requests were sent again, and none of them failed.
+    assert.ok(result.retried >= result.refused, summary);
+  },
+);
 
 // ---------------------------------------------------------------------------
 // Bad input to the server, with a clean client running
