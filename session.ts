@@ -1776,13 +1776,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     onDrain?: (session: Session<T>) => void | Promise<void>,
   ): Promise<DrainResult> {
     if (this.#state === "closed") {
-      return {
-        forced: false,
-        handlers: 0,
-        refused: 0,
-        requests: 0,
-        reasons: [],
-      };
+      return drained();
     }
     if (this.#state !== "draining") this.#state = "draining";
     const forced = abortPromise(signal);
@@ -1814,13 +1808,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         await Promise.race([this.#eofSeen(), forced.promise]);
       }
       this.close();
-      return {
-        forced: false,
-        handlers: 0,
-        refused: 0,
-        requests: 0,
-        reasons: [],
-      };
+      return drained();
     } catch {
       // Requests never started are answered "not processed", so their
       // requesters may send them elsewhere; the rest (handlers still
@@ -1939,6 +1927,11 @@ function microtaskTurns(): Promise<undefined> {
   return Promise.resolve(undefined).then(noop).then(noop).then(noop).then(
     noop,
   );
+}
+
+/** What a drain that cut nothing reports. */
+function drained(): DrainResult {
+  return { forced: false, handlers: 0, refused: 0, requests: 0, reasons: [] };
 }
 
 /** A promise that rejects when the signal aborts, with cleanup. */
