@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { SessionImpl } from "./session.ts";
+import type { SessionImpl } from "./session/session.ts";
 import { ConnectionClosedError, TimeoutError } from "./errors.ts";
 
 /** Read silence (ms) after which a session gives back its read slabs. */

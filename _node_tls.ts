@@ -32,7 +32,7 @@ import {
   startListening,
 } from "./_node_net.ts";
 import type { Transport, TransportListener } from "./_transport.ts";
-import type { PeerCertificate } from "./session.ts";
+import type { PeerCertificate } from "./session/types.ts";
 
 export type { PeerCertificate, Transport, TransportListener };
 

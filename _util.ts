@@ -83,3 +83,35 @@ export function countOption(value: number, name: string, min: number): number {
   }
   return value;
 }
+
+/** A promise that rejects when the signal aborts, with cleanup. */
+export function abortPromise(
+  signal: AbortSignal,
+): { promise: Promise<never>; dispose(): void } {
+  const { promise, reject } = Promise.withResolvers<never>();
+  promise.catch(() => {});
+  if (signal.aborted) {
+    reject(signal.reason);
+    return { promise, dispose() {} };
+  }
+  const onAbort = () => reject(signal.reason);
+  signal.addEventListener("abort", onAbort, { once: true });
+  return {
+    promise,
+    dispose: () => signal.removeEventListener("abort", onAbort),
+  };
+}
+
+/** Races a promise with an optional signal; rejects with `signal.reason`. */
+export async function abortable<R>(
+  promise: Promise<R>,
+  signal: AbortSignal | undefined,
+): Promise<R> {
+  if (signal === undefined) return await promise;
+  const abort = abortPromise(signal);
+  try {
+    return await Promise.race([promise, abort.promise]);
+  } finally {
+    abort.dispose();
+  }
+}

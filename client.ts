@@ -27,6 +27,7 @@ import {
   requestId,
 } from "./_dialect.ts";
 import {
+  abortable,
   callTimeout,
   countOption,
   deadlineMs,
@@ -40,19 +41,20 @@ import {
 import { after, type Timed } from "./_timeouts.ts";
 import { Housekeeper } from "./_housekeeping.ts";
 import {
-  abortable,
-  type Counters,
   type EncodedRequest,
+  type SessionConfig,
+  SessionImpl,
+} from "./session/session.ts";
+import {
+  type Counters,
   type Handler,
   type HandlerContext,
   newCounters,
   type RequestOptions,
   type SendOptions,
   type Session,
-  type SessionConfig,
-  SessionImpl,
   type SessionState,
-} from "./session.ts";
+} from "./session/types.ts";
 import { type BackoffOptions, delay, exponentialBackoff } from "./backoff.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import {

@@ -67,7 +67,7 @@ export type {
   Session,
   SessionState,
   SessionStats,
-} from "./session.ts";
+} from "./session/types.ts";
 export type {
   ClientTlsOptions,
   Endpoint,

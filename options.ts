@@ -15,7 +15,7 @@
  * @module
  */
 
-import type { Handler, HandlerContext, Session } from "./session.ts";
+import type { Handler, HandlerContext, Session } from "./session/types.ts";
 import type { Logger } from "./logger.ts";
 import { countOption, timeoutOption } from "./_util.ts";
 

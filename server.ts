@@ -11,15 +11,15 @@ import { formatAddr, noDelay, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
-import { countOption, deadlineMs, timeoutOption } from "./_util.ts";
+import { abortable, countOption, deadlineMs, timeoutOption } from "./_util.ts";
 import {
   resolveSessionOptions,
   type SessionOptions,
   type SessionSettings,
 } from "./options.ts";
 import { after } from "./_timeouts.ts";
+import { type SessionConfig, SessionImpl } from "./session/session.ts";
 import {
-  abortable,
   type Counters,
   type Handler,
   type HandlerContext,
@@ -27,9 +27,7 @@ import {
   type PeerCertificate,
   type ProxyInfo,
   type Session,
-  type SessionConfig,
-  SessionImpl,
-} from "./session.ts";
+} from "./session/types.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
 import { readProxyHeader } from "./proxy_protocol.ts";

@@ -28,11 +28,11 @@
 
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { SessionImpl } from "../session.ts";
+import { SessionImpl } from "../session/session.ts";
 import { Correlator } from "../_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
 import { noopLogger } from "../logger.ts";
-import { newCounters } from "../session.ts";
+import { newCounters } from "../session/types.ts";
 import type { Transport } from "../_transport.ts";
 import { plainCodec } from "./tcpbutler_server.ts";
 import { makePayload, readU32, writeU32 } from "./_shared.ts";

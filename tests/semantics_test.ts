@@ -9,7 +9,7 @@ import { dial } from "../client.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import { delimited } from "../framing/delimited.ts";
 import { serve } from "../server.ts";
-import type { HandlerContext } from "../session.ts";
+import type { HandlerContext } from "../session/types.ts";
 import {
   dec,
   enc,
