@@ -65,7 +65,7 @@ export class Housekeeper<T> {
     const { idleTimeout, heartbeatInterval, writeTimeout } = this.#options;
     for (const session of this.#sessions()) {
       if (session.state === "closed") continue;
-      const silent = now - session.lastReadAt;
+      const silent = now - session.liveness.lastReadAt;
       if (silent >= RELEASE_BUFFERS_AFTER) session.releaseIdleBuffers();
       if (idleTimeout > 0 && silent >= idleTimeout) {
         session.close(
@@ -83,7 +83,7 @@ export class Housekeeper<T> {
         continue;
       }
       if (
-        heartbeatInterval > 0 && !session.heartbeatInFlight &&
+        heartbeatInterval > 0 && !session.liveness.pinging &&
         silent >= heartbeatInterval / 2
       ) {
         this.#beat(session, heartbeatInterval / 2);
@@ -106,7 +106,8 @@ export class Housekeeper<T> {
       );
       return;
     }
-    session.heartbeatInFlight = true;
+    const liveness = session.liveness;
+    liveness.pinging = true;
     session.requestOn(
       beat,
       timeout,
@@ -114,17 +115,17 @@ export class Housekeeper<T> {
       message === undefined,
     ).then(
       () => {
-        session.heartbeatInFlight = false;
-        session.missedHeartbeats = 0;
+        liveness.pinging = false;
+        liveness.missed = 0;
       },
       (error) => {
-        session.heartbeatInFlight = false;
+        liveness.pinging = false;
         if (!(error instanceof TimeoutError)) return;
-        session.missedHeartbeats++;
-        if (session.missedHeartbeats >= this.#options.maxMissed) {
+        liveness.missed++;
+        if (liveness.missed >= this.#options.maxMissed) {
           session.close(
             new ConnectionClosedError(
-              `Session ${session.id} closed: ${session.missedHeartbeats} heartbeats went unanswered (half-open connection)`,
+              `Session ${session.id} closed: ${liveness.missed} heartbeats went unanswered (half-open connection)`,
             ),
           );
         }

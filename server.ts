@@ -567,13 +567,9 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     proxy: ProxyInfo | undefined,
   ): Promise<void> {
     const session = new SessionImpl(transport, this.#config);
-    if (proxy !== undefined) {
-      session.proxy = proxy;
-      if (proxy.source !== undefined) session.remoteAddr = proxy.source;
-    }
     const certificate = (conn as { peerCertificate?: PeerCertificate })
       .peerCertificate;
-    if (certificate !== undefined) session.peerCertificate = certificate;
+    session.identify(proxy, certificate);
     this.#sessions.add(session);
     this.#emit({
       type: "connect",

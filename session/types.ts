@@ -78,9 +78,9 @@ export interface Session<T> extends AsyncDisposable {
   /** Why the session closed, once it has (an Error, or undefined for a clean close). */
   readonly closeReason: unknown;
   /** The verified client certificate, on servers that require one. */
-  readonly peerCertificate?: PeerCertificate;
+  readonly peerCertificate?: PeerCertificate | undefined;
   /** What the PROXY protocol header said, on servers that accept one. */
-  readonly proxy?: ProxyInfo;
+  readonly proxy?: ProxyInfo | undefined;
   /**
    * Sends a request on this session and waits for its reply.
    * The message is encoded (or copied) before this returns: its buffer may

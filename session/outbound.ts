@@ -1,0 +1,262 @@
+/**
+ * What a session sends of its own accord: requests (registered in the
+ * pending table, then queued) and pushes, each waiting for room in the
+ * write queue when it is full.
+ *
+ * @module
+ */
+
+import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
+import { type Dialect, requestId } from "../_dialect.ts";
+import { ConnectionClosedError } from "../errors.ts";
+import type { EncodedRequest, SessionConfig } from "./config.ts";
+import type { Dispatcher } from "./dispatcher.ts";
+import type { HandlerGate } from "./handlers.ts";
+import type { Rescue } from "./rescue.ts";
+import type { WriteQueue } from "./write_queue.ts";
+
+/** What the sender needs from its session. */
+export interface OutboundOwner {
+  /** The session, as the owner of its requests. */
+  readonly session: PendingOwner;
+  readonly id: number;
+  isClosed(): boolean;
+  /** Our drain (or drain answer) is queued: no request may follow it. */
+  drainSent(): boolean;
+  closedError(what: string): ConnectionClosedError;
+}
+
+/** The parts of a session the sender works with. */
+export interface OutboundParts<T> {
+  cfg: SessionConfig<T>;
+  queue: WriteQueue;
+  dispatcher: Dispatcher<T>;
+  gate: HandlerGate<T>;
+  rescue: Rescue;
+}
+
+/** Registers and queues a session's own requests and pushes. */
+export class Outbound<T> {
+  readonly #owner: OutboundOwner;
+  readonly #cfg: SessionConfig<T>;
+  readonly #dialect: Dialect<T>;
+  readonly #queue: WriteQueue;
+  readonly #dispatcher: Dispatcher<T>;
+  readonly #gate: HandlerGate<T>;
+  readonly #rescue: Rescue;
+  readonly #fifo: boolean;
+
+  constructor(owner: OutboundOwner, parts: OutboundParts<T>) {
+    this.#owner = owner;
+    this.#cfg = parts.cfg;
+    this.#dialect = parts.cfg.dialect;
+    this.#queue = parts.queue;
+    this.#dispatcher = parts.dispatcher;
+    this.#gate = parts.gate;
+    this.#rescue = parts.rescue;
+    this.#fifo = parts.cfg.dialect.mode === "fifo";
+  }
+
+  /** Registers and queues a request (see `SessionImpl.requestOn`). */
+  request(
+    message: T,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+    heartbeat: boolean,
+    retry: number,
+  ): Promise<T> {
+    const dialect = this.#dialect;
+    const correlator = this.#cfg.correlator;
+    const owner = this.#owner.session;
+    let entry: Pending;
+    let wire: unknown;
+    try {
+      const ms = timeout ?? this.#cfg.requestTimeout;
+      if (dialect.mode === "assign") {
+        // Build the frame first: a payload the dialect refuses must not
+        // leave a pending entry behind.
+        const id = correlator.nextId();
+        wire = heartbeat ? dialect.ping(id) : dialect.request(message, id);
+        entry = correlator.add(id, owner, ms, signal);
+      } else if (dialect.mode === "fifo") {
+        entry = correlator.add(undefined, owner, ms, signal);
+        wire = message;
+      } else {
+        const id = requestId(dialect.codec, message);
+        entry = correlator.add(id, owner, ms, signal);
+        wire = message;
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    entry.retry = retry;
+    return this.#send(entry, wire, undefined, heartbeat);
+  }
+
+  /** A custom-codec request encoded ahead (it waited for a session). */
+  requestEncoded(
+    request: EncodedRequest,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+    retry: number,
+  ): Promise<T> {
+    let entry: Pending;
+    try {
+      entry = this.#cfg.correlator.add(
+        this.#fifo ? undefined : request.id,
+        this.#owner.session,
+        timeout ?? this.#cfg.requestTimeout,
+        signal,
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    entry.retry = retry;
+    return this.#send(entry, undefined, request.bytes, false);
+  }
+
+  /** Takes over a request another session could not deliver (a retry). */
+  adopt(entry: Pending, bytes: Uint8Array): void {
+    entry.move(this.#owner.session);
+    void this.#send(entry, undefined, bytes, false);
+  }
+
+  /** Queues a registered request (its wire message, or its bytes). */
+  #send(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    heartbeat: boolean,
+  ): Promise<T> {
+    // A handler awaiting this answer may have paused reading: resume it.
+    this.#gate.recheckReading();
+    if (this.#queue.hasRoom()) {
+      this.#queueRequest(entry, wire, bytes, heartbeat);
+      return entry.promise as Promise<T>;
+    }
+    // It waits for room: encode it now, so the caller may reuse its message
+    // (and so a retry elsewhere has its bytes).
+    let held: Uint8Array;
+    try {
+      held = bytes ?? this.#dialect.codec.encode(wire);
+    } catch (error) {
+      entry.fail(error);
+      return entry.promise as Promise<T>;
+    }
+    entry.copy = held;
+    const owner = this.#owner;
+    this.#queue.waitForRoom((open) => {
+      // A closed session handed it to a retry already (see Rescue).
+      if (entry.owner !== owner.session) return;
+      if (open) return this.#queueRequest(entry, undefined, held, heartbeat);
+      // Fifo requests waiting for room are in no table: offered here.
+      const error = owner.closedError("request");
+      if (!this.#rescue.atClose(entry, error)) entry.fail(error);
+    });
+    return entry.promise as Promise<T>;
+  }
+
+  #queueRequest(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    heartbeat: boolean,
+  ): void {
+    const owner = this.#owner;
+    if (entry.settled) return;
+    if (owner.isClosed()) return entry.fail(owner.closedError("request"));
+    if (owner.drainSent() && !heartbeat && this.#dialect.framed) {
+      return this.#behindDrain(entry, wire, bytes);
+    }
+    const queue = this.#queue;
+    if (this.#fifo) this.#dispatcher.expect(entry);
+    const start = queue.position;
+    try {
+      if (bytes === undefined) queue.enqueue(wire, undefined);
+      else queue.enqueueBytes(bytes, undefined);
+    } catch (error) {
+      if (this.#fifo) this.#dispatcher.unexpect(entry);
+      return entry.fail(error);
+    }
+    // Cut off for maxWriteBytes: the close failed it or sent it elsewhere.
+    if (entry.settled || entry.owner !== owner.session || owner.isClosed()) {
+      return;
+    }
+    entry.start = start;
+    entry.end = queue.position;
+    entry.copy = entry.retry === Retry.Idempotent
+      ? queue.queuedBytes(start, entry.end)
+      : undefined;
+  }
+
+  /**
+   * Our drain (or drain answer) is already queued: a request behind it
+   * breaks the promise that nothing follows. It never left: it goes
+   * elsewhere when it may.
+   */
+  #behindDrain(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+  ): void {
+    const retry = this.#cfg.retry;
+    if (retry !== undefined && entry.retry !== Retry.Never) {
+      try {
+        return retry(entry, bytes ?? this.#dialect.codec.encode(wire));
+      } catch (error) {
+        return entry.fail(error);
+      }
+    }
+    entry.fail(
+      new ConnectionClosedError(
+        `Cannot send request: session ${this.#owner.id} is draining`,
+      ),
+    );
+  }
+
+  /** Queues a push (its wire message, or bytes encoded ahead). */
+  push(
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const owner = this.#owner;
+    if (owner.isClosed()) return Promise.reject(owner.closedError("send"));
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const done = Promise.withResolvers<void>();
+    const queue = this.#queue;
+    if (queue.hasRoom()) {
+      try {
+        if (bytes === undefined) queue.enqueue(wire, done);
+        else queue.enqueueBytes(bytes, done);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      return done.promise;
+    }
+    // It waits for room: encode it now, so the caller may reuse its message.
+    let held: Uint8Array;
+    try {
+      held = bytes ?? this.#dialect.codec.encode(wire);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    let waiting = true;
+    const onAbort = () => {
+      waiting = false;
+      done.reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    queue.waitForRoom((open) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (!waiting) return;
+      if (!open) return done.reject(owner.closedError("send"));
+      try {
+        queue.enqueueBytes(held, done);
+      } catch (error) {
+        done.reject(error);
+      }
+    });
+    return done.promise;
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * The write side of a session: messages are encoded when queued, into the
+ * buffer of the next write, and each burst leaves in one `write()` (flushed
+ * from a microtask) while the next messages go into the other buffer.
+ *
+ * @module
+ */
+
+import type { Codec } from "../framing/codec.ts";
+import type { Transport } from "../_transport.ts";
+import { coarseNow } from "../_timeouts.ts";
+
+/** Write buffers larger than this are not kept for the next burst. */
+const RETAIN_WRITE_BYTES = 4 * 1024 * 1024;
+
+/** What the queue tells its session. */
+export interface WriteQueueOwner {
+  /** Whether the session has closed (the flush loop stops). */
+  isClosed(): boolean;
+  /** More than `maxWriteBytes` would be queued: the peer is cut off. */
+  overLimit(why: string): void;
+  /** A batch was written. */
+  wrote(messages: number, bytes: number): void;
+  /**
+   * A write failed. `unsettled` are the sends of the failed batch (never
+   * written, or not known to be): the session rejects them.
+   */
+  writeFailed(
+    error: unknown,
+    unsettled: PromiseWithResolvers<void>[] | undefined,
+  ): void;
+  /** The flush loop stopped (nothing left to write, or it failed). */
+  flushEnded(): void;
+}
+
+/** A send's promise, settled once its bytes are written (or not). */
+export type Done = PromiseWithResolvers<void> | undefined;
+
+/**
+ * A bounded queue of encoded messages and the loop that writes them.
+ *
+ * It also keeps positions in the session's outbound byte stream: the queued
+ * bytes start at `outBase`, the write in flight at `writingBase`, and the
+ * socket has taken everything before `written`. They place a request's
+ * bytes, to tell whether it left and to send it again if it did not.
+ */
+export class WriteQueue {
+  readonly #conn: Transport;
+  readonly #codec: Codec<unknown>;
+  readonly #owner: WriteQueueOwner;
+  readonly #highWaterMark: number;
+  readonly #maxWriteBytes: number;
+  /** The codec lacks encodedLength/encodeInto: it encodes into its own buffer. */
+  readonly #preEncoded: boolean;
+  /** The buffer queued messages are encoded into (the next write). */
+  #out: Uint8Array | undefined;
+  /** Bytes in #out. */
+  #outLength = 0;
+  /** Messages in #out. */
+  #queued = 0;
+  /** A free write buffer (the last one written), reused by the next batch. */
+  #spare: Uint8Array | undefined;
+  /** Sends in the queue waiting to hear they were written. */
+  #notify: PromiseWithResolvers<void>[] = [];
+  #writing = false;
+  #flushScheduled = false;
+  #flushTask: (() => void) | undefined;
+  /** Bytes of the write in flight; with #outLength, what maxWriteBytes bounds. */
+  #writingBytes = 0;
+  /**
+   * Callers waiting for room, in order. Each is called once: with `true`
+   * when it may enqueue (it must do so synchronously), or `false` when the
+   * session closed.
+   */
+  #roomWaiters: ((open: boolean) => void)[] = [];
+  outBase = 0;
+  writingBase = 0;
+  written = 0;
+  /** The write in flight's bytes (kept after a close until it settles). */
+  writingBuffer: Uint8Array | undefined;
+  /** Handler replies in the queue, and in the write in flight. */
+  queuedReplies = 0;
+  writingReplies = 0;
+  /** `performance.now()` when the write in flight started, or 0. */
+  writeStartedAt = 0;
+
+  constructor(
+    conn: Transport,
+    codec: Codec<unknown>,
+    owner: WriteQueueOwner,
+    highWaterMark: number,
+    maxWriteBytes: number,
+  ) {
+    this.#conn = conn;
+    this.#codec = codec;
+    this.#owner = owner;
+    this.#highWaterMark = highWaterMark;
+    this.#maxWriteBytes = maxWriteBytes;
+    this.#preEncoded = codec.encodedLength === undefined ||
+      codec.encodeInto === undefined;
+  }
+
+  /** Messages waiting for the next write. */
+  get queued(): number {
+    return this.#queued;
+  }
+
+  /** The stream position the next queued byte will have. */
+  get position(): number {
+    return this.outBase + this.#outLength;
+  }
+
+  /** Whether nothing is queued or being written. */
+  get idle(): boolean {
+    return !this.#writing && this.#queued === 0 && !this.#flushScheduled;
+  }
+
+  /** Whether a write is in flight. */
+  get writing(): boolean {
+    return this.#writing;
+  }
+
+  /** Whether the queue is at its high-water mark. */
+  get full(): boolean {
+    return this.#queued >= this.#highWaterMark;
+  }
+
+  /** Whether a new message may be queued now (waiters go first). */
+  hasRoom(): boolean {
+    return this.#queued < this.#highWaterMark &&
+      this.#roomWaiters.length === 0;
+  }
+
+  /** Calls `waiter` once there is room (true) or the session closed (false). */
+  waitForRoom(waiter: (open: boolean) => void): void {
+    this.#roomWaiters.push(waiter);
+  }
+
+  /** Resolves when there is room (or the session closed). */
+  room(): Promise<void> {
+    if (this.hasRoom() || this.#owner.isClosed()) return Promise.resolve();
+    return new Promise((resolve) => this.#roomWaiters.push(() => resolve()));
+  }
+
+  /**
+   * Queues a message. It is encoded at once, into the buffer of the next
+   * write: the caller may reuse its buffer as soon as this returns, a
+   * message the codec refuses throws with nothing queued, and no message is
+   * kept (a reply that is a view of a read slab does not hold the slab).
+   * `maxWriteBytes` holds for every codec. Codecs without
+   * `encodedLength`/`encodeInto` encode into a buffer of their own, which is
+   * copied in.
+   */
+  enqueue(wire: unknown, done: Done): void {
+    const codec = this.#codec;
+    if (this.#preEncoded) return this.enqueueBytes(codec.encode(wire), done);
+    const size = codec.encodedLength!(wire);
+    if (!this.#admit(size, done)) return;
+    const at = this.#outLength;
+    this.#queuedAt(at + codec.encodeInto!(wire, this.#reserve(size), at), done);
+  }
+
+  /** Queues bytes encoded already (see {@linkcode enqueue}). */
+  enqueueBytes(bytes: Uint8Array, done: Done): void {
+    if (!this.#admit(bytes.length, done)) return;
+    const at = this.#outLength;
+    this.#reserve(bytes.length).set(bytes, at);
+    this.#queuedAt(at + bytes.length, done);
+  }
+
+  /**
+   * A copy of queued bytes from stream position `start` to `end`, or
+   * undefined when they are no longer queued (handed to a write).
+   */
+  queuedBytes(start: number, end: number): Uint8Array | undefined {
+    if (start < this.outBase || this.#out === undefined) return undefined;
+    return this.#out.slice(start - this.outBase, end - this.outBase);
+  }
+
+  /**
+   * Whether `size` more bytes fit under maxWriteBytes; cuts the peer off if
+   * not. The refused message's send then fails with the queued ones.
+   */
+  #admit(size: number, done: Done): boolean {
+    const queued = this.#outLength + this.#writingBytes + size;
+    if (queued <= this.#maxWriteBytes) return true;
+    if (done !== undefined) this.#notify.push(done);
+    this.#owner.overLimit(
+      `write queue holds ${queued} bytes, over maxWriteBytes (${this.#maxWriteBytes})`,
+    );
+    return false;
+  }
+
+  /** Counts the message just encoded into #out, which now ends at `end`. */
+  #queuedAt(end: number, done: Done): void {
+    this.#outLength = end;
+    this.#queued++;
+    if (done !== undefined) this.#notify.push(done);
+    if (!this.#writing && !this.#flushScheduled) {
+      this.#flushScheduled = true;
+      queueMicrotask(this.#flushTask ??= () => void this.#flush());
+    }
+  }
+
+  /** #out, with room for `size` more bytes (grown by doubling). */
+  #reserve(size: number): Uint8Array {
+    const out = this.#out;
+    const length = this.#outLength;
+    if (out !== undefined && out.length - length >= size) return out;
+    let capacity = out === undefined ? 4096 : out.length * 2;
+    while (capacity < length + size) capacity *= 2;
+    const grown = new Uint8Array(capacity);
+    if (length > 0) grown.set(out!.subarray(0, length));
+    return this.#out = grown;
+  }
+
+  async #flush(): Promise<void> {
+    this.#flushScheduled = false;
+    const owner = this.#owner;
+    if (this.#writing || owner.isClosed()) return;
+    this.#writing = true;
+    /** Sends in the batch being written: they settle with this write. */
+    let notify: PromiseWithResolvers<void>[] | undefined;
+    try {
+      while (this.#queued > 0 && !owner.isClosed()) {
+        const buffer = this.#out!;
+        const bytes = buffer.subarray(0, this.#outLength);
+        const count = this.#queued;
+        notify = this.#notify.length > 0 ? this.#notify : undefined;
+        this.#startBatch(bytes);
+        if (notify !== undefined) this.#notify = [];
+        let offset = 0;
+        while (offset < bytes.length) {
+          offset += await this.#conn.write(bytes.subarray(offset));
+          this.written = this.writingBase + offset;
+        }
+        this.writingBuffer = undefined;
+        this.writeStartedAt = 0;
+        this.writingReplies = 0;
+        this.#writingBytes = 0;
+        owner.wrote(count, bytes.length);
+        // Busy sessions keep their write buffers (a fresh zero-filled MiB
+        // per flush costs more than the copy it saves); a huge one is not
+        // kept, and silent sessions give theirs back (releaseIdle).
+        if (buffer.length <= RETAIN_WRITE_BYTES) this.#spare = buffer;
+        if (notify !== undefined) {
+          for (const done of notify) done.resolve();
+          notify = undefined;
+        }
+      }
+    } catch (error) {
+      this.writeStartedAt = 0;
+      owner.writeFailed(error, notify);
+    } finally {
+      this.#writing = false;
+      owner.flushEnded();
+    }
+  }
+
+  /** Hands the queued bytes to the write; new messages go to the spare. */
+  #startBatch(bytes: Uint8Array): void {
+    this.#out = this.#spare;
+    this.#spare = undefined;
+    this.#outLength = 0;
+    this.#queued = 0;
+    this.#writingBytes = bytes.length;
+    this.writingBuffer = bytes;
+    this.writingBase = this.outBase;
+    this.outBase += bytes.length;
+    this.writingReplies = this.queuedReplies;
+    this.queuedReplies = 0;
+    this.#wakeRoom(true);
+    this.writeStartedAt = coarseNow();
+  }
+
+  /** Lets waiters in, in order, while there is room (all of them, failed, once closed). */
+  #wakeRoom(open: boolean): void {
+    const waiters = this.#roomWaiters;
+    while (
+      waiters.length > 0 && (!open || this.#queued < this.#highWaterMark)
+    ) {
+      waiters.shift()!(open);
+    }
+  }
+
+  /**
+   * The session closed: queued sends fail with `error`, room waiters hear
+   * `false`, buffers go. The write in flight's bytes stay while `keepWriting`
+   * (requests in them are decided once it settles).
+   */
+  clear(error: unknown, keepWriting: boolean): void {
+    for (const done of this.#notify) done.reject(error);
+    this.#notify = [];
+    this.#out = this.#spare = undefined;
+    this.#outLength = this.#queued = 0;
+    if (!keepWriting) this.writingBuffer = undefined;
+    this.#wakeRoom(false);
+  }
+
+  /** Gives back the buffers of a silent session. */
+  releaseIdle(): void {
+    this.#spare = undefined;
+    if (this.#queued === 0) this.#out = undefined;
+  }
+}
