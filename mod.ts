@@ -27,7 +27,8 @@
  * @module
  */
 
-export { Client, dial } from "./client.ts";
+export { Client } from "./client/client.ts";
+export { dial } from "./client/dial.ts";
 export type {
   ClientEventDetail,
   ClientHandler,
@@ -40,7 +41,7 @@ export type {
   DialTarget,
   HeartbeatOptions,
   ReconnectOptions,
-} from "./client.ts";
+} from "./client/types.ts";
 export { serve, serveMutualTls, Server } from "./server.ts";
 export type {
   ForcedSession,

@@ -19,7 +19,9 @@
  * @module
  */
 
-import { type Client, dial, type DialOptions } from "../client.ts";
+import type { Client } from "../client/client.ts";
+import { dial } from "../client/dial.ts";
+import type { DialOptions } from "../client/types.ts";
 import { serve, type Server, type ShutdownReport } from "../server.ts";
 import type { Logger } from "../logger.ts";
 import { delay } from "../backoff.ts";

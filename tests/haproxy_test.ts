@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { dial } from "../client.ts";
+import { dial } from "../client/dial.ts";
 import { ConnectionError } from "../errors.ts";
 import { serve } from "../server.ts";
 import { haproxyTestName, hasHaproxy, startHaproxy } from "./_haproxy.ts";

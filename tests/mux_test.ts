@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { dial } from "../client.ts";
+import { dial } from "../client/dial.ts";
 import { delimited } from "../framing/delimited.ts";
 import {
   matchAny,

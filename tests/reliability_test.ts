@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dial } from "../client.ts";
+import { dial } from "../client/dial.ts";
 import { serve, type ServeOptions, type Server } from "../server.ts";
 import {
   ConnectionClosedError,

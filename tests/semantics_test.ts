@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { dial } from "../client.ts";
+import { dial } from "../client/dial.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import { delimited } from "../framing/delimited.ts";
 import { serve } from "../server.ts";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
-import { dial } from "../client.ts";
+import { dial } from "../client/dial.ts";
 import {
   listenInherited,
   NodeListener,

@@ -1,0 +1,229 @@
+/**
+ * The client's public types: what {@linkcode dial} takes, what a
+ * {@linkcode Client} reports, and the options of its calls.
+ *
+ * @module
+ */
+
+import type { ClientTlsOptions, Endpoint } from "../_transport.ts";
+import type { SessionOptions } from "../options.ts";
+import type {
+  Counters,
+  Handler,
+  HandlerContext,
+  RequestOptions,
+  SendOptions,
+  Session,
+  SessionState,
+} from "../session/types.ts";
+import type { BackoffOptions } from "../backoff.ts";
+import type { Client } from "./client.ts";
+
+/** Where to connect: `"host:port"`, `"unix:/path"`, an endpoint object, or a list of them. */
+export type DialTarget = string | Endpoint | ReadonlyArray<string | Endpoint>;
+
+/** Heartbeat settings. */
+export interface HeartbeatOptions<T> {
+  /**
+   * Heartbeat period in milliseconds. A heartbeat is sent after half of it
+   * of read silence, each waits half of it for an answer, and after
+   * `maxMissed` unanswered ones in a row the session is closed. With the
+   * default `maxMissed` a half-open connection is found within 2 intervals:
+   * 1.5 intervals of waiting (the silence before the first heartbeat, then
+   * each heartbeat's wait) plus up to two housekeeping ticks (a quarter
+   * interval each, at most 1 s). 0 or `Infinity` turns heartbeats off (as
+   * `heartbeat: false`).
+   *
+   * @default {30000}
+   */
+  interval?: number;
+  /**
+   * Unanswered heartbeats in a row that close the session; an integer >= 1.
+   *
+   * @default {2}
+   */
+  maxMissed?: number;
+  /**
+   * Builds the heartbeat request for a custom codec (for example an ISO 8583
+   * echo 0800 with a fresh STAN); its reply is matched like any request.
+   * Required for custom codecs; the default protocol uses ping frames.
+   */
+  message?: () => T;
+}
+
+/** Reconnect settings. */
+export interface ReconnectOptions extends BackoffOptions {
+  /**
+   * A session that stayed ready this long (ms) resets the backoff.
+   *
+   * @default {1000}
+   */
+  stableAfter?: number;
+  /**
+   * Give up a slot after this many failed attempts in a row (0 = never).
+   *
+   * @default {0}
+   */
+  maxAttempts?: number;
+  /**
+   * Called before each retry; return `false` to stop reconnecting this slot.
+   */
+  shouldReconnect?: (error: unknown, attempt: number) => boolean;
+}
+
+/**
+ * Options of {@linkcode dial}.
+ *
+ * @typeParam T The message type.
+ */
+export interface DialOptions<T>
+  extends SessionOptions<T, ClientHandlerContext<T>> {
+  /**
+   * Sessions per endpoint.
+   *
+   * @default {1}
+   */
+  sessions?: number;
+  /** TLS (`Deno.connectTls`); with `cert` and `key`, mTLS. */
+  tls?: ClientTlsOptions;
+  /**
+   * Milliseconds `dial()` waits for the first ready session, and each
+   * connection attempt (handshake, connect ping and `onConnect` included)
+   * may take. 0 or `Infinity` = no limit (`signal` can still abort).
+   *
+   * @default {10000}
+   */
+  connectTimeout?: number;
+  /** Aborts `dial()` (the client is closed). */
+  signal?: AbortSignal;
+  /**
+   * How requests pick a session: in turn, or the one with the fewest
+   * pending requests.
+   *
+   * @default {"round-robin"}
+   */
+  routing?: "round-robin" | "least-pending";
+  /**
+   * Whether a request made while no session is ready waits for one (until
+   * its own deadline) instead of failing at once with `NoSessionError`.
+   *
+   * @default {true}
+   */
+  waitForSession?: boolean;
+  /**
+   * Requests that may wait for a session at once; more fail with
+   * `NoSessionError`. An integer >= 0.
+   *
+   * @default {10000}
+   */
+  maxWaitingRequests?: number;
+  /**
+   * Runs after each connect, before the session takes requests (sign-on,
+   * auth). It may use `session.request()`. The session becomes ready once
+   * the returned value (a promise is awaited) settles; the value itself is
+   * ignored, so `(session) => session.request(signOn)` works as it reads.
+   * A throw or rejection closes the session and the slot backs off.
+   */
+  onConnect?: (
+    session: Session<T>,
+    context: { signal: AbortSignal },
+  ) => unknown;
+  /** Reconnect backoff. */
+  reconnect?: ReconnectOptions;
+  /**
+   * Heartbeat. On by default with the default protocol; custom codecs need
+   * `heartbeat.message`. `false` turns it off.
+   */
+  heartbeat?: HeartbeatOptions<T> | false;
+}
+
+/**
+ * The context a client's handler receives: the session's, and the client.
+ *
+ * @typeParam T The message type.
+ */
+export interface ClientHandlerContext<T> extends HandlerContext<T> {
+  /** The client the message came to. */
+  readonly client: Client<T>;
+}
+
+/**
+ * Handles what the server sends that is not a reply: its pushes and its
+ * requests (see {@linkcode Handler}).
+ *
+ * @typeParam T The message type.
+ */
+export type ClientHandler<T> = Handler<T, ClientHandlerContext<T>>;
+
+/** Options of {@linkcode Client.request}. */
+export interface ClientRequestOptions<T> extends RequestOptions {
+  /**
+   * Send on this session (from `client.sessions`) instead of routing. Such a
+   * request is never sent again on another session.
+   */
+  session?: Session<T>;
+  /** Overrides the client's `waitForSession` for this call. */
+  waitForSession?: boolean;
+  /**
+   * The request may run twice: should its session end before the reply,
+   * it is sent again on another ready session (within its deadline) even
+   * when the server may have run it. Without it, only requests known not
+   * to have run are sent again. Keeps a copy of the request's bytes until
+   * the reply.
+   *
+   * @default {false}
+   */
+  idempotent?: boolean;
+}
+
+/** Options of {@linkcode Client.send}. */
+export interface ClientSendOptions<T> extends SendOptions {
+  /** Send on this session instead of routing. */
+  session?: Session<T>;
+  /**
+   * Milliseconds to wait for a ready session. 0 or `Infinity` = no limit.
+   *
+   * @default {5000} (the client's `requestTimeout`)
+   */
+  timeout?: number;
+}
+
+/** Options of {@linkcode Client.close}. */
+export interface CloseOptions {
+  /**
+   * Milliseconds to let pending requests finish before sockets are forced
+   * shut. Unlike the other timeouts, 0 means no grace (force at once);
+   * `Infinity` waits as long as it takes.
+   *
+   * @default {5000}
+   */
+  timeout?: number;
+}
+
+/** Counters of a client. */
+export interface ClientStats extends Counters {
+  /** Sessions by state. */
+  sessions: Record<SessionState | "connecting", number>;
+  /** Requests waiting for a reply. */
+  pending: number;
+  /** Requests waiting for a ready session. */
+  waiting: number;
+  /** Requests that timed out. */
+  timeouts: number;
+  /** Reconnect attempts made. */
+  reconnects: number;
+  /**
+   * Requests sent again on another session because their own could not
+   * deliver them unprocessed (or, `idempotent`, at all).
+   */
+  retried: number;
+}
+
+/** Detail of client events (`event.detail` of a `CustomEvent`). */
+export type ClientEventDetail =
+  | { type: "connect"; endpoint: string; session: number }
+  | { type: "ready"; endpoint: string; session: number }
+  | { type: "disconnect"; endpoint: string; session: number; reason: unknown }
+  | { type: "reconnecting"; endpoint: string; attempt: number; delay: number }
+  | { type: "error"; endpoint: string; error: unknown }
+  | { type: "close" };
