@@ -14,6 +14,7 @@
  */
 
 import type { Codec, FrameDecoder } from "./framing/codec.ts";
+import { PartialFrame, readU32BE } from "./framing/_buffer.ts";
 import { FrameTooLargeError, ProtocolError } from "./errors.ts";
 
 /** The kinds of frame of the default protocol, by their wire value. */
@@ -80,8 +81,8 @@ export interface DefaultCodecOptions {
 }
 
 const EMPTY = new Uint8Array(0);
-/** First buffer of a frame split across reads; it doubles as bytes arrive. */
-const INITIAL_PARTIAL_BYTES = 64 * 1024;
+/** Size of the length field, the header that {@linkcode PartialFrame} reads. */
+const LENGTH_BYTES = 4;
 
 /**
  * The codec of the default protocol.
@@ -152,159 +153,102 @@ function checkKind(kind: number): void {
   }
 }
 
+/**
+ * Checks a length field: what follows it must hold the kind and the id, and
+ * the payload must be within `max`.
+ *
+ * @returns The bytes after the length field.
+ */
+function afterLength(length: number, max: number): number {
+  if (length < 5) {
+    throw new ProtocolError(
+      `Cannot decode frame: length ${length} is shorter than the 5-byte kind and id`,
+    );
+  }
+  if (length - 5 > max) throw new FrameTooLargeError(max, length - 5);
+  return length;
+}
+
+/**
+ * The default protocol's decoder: length-prefixed framing (a 4-byte
+ * big-endian length field) whose body starts with the kind and the id.
+ * Frames that span chunks go through the same {@linkcode PartialFrame} as
+ * `lengthPrefixed()`; whole frames are read by a loop of their own, with the
+ * header read inline, because that loop runs once per message of every
+ * session.
+ */
 class DefaultDecoder implements FrameDecoder<Frame> {
   readonly #max: number;
-  /** Bytes of an unfinished frame (header included), or undefined. */
-  #partial: Uint8Array | undefined;
-  #partialLength = 0;
-  /** Total size of the unfinished frame once its header is known, else 0. */
-  #need = 0;
+  /** The frame that spans chunks, from its kind on. */
+  readonly #partial: PartialFrame;
 
   constructor(max: number) {
     this.#max = max;
+    this.#partial = new PartialFrame(
+      LENGTH_BYTES,
+      0,
+      (header, at) => afterLength(readU32BE(header, at), max),
+    );
   }
 
   decode(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
+    const partial = this.#partial;
     let pos = 0;
-    if (this.#partialLength > 0) {
-      pos = this.#continue(chunk, frames);
+    if (partial.active) {
+      pos = partial.feed(chunk, 0);
       if (pos < 0) return frames;
+      frames.push(toFrame(partial.take()));
     }
     const end = chunk.length;
-    // Frames are read inline (no call per frame).
+    // The constructor makes a view faster than subarray() on V8.
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
     const max = this.#max;
     while (end - pos >= HEADER_BYTES) {
-      const length = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) |
-        (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
+      const length = readU32BE(chunk, pos);
       const kind = chunk[pos + 4]!;
-      const total = length + 4;
+      const total = length + LENGTH_BYTES;
       if (
         length < 5 || length - 5 > max || kind < 1 || kind > MAX_KIND ||
         end - pos < total
       ) {
-        // Bad input throws; a partial frame is kept for the next chunk.
-        this.#check(length);
+        // Bad input throws; a frame the chunk does not finish goes to
+        // #partial, its kind checked once it is whole.
+        afterLength(length, max);
         if (end - pos < total) break;
         checkKind(kind);
       }
-      const id = ((chunk[pos + 5]! << 24) | (chunk[pos + 6]! << 16) |
-        (chunk[pos + 7]! << 8) | chunk[pos + 8]!) >>> 0;
       frames.push({
         kind: kind as FrameKind,
-        id,
+        id: readU32BE(chunk, pos + 5),
         payload: total === HEADER_BYTES
           ? EMPTY
           : new Uint8Array(buffer, base + pos + HEADER_BYTES, length - 5),
       });
       pos += total;
     }
-    if (pos < end) this.#stash(chunk.subarray(pos));
+    if (pos < end) partial.feed(chunk, pos);
     return frames;
   }
 
   end(): void {
-    if (this.#partialLength > 0) {
-      const have = this.#partialLength;
-      this.#reset();
-      throw new ProtocolError(
-        `Cannot decode frame: stream ended inside a frame (${have} bytes buffered)`,
-      );
-    }
-  }
-
-  #check(length: number): void {
-    if (length < 5) {
-      throw new ProtocolError(
-        `Cannot decode frame: length ${length} is shorter than the 5-byte kind and id`,
-      );
-    }
-    if (length - 5 > this.#max) {
-      throw new FrameTooLargeError(this.#max, length - 5);
-    }
-  }
-
-  #frame(bytes: Uint8Array, pos: number, total: number): Frame {
-    const kind = bytes[pos + 4]!;
-    checkKind(kind);
-    const id = ((bytes[pos + 5]! << 24) | (bytes[pos + 6]! << 16) |
-      (bytes[pos + 7]! << 8) | bytes[pos + 8]!) >>> 0;
-    // The constructor makes a view faster than subarray() on V8.
-    const payload = total === HEADER_BYTES ? EMPTY : new Uint8Array(
-      bytes.buffer,
-      bytes.byteOffset + pos + HEADER_BYTES,
-      total - HEADER_BYTES,
+    const partial = this.#partial;
+    if (!partial.active) return;
+    const have = partial.received;
+    partial.clear();
+    throw new ProtocolError(
+      `Cannot decode frame: stream ended inside a frame (${have} bytes buffered)`,
     );
-    return { kind: kind as FrameKind, id, payload };
   }
+}
 
-  /** Keeps the tail of a chunk (a partial frame) in #partial. */
-  #stash(tail: Uint8Array): void {
-    const need = tail.length >= 4
-      ? (((tail[0]! << 24) | (tail[1]! << 16) | (tail[2]! << 8) | tail[3]!) >>>
-        0) + 4
-      : 0;
-    if (need !== 0) this.#check(need - 4);
-    this.#need = need;
-    this.#partial = undefined;
-    this.#partialLength = 0;
-    this.#append(tail);
-  }
-
-  /**
-   * Appends bytes of the unfinished frame. The buffer grows with the bytes
-   * that actually arrive (doubling, at most to the frame's size): a header
-   * alone that announces a large frame commits no memory for it.
-   */
-  #append(bytes: Uint8Array): void {
-    const length = this.#partialLength + bytes.length;
-    let buffer = this.#partial;
-    if (buffer === undefined || buffer.length < length) {
-      let capacity = Math.max(
-        HEADER_BYTES,
-        buffer === undefined ? INITIAL_PARTIAL_BYTES : buffer.length * 2,
-        length,
-      );
-      if (this.#need !== 0) capacity = Math.min(capacity, this.#need);
-      const grown = new Uint8Array(capacity);
-      if (buffer !== undefined) {
-        grown.set(buffer.subarray(0, this.#partialLength));
-      }
-      buffer = this.#partial = grown;
-    }
-    buffer.set(bytes, this.#partialLength);
-    this.#partialLength = length;
-  }
-
-  /** Feeds a chunk to an unfinished frame; returns where the chunk resumes, or -1. */
-  #continue(chunk: Uint8Array, frames: Frame[]): number {
-    let pos = 0;
-    if (this.#need === 0) {
-      // The length field is not complete yet.
-      const take = Math.min(4 - this.#partialLength, chunk.length);
-      this.#append(chunk.subarray(0, take));
-      pos = take;
-      if (this.#partialLength < 4) return -1;
-      const buffer = this.#partial!;
-      const length = ((buffer[0]! << 24) | (buffer[1]! << 16) |
-        (buffer[2]! << 8) | buffer[3]!) >>> 0;
-      this.#check(length);
-      this.#need = length + 4;
-    }
-    const take = Math.min(this.#need - this.#partialLength, chunk.length - pos);
-    this.#append(chunk.subarray(pos, pos + take));
-    pos += take;
-    if (this.#partialLength < this.#need) return -1;
-    frames.push(this.#frame(this.#partial!, 0, this.#need));
-    this.#reset();
-    return pos;
-  }
-
-  #reset(): void {
-    this.#partial = undefined;
-    this.#partialLength = 0;
-    this.#need = 0;
-  }
+/** Reads a frame assembled across chunks: its bytes after the length field. */
+function toFrame(bytes: Uint8Array): Frame {
+  const kind = bytes[0]!;
+  checkKind(kind);
+  const payload = bytes.length === 5
+    ? EMPTY
+    : new Uint8Array(bytes.buffer, bytes.byteOffset + 5, bytes.length - 5);
+  return { kind: kind as FrameKind, id: readU32BE(bytes, 1), payload };
 }

@@ -1,7 +1,9 @@
 /**
- * Decoder throughput: each framing decoder alone and through the
- * `decoderStream()` wrapper, for 64 B and 16 KiB messages fed in 64 KiB
- * chunks, and for 64 B messages fed one frame per chunk.
+ * Decoder throughput: each framing decoder (and the default protocol's)
+ * alone and through the `decoderStream()` wrapper, for 64 B and 16 KiB
+ * messages fed in 64 KiB chunks, and for 64 B messages fed one frame per
+ * chunk and in 1000 B chunks (most chunks end inside a frame, so the
+ * partial-frame path runs once per chunk).
  *
  * Run with `deno task bench:decoders`. Each bench name ends with the frames
  * and input bytes one iteration decodes: frames/s = iter/s × frames, MB/s =
@@ -16,7 +18,9 @@ import {
   delimited,
   fixedLength,
   lengthPrefixed,
+  resp,
 } from "../framing/mod.ts";
+import { defaultCodec, type Frame } from "../protocol.ts";
 
 const KiB = 1024;
 const CHUNK_BYTES = 64 * KiB;
@@ -29,17 +33,21 @@ interface Workload {
 }
 
 /** Encodes `count` messages of `size` bytes and cuts the wire into chunks. */
-function workload(
-  codec: Codec<Uint8Array>,
+function workload<T>(
+  codec: Codec<T>,
   size: number,
   count: number,
-  perChunk: "64 KiB" | "frame",
+  perChunk: "64 KiB" | "1000 B" | "frame",
+  message: (payload: Uint8Array) => T,
 ): Workload {
-  const message = new Uint8Array(size).fill(0x61);
-  const frame = codec.encode(message);
+  const frame = codec.encode(message(new Uint8Array(size).fill(0x61)));
   const wire = new Uint8Array(frame.length * count);
   for (let i = 0; i < count; i++) wire.set(frame, i * frame.length);
-  const step = perChunk === "frame" ? frame.length : CHUNK_BYTES;
+  const step = perChunk === "frame"
+    ? frame.length
+    : perChunk === "1000 B"
+    ? 1000
+    : CHUNK_BYTES;
   const chunks: Uint8Array[] = [];
   for (let at = 0; at < wire.length; at += step) {
     chunks.push(wire.subarray(at, at + step));
@@ -47,7 +55,7 @@ function workload(
   const sizeLabel = size >= KiB ? `${size / KiB} KiB` : `${size} B`;
   const chunkLabel = perChunk === "frame"
     ? "one frame per chunk"
-    : "in 64 KiB chunks";
+    : `in ${perChunk} chunks`;
   return {
     label: `${sizeLabel} frames ${chunkLabel}`,
     chunks,
@@ -56,8 +64,8 @@ function workload(
   };
 }
 
-function decodeAll(
-  codec: Codec<Uint8Array>,
+function decodeAll<T>(
+  codec: Codec<T>,
   chunks: readonly Uint8Array[],
 ): number {
   const decoder = codec.decoder();
@@ -80,8 +88,8 @@ function source(chunks: readonly Uint8Array[]): ReadableStream<Uint8Array> {
   }, { highWaterMark: 0 });
 }
 
-async function decodeThroughStream(
-  codec: Codec<Uint8Array>,
+async function decodeThroughStream<T>(
+  codec: Codec<T>,
   chunks: readonly Uint8Array[],
 ): Promise<number> {
   const reader = source(chunks).pipeThrough(decoderStream(codec)).getReader();
@@ -104,7 +112,7 @@ const CODECS: ReadonlyArray<readonly [string, Codec<Uint8Array>]> = [
   ["delimited", delimited({ delimiter: "\n" })],
 ];
 
-function benchCodec(name: string, codec: Codec<Uint8Array>, loads: Workload[]) {
+function benchCodec<T>(name: string, codec: Codec<T>, loads: Workload[]) {
   for (const load of loads) {
     const suffix = `(${load.frames} frames, ${load.bytes} B)`;
     const group = `${name} ${load.label}`;
@@ -132,11 +140,36 @@ function benchCodec(name: string, codec: Codec<Uint8Array>, loads: Workload[]) {
   }
 }
 
+const bytes = (payload: Uint8Array) => payload;
+
 for (const [name, codec] of CODECS) {
   benchCodec(name, codec, [
-    workload(codec, 64, 16_384, "64 KiB"),
-    workload(codec, 16 * KiB, 256, "64 KiB"),
-    workload(codec, 64, 16_384, "frame"),
+    workload(codec, 64, 16_384, "64 KiB", bytes),
+    workload(codec, 16 * KiB, 256, "64 KiB", bytes),
+    workload(codec, 64, 16_384, "frame", bytes),
+    workload(codec, 64, 16_384, "1000 B", bytes),
+  ]);
+}
+
+{
+  const codec = defaultCodec();
+  const request = (payload: Uint8Array): Frame => ({ kind: 1, id: 7, payload });
+  benchCodec("defaultCodec", codec, [
+    workload(codec, 64, 16_384, "64 KiB", request),
+    workload(codec, 16 * KiB, 256, "64 KiB", request),
+    workload(codec, 64, 16_384, "frame", request),
+    workload(codec, 64, 16_384, "1000 B", request),
+  ]);
+}
+
+{
+  // Replies that are bulk strings.
+  const codec = resp();
+  benchCodec("resp", codec, [
+    workload(codec, 64, 16_384, "64 KiB", bytes),
+    workload(codec, 16 * KiB, 256, "64 KiB", bytes),
+    workload(codec, 64, 16_384, "frame", bytes),
+    workload(codec, 64, 16_384, "1000 B", bytes),
   ]);
 }
 
@@ -144,11 +177,11 @@ for (const [name, codec] of CODECS) {
   const small = fixedLength(64);
   const large = fixedLength(16 * KiB);
   benchCodec("fixedLength", small, [
-    workload(small, 64, 16_384, "64 KiB"),
-    workload(small, 64, 16_384, "frame"),
+    workload(small, 64, 16_384, "64 KiB", bytes),
+    workload(small, 64, 16_384, "frame", bytes),
   ]);
   // Its 16 KiB frames never span chunks (views only): more per iteration.
   benchCodec("fixedLength", large, [
-    workload(large, 16 * KiB, 1024, "64 KiB"),
+    workload(large, 16 * KiB, 1024, "64 KiB", bytes),
   ]);
 }

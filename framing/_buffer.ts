@@ -4,13 +4,6 @@
 export const DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024;
 
 /**
- * Below this size a partial frame's buffer is allocated at its full size at
- * once; above it the buffer starts here and doubles as bytes arrive, so a peer
- * that announces a big frame and stalls does not pin its whole size.
- */
-const EAGER_BYTES = 64 * 1024;
-
-/**
  * Checks a `maxFrameBytes` option.
  *
  * @param value The option, possibly undefined.
@@ -52,37 +45,211 @@ export function markerOption(value: unknown, name: string): Uint8Array {
 }
 
 /**
- * The capacity to allocate for a partial frame of known size.
+ * Reads an unsigned 32-bit big-endian integer (bounds not checked).
  *
- * @param size The frame's full size.
- * @param needed The bytes that must fit now.
- * @returns A capacity between `needed` and `size`.
+ * @param bytes The bytes.
+ * @param at Where the integer starts.
+ * @returns Its value, from 0 to 2^32 − 1.
  */
-export function initialCapacity(size: number, needed: number): number {
-  return size <= EAGER_BYTES ? size : Math.max(needed, EAGER_BYTES);
+export function readU32BE(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) |
+    (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+const EMPTY = new Uint8Array(0);
+/** The smallest buffer allocated for a partial frame that may need that much. */
+const MIN_CAPACITY = 256;
+/** A buffer larger than this is dropped rather than kept for the next frame. */
+const RETAIN_BYTES = 4096;
+
+/**
+ * The bytes of a frame that spans chunks: the one place where the decoders
+ * keep bytes between calls. The buffer grows with the bytes that arrive: to
+ * twice what must fit (so a frame sent in many pieces is copied a few times,
+ * not once per piece), never past the cap its caller gives (the frame's
+ * announced size where it is known). A header that announces a large frame
+ * thus pins no memory for it, and a frame whose first half came in one chunk
+ * gets its whole buffer at once.
+ */
+export class PartialBytes {
+  #buffer: Uint8Array = EMPTY;
+  #length = 0;
+
+  /** How many bytes are held. */
+  get length(): number {
+    return this.#length;
+  }
+
+  /** The buffer; its first {@linkcode PartialBytes.length} bytes are held. */
+  get buffer(): Uint8Array {
+    return this.#buffer;
+  }
+
+  /**
+   * Appends `source[from, to)`.
+   *
+   * @param source The bytes to copy from.
+   * @param from The first byte to copy.
+   * @param to The end of the bytes to copy.
+   * @param cap The most bytes the frame can need; the buffer does not grow
+   * past it (nor past what must fit).
+   */
+  append(source: Uint8Array, from: number, to: number, cap: number): void {
+    if (to <= from) return;
+    const length = this.#length;
+    const needed = length + to - from;
+    let buffer = this.#buffer;
+    if (buffer.length < needed) {
+      const doubled = Math.max(needed * 2, MIN_CAPACITY);
+      const next = new Uint8Array(Math.max(needed, Math.min(cap, doubled)));
+      if (length > 0) next.set(buffer.subarray(0, length));
+      buffer = this.#buffer = next;
+    }
+    buffer.set(
+      from === 0 && to === source.length ? source : source.subarray(from, to),
+      length,
+    );
+    this.#length = needed;
+  }
+
+  /**
+   * Hands out the first `count` bytes held and starts empty: the caller owns
+   * that memory from now on.
+   *
+   * @param count How many bytes to hand out.
+   * @returns A view of them.
+   */
+  take(count: number = this.#length): Uint8Array {
+    const buffer = this.#buffer;
+    this.#buffer = EMPTY;
+    this.#length = 0;
+    return count === buffer.length ? buffer : buffer.subarray(0, count);
+  }
+
+  /** Drops the bytes held; a small buffer is kept for the next frame. */
+  clear(): void {
+    this.#length = 0;
+    if (this.#buffer.length > RETAIN_BYTES) this.#buffer = EMPTY;
+  }
 }
 
 /**
- * Grows a buffer so that `needed` bytes fit, doubling but never past `cap`.
- * The first `used` bytes are kept.
- *
- * @param buffer The current buffer, or undefined.
- * @param used How many of its bytes are in use.
- * @param needed The size that must fit (at most `cap`).
- * @param cap The largest capacity allowed.
- * @returns `buffer` when it is big enough, else a larger copy.
+ * The frame that spans chunks, for framings whose header tells the frame's
+ * size (a length prefix, or a fixed size with no header): a two-state
+ * machine, reading the header then reading the body. The header is checked
+ * as soon as it is whole, before any of the body is buffered; the frame is
+ * then gathered in {@linkcode PartialBytes} sized to it, so that completing
+ * it hands out a buffer of its own without a further copy.
  */
-export function grow(
-  buffer: Uint8Array | undefined,
-  used: number,
-  needed: number,
-  cap: number,
-): Uint8Array {
-  if (buffer !== undefined && buffer.length >= needed) return buffer;
-  const doubled = buffer === undefined ? 256 : buffer.length * 2;
-  const next = new Uint8Array(Math.min(cap, Math.max(needed, doubled)));
-  if (buffer !== undefined && used > 0) next.set(buffer.subarray(0, used));
-  return next;
+export class PartialFrame {
+  readonly #header: Uint8Array;
+  /** Bytes of #header held while reading the header. */
+  #headerLength = 0;
+  /** How many leading header bytes belong to the frame handed out. */
+  readonly #keep: number;
+  readonly #bodySize: (header: Uint8Array, at: number) => number;
+  /** The kept header bytes and the body. */
+  readonly #bytes = new PartialBytes();
+  /** Their whole size once the header is read; -1 while reading the header. */
+  #size = -1;
+
+  /**
+   * Creates an empty partial frame.
+   *
+   * @param headerBytes The size of the header (0 for none).
+   * @param keep How many of the header's first bytes the frame handed out
+   * starts with (a message type before the length field); the rest of the
+   * header is dropped.
+   * @param bodySize Reads the whole header at `header[at]` and returns the
+   * size of the body after it; throws when the header is bad.
+   */
+  constructor(
+    headerBytes: number,
+    keep: number,
+    bodySize: (header: Uint8Array, at: number) => number,
+  ) {
+    this.#header = new Uint8Array(headerBytes);
+    this.#keep = keep;
+    this.#bodySize = bodySize;
+  }
+
+  /** Whether a frame is in progress. */
+  get active(): boolean {
+    return this.#headerLength > 0 || this.#size >= 0;
+  }
+
+  /** How many bytes of the frame have arrived, the whole header included. */
+  get received(): number {
+    return this.#size < 0
+      ? this.#headerLength
+      : this.#header.length - this.#keep + this.#bytes.length;
+  }
+
+  /**
+   * The size of the frame to hand out (kept header bytes and body); -1 while
+   * reading the header.
+   */
+  get size(): number {
+    return this.#size;
+  }
+
+  /**
+   * Feeds `chunk[pos..]` to the frame in progress (or starts one there).
+   *
+   * @param chunk The bytes.
+   * @param pos Where the frame's next bytes start.
+   * @returns Where the chunk goes on after the frame when this completed it
+   * (then {@linkcode PartialFrame.take} it), else -1: the chunk is used up.
+   * @throws What the `bodySize` callback throws, once the header is whole.
+   */
+  feed(chunk: Uint8Array, pos: number): number {
+    const bytes = this.#bytes;
+    const end = chunk.length;
+    let size = this.#size;
+    if (size < 0) {
+      const header = this.#header;
+      const headerBytes = header.length;
+      const keep = this.#keep;
+      let source = chunk;
+      let at = pos;
+      if (this.#headerLength > 0 || end - pos < headerBytes) {
+        const count = Math.min(end - pos, headerBytes - this.#headerLength);
+        header.set(chunk.subarray(pos, pos + count), this.#headerLength);
+        this.#headerLength += count;
+        pos += count;
+        if (this.#headerLength < headerBytes) return -1;
+        this.#headerLength = 0;
+        source = header;
+        at = 0;
+      } else {
+        pos += headerBytes;
+      }
+      size = keep + this.#bodySize(source, at);
+      bytes.append(source, at, at + keep, size);
+      this.#size = size;
+    }
+    const to = Math.min(end, pos + size - bytes.length);
+    bytes.append(chunk, pos, to, size);
+    return bytes.length === size ? to : -1;
+  }
+
+  /**
+   * Hands out the completed frame (kept header bytes and body) and starts
+   * over.
+   *
+   * @returns The frame's bytes; the caller owns them.
+   */
+  take(): Uint8Array {
+    this.#size = -1;
+    return this.#bytes.take();
+  }
+
+  /** Forgets the frame in progress. */
+  clear(): void {
+    this.#size = -1;
+    this.#headerLength = 0;
+    this.#bytes.clear();
+  }
 }
 
 /**

@@ -8,10 +8,10 @@
 import { FrameTooLargeError, ProtocolError } from "../errors.ts";
 import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
 import {
-  grow,
   indexOfBytes,
   markerOption,
   maxFrameBytesOption,
+  PartialBytes,
 } from "./_buffer.ts";
 
 /** Options of {@linkcode delimited}. */
@@ -56,9 +56,7 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
   /** Bytes of the start marker read so far, when it spans chunks. */
   #startRead = 0;
   /** The bytes of a frame that spans chunks (possibly ending in part of the delimiter). */
-  #buffer: Uint8Array | undefined;
-  /** How many bytes of #buffer are in use. */
-  #length = 0;
+  readonly #partial = new PartialBytes();
 
   constructor(
     delimiter: Uint8Array,
@@ -75,11 +73,13 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
     let pos = 0;
-    if (this.#length > 0 || this.#startRead > 0) pos = this.#resume(chunk, out);
+    if (this.#partial.length > 0 || this.#startRead > 0) {
+      pos = this.#resume(chunk, out);
+    }
     const delimiter = this.#delimiter;
     const start = this.#start;
     const length = chunk.length;
-    // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
+    // The constructor makes a view faster than subarray() on V8.
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
     while (pos < length) {
@@ -103,12 +103,12 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
   }
 
   end(): void {
-    if (this.#length === 0 && this.#startRead === 0) {
+    const partial = this.#partial;
+    if (partial.length === 0 && this.#startRead === 0) {
       if (this.#start === undefined || !this.#inside) return;
     }
-    const length = this.#length;
-    this.#length = 0;
-    this.#buffer = undefined;
+    const length = partial.length;
+    partial.clear();
     this.#startRead = 0;
     this.#inside = this.#start === undefined;
     throw new ProtocolError(
@@ -145,11 +145,7 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
   #keep(chunk: Uint8Array, pos: number): void {
     const count = chunk.length - pos;
     if (count > this.#limit) throw new FrameTooLargeError(this.#max, count);
-    if (count === 0) return;
-    const buffer = grow(this.#buffer, 0, count, this.#limit);
-    buffer.set(pos === 0 ? chunk : chunk.subarray(pos));
-    this.#buffer = buffer;
-    this.#length = count;
+    this.#partial.append(chunk, pos, chunk.length, this.#limit);
   }
 
   /** Continues what the previous chunk left partial; returns where to go on in `chunk`. */
@@ -157,8 +153,9 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
     if (this.#startRead > 0) return this.#readStart(chunk, 0, this.#startRead);
     const delimiter = this.#delimiter;
     const m = delimiter.length;
-    const buffer = this.#buffer!;
-    const length = this.#length;
+    const partial = this.#partial;
+    const buffer = partial.buffer;
+    const length = partial.length;
     // A delimiter that starts in the buffer and ends in this chunk.
     for (let k = Math.max(0, length - m + 1); k < length; k++) {
       const inBuffer = length - k;
@@ -167,41 +164,27 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
         !matchesPrefix(chunk, 0, delimiter, inBuffer, m - inBuffer)
       ) continue;
       if (k > this.#max) throw new FrameTooLargeError(this.#max, k);
-      this.#emit(buffer.subarray(0, k), out);
+      this.#emit(partial.take(k), out);
       return m - inBuffer;
     }
     const end = indexOfBytes(chunk, delimiter, 0);
     if (end >= 0) {
       const total = length + end;
       if (total > this.#max) throw new FrameTooLargeError(this.#max, total);
-      if (buffer.length >= total) {
-        buffer.set(chunk.subarray(0, end), length);
-        this.#emit(buffer.subarray(0, total), out);
-      } else {
-        // Copy into an exact-size frame and keep the buffer for the next one.
-        const frame = new Uint8Array(total);
-        frame.set(buffer.subarray(0, length));
-        frame.set(chunk.subarray(0, end), length);
-        out.push(frame);
-        this.#length = 0;
-        if (this.#start !== undefined) this.#inside = false;
-      }
+      // Capped at the frame's size: the frame handed out holds no spare room.
+      partial.append(chunk, 0, end, total);
+      this.#emit(partial.take(), out);
       return end + m;
     }
     const total = length + chunk.length;
     if (total > this.#limit) throw new FrameTooLargeError(this.#max, total);
-    const grown = grow(buffer, length, total, this.#limit);
-    grown.set(chunk, length);
-    this.#buffer = grown;
-    this.#length = total;
+    partial.append(chunk, 0, chunk.length, this.#limit);
     return chunk.length;
   }
 
-  /** Hands a frame held in #buffer to the caller, which now owns that memory. */
+  /** Hands a frame taken from #partial to the caller, which now owns that memory. */
   #emit(frame: Uint8Array, out: Uint8Array[]): void {
     out.push(frame);
-    this.#buffer = undefined;
-    this.#length = 0;
     if (this.#start !== undefined) this.#inside = false;
   }
 }

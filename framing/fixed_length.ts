@@ -6,7 +6,7 @@
 
 import { ProtocolError } from "../errors.ts";
 import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
-import { grow, initialCapacity } from "./_buffer.ts";
+import { PartialFrame } from "./_buffer.ts";
 
 /** Options of {@linkcode fixedLength}. */
 export interface FixedLengthOptions {
@@ -19,58 +19,41 @@ export interface FixedLengthOptions {
 
 class FixedLengthDecoder implements FrameDecoder<Uint8Array> {
   readonly #size: number;
-  /** The frame that spans chunks, if any (capacity ≤ #size). */
-  #frame: Uint8Array | undefined;
-  /** Bytes of it received. */
-  #filled = 0;
+  /** The frame that spans chunks (no header: its size is known). */
+  readonly #partial: PartialFrame;
 
   constructor(size: number) {
     this.#size = size;
+    this.#partial = new PartialFrame(0, 0, () => size);
   }
 
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
+    const partial = this.#partial;
     const size = this.#size;
     const length = chunk.length;
     let pos = 0;
-    if (this.#filled > 0) {
-      const filled = this.#filled;
-      const want = size - filled;
-      if (length < want) {
-        const frame = grow(this.#frame, filled, filled + length, size);
-        frame.set(chunk, filled);
-        this.#frame = frame;
-        this.#filled = filled + length;
-        return out;
-      }
-      const frame = grow(this.#frame, filled, size, size);
-      frame.set(chunk.subarray(0, want), filled);
-      out.push(frame);
-      this.#frame = undefined;
-      this.#filled = 0;
-      pos = want;
+    if (partial.active) {
+      pos = partial.feed(chunk, 0);
+      if (pos < 0) return out;
+      out.push(partial.take());
     }
-    // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
+    // The constructor makes a view faster than subarray() on V8.
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
     while (length - pos >= size) {
       out.push(new Uint8Array(buffer, base + pos, size));
       pos += size;
     }
-    if (pos < length) {
-      const frame = new Uint8Array(initialCapacity(size, length - pos));
-      frame.set(pos === 0 ? chunk : chunk.subarray(pos));
-      this.#frame = frame;
-      this.#filled = length - pos;
-    }
+    if (pos < length) partial.feed(chunk, pos);
     return out;
   }
 
   end(): void {
-    const filled = this.#filled;
-    if (filled === 0) return;
-    this.#frame = undefined;
-    this.#filled = 0;
+    const partial = this.#partial;
+    if (!partial.active) return;
+    const filled = partial.received;
+    partial.clear();
     throw new ProtocolError(
       `Cannot decode frame: stream ended inside a frame (${filled} of ${this.#size} bytes)`,
     );

@@ -7,7 +7,7 @@
 
 import { FrameTooLargeError, ProtocolError } from "../errors.ts";
 import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
-import { grow, initialCapacity, maxFrameBytesOption } from "./_buffer.ts";
+import { maxFrameBytesOption, PartialFrame, readU32BE } from "./_buffer.ts";
 
 /** Options of {@linkcode lengthPrefixed}. */
 export interface LengthPrefixedOptions {
@@ -92,16 +92,12 @@ const TWO_POW_32 = 4294967296;
 
 interface Config {
   readonly kind: number;
-  /** Size of the length field. */
-  readonly fieldBytes: number;
   /** Bytes before the length field. */
   readonly offset: number;
-  /** lengthOffset + fieldBytes: bytes before the body. */
+  /** lengthOffset + the length field's size: bytes before the body. */
   readonly headerBytes: number;
   /** body = field value + adjust. */
   readonly adjust: number;
-  /** The largest field value encode may write. */
-  readonly maxField: number;
   readonly maxFrameBytes: number;
   /** maxFrameBytes − offset: the largest body. */
   readonly maxBody: number;
@@ -125,11 +121,6 @@ function readAscii(bytes: Uint8Array, at: number, digits: number): number {
   return value;
 }
 
-function u32be(bytes: Uint8Array, at: number): number {
-  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) |
-    (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
-}
-
 function u32le(bytes: Uint8Array, at: number): number {
   return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) |
     (bytes[at + 3]! << 24)) >>> 0;
@@ -150,11 +141,11 @@ function readField(
     case U16LE:
       return bytes[at]! | (bytes[at + 1]! << 8);
     case U32BE:
-      return u32be(bytes, at);
+      return readU32BE(bytes, at);
     case U32LE:
       return u32le(bytes, at);
     case U64BE:
-      return u32be(bytes, at) * TWO_POW_32 + u32be(bytes, at + 4);
+      return readU32BE(bytes, at) * TWO_POW_32 + readU32BE(bytes, at + 4);
     case U64LE:
       return u32le(bytes, at + 4) * TWO_POW_32 + u32le(bytes, at);
     default:
@@ -231,28 +222,31 @@ function bodySize(config: Config, value: number): number {
 class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
   readonly #config: Config;
   readonly #digits: number;
-  /** The header of a frame whose header spans chunks. */
-  readonly #head: Uint8Array;
-  /** Bytes in #head; 0 unless a header is partly read. */
-  #headLength = 0;
-  /** The message being assembled across chunks (capacity ≤ #size). */
-  #frame: Uint8Array | undefined;
-  /** Its full size, or -1 when no message is being assembled. */
-  #size = -1;
-  /** Bytes of it received. */
-  #filled = 0;
+  /** The message of the frame that spans chunks. */
+  readonly #partial: PartialFrame;
 
   constructor(config: Config, digits: number) {
     this.#config = config;
     this.#digits = digits;
-    this.#head = new Uint8Array(config.headerBytes);
+    this.#partial = new PartialFrame(
+      config.headerBytes,
+      config.offset,
+      (header, at) =>
+        bodySize(
+          config,
+          readField(config.kind, header, at + config.offset, digits),
+        ),
+    );
   }
 
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
+    const partial = this.#partial;
     let pos = 0;
-    if (this.#headLength > 0 || this.#size >= 0) {
-      pos = this.#resume(chunk, out);
+    if (partial.active) {
+      pos = partial.feed(chunk, 0);
+      if (pos < 0) return out;
+      out.push(partial.take());
     }
     const config = this.#config;
     const kind = config.kind;
@@ -262,7 +256,9 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
     const adjust = config.adjust;
     const maxBody = config.maxBody;
     const length = chunk.length;
-    // new Uint8Array(buffer, offset, length) is ~1.5x faster than subarray().
+    // Whole frames are cut straight out of the chunk, as views, without a
+    // call per frame; only a frame that the chunk does not finish goes to
+    // #partial. The constructor makes a view faster than subarray() on V8.
     const buffer = chunk.buffer;
     const base = chunk.byteOffset;
     if (kind === U32BE && offset === 0) {
@@ -274,116 +270,48 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
         if (!(body >= 0 && body <= maxBody)) body = bodySize(config, value);
         const start = pos + 4;
         const stop = start + body;
-        if (stop > length) {
-          this.#begin(chunk, pos, body);
-          return out;
-        }
+        if (stop > length) break;
         out.push(new Uint8Array(buffer, base + start, body));
         pos = stop;
       }
-    }
-    while (length - pos >= headerBytes) {
-      const value = readField(kind, chunk, pos + offset, digits);
-      let body = value + adjust;
-      if (!(body >= 0 && body <= maxBody && value <= Number.MAX_SAFE_INTEGER)) {
-        body = bodySize(config, value); // throws
+    } else {
+      while (length - pos >= headerBytes) {
+        const value = readField(kind, chunk, pos + offset, digits);
+        let body = value + adjust;
+        if (
+          !(body >= 0 && body <= maxBody && value <= Number.MAX_SAFE_INTEGER)
+        ) {
+          body = bodySize(config, value); // throws
+        }
+        const start = pos + headerBytes;
+        const stop = start + body;
+        if (stop > length) break;
+        if (offset === 0) out.push(new Uint8Array(buffer, base + start, body));
+        else {
+          const message = new Uint8Array(offset + body);
+          message.set(chunk.subarray(pos, pos + offset));
+          message.set(chunk.subarray(start, stop), offset);
+          out.push(message);
+        }
+        pos = stop;
       }
-      const start = pos + headerBytes;
-      const stop = start + body;
-      if (stop > length) {
-        this.#begin(chunk, pos, body);
-        return out;
-      }
-      if (offset === 0) out.push(new Uint8Array(buffer, base + start, body));
-      else {
-        const message = new Uint8Array(offset + body);
-        message.set(chunk.subarray(pos, pos + offset));
-        message.set(chunk.subarray(start, stop), offset);
-        out.push(message);
-      }
-      pos = stop;
     }
-    if (pos < length) {
-      this.#head.set(pos === 0 ? chunk : chunk.subarray(pos));
-      this.#headLength = length - pos;
-    }
+    if (pos < length) partial.feed(chunk, pos);
     return out;
   }
 
   end(): void {
-    if (this.#headLength === 0 && this.#size < 0) return;
-    const detail = this.#size < 0
-      ? `${this.#headLength} of ${this.#config.headerBytes} header bytes`
-      : `${this.#filled} of ${this.#size} message bytes`;
-    this.#headLength = 0;
-    this.#size = -1;
-    this.#frame = undefined;
+    const partial = this.#partial;
+    if (!partial.active) return;
+    const config = this.#config;
+    const fieldBytes = config.headerBytes - config.offset;
+    const detail = partial.size < 0
+      ? `${partial.received} of ${config.headerBytes} header bytes`
+      : `${partial.received - fieldBytes} of ${partial.size} message bytes`;
+    partial.clear();
     throw new ProtocolError(
       `Cannot decode frame: stream ended inside a frame (${detail})`,
     );
-  }
-
-  /** Starts a message whose header is whole in `chunk` at `pos` but whose body is not. */
-  #begin(chunk: Uint8Array, pos: number, body: number): void {
-    const offset = this.#config.offset;
-    const start = pos + this.#config.headerBytes;
-    const size = offset + body;
-    const have = offset + chunk.length - start;
-    const frame = new Uint8Array(initialCapacity(size, have));
-    if (offset > 0) frame.set(chunk.subarray(pos, pos + offset));
-    frame.set(chunk.subarray(start), offset);
-    this.#frame = frame;
-    this.#size = size;
-    this.#filled = have;
-  }
-
-  /** Continues the frame left partial by the previous chunk; returns where the chunk's next frame starts. */
-  #resume(chunk: Uint8Array, out: Uint8Array[]): number {
-    const config = this.#config;
-    let pos = 0;
-    if (this.#size < 0) {
-      const need = config.headerBytes - this.#headLength;
-      if (chunk.length < need) {
-        this.#head.set(chunk, this.#headLength);
-        this.#headLength += chunk.length;
-        return chunk.length;
-      }
-      this.#head.set(chunk.subarray(0, need), this.#headLength);
-      this.#headLength = 0;
-      pos = need;
-      const value = readField(
-        config.kind,
-        this.#head,
-        config.offset,
-        this.#digits,
-      );
-      const body = bodySize(config, value);
-      const size = config.offset + body;
-      const have = config.offset + Math.min(body, chunk.length - pos);
-      const frame = new Uint8Array(initialCapacity(size, have));
-      if (config.offset > 0) frame.set(this.#head.subarray(0, config.offset));
-      this.#frame = frame;
-      this.#size = size;
-      this.#filled = config.offset;
-    }
-    const size = this.#size;
-    const filled = this.#filled;
-    const want = size - filled;
-    const available = chunk.length - pos;
-    if (available >= want) {
-      const frame = grow(this.#frame, filled, size, size);
-      frame.set(chunk.subarray(pos, pos + want), filled);
-      out.push(frame);
-      this.#frame = undefined;
-      this.#size = -1;
-      this.#filled = 0;
-      return pos + want;
-    }
-    const frame = grow(this.#frame, filled, filled + available, size);
-    frame.set(pos === 0 ? chunk : chunk.subarray(pos), filled);
-    this.#frame = frame;
-    this.#filled = filled + available;
-    return chunk.length;
   }
 }
 
@@ -485,6 +413,7 @@ export function lengthPrefixed(
   );
   let kind: number;
   let fieldBytes: number;
+  /** The largest field value encode may write. */
   let maxField: number;
   const digits = options.asciiDigits;
   if (digits !== undefined) {
@@ -519,11 +448,9 @@ export function lengthPrefixed(
   const headerBytes = offset + fieldBytes;
   const config: Config = {
     kind,
-    fieldBytes,
     offset,
     headerBytes,
     adjust: adjustment - (options.lengthIncludesHeader ? headerBytes : 0),
-    maxField,
     maxFrameBytes,
     maxBody: maxFrameBytes - offset,
   };

@@ -9,7 +9,7 @@
 
 import { FrameTooLargeError, ProtocolError, RemoteError } from "../errors.ts";
 import type { Codec, FrameDecoder } from "./codec.ts";
-import { grow, initialCapacity, maxFrameBytesOption } from "./_buffer.ts";
+import { maxFrameBytesOption, PartialBytes } from "./_buffer.ts";
 
 /**
  * A RESP2 value, as decoded and as encoded:
@@ -146,8 +146,6 @@ const LF = 10;
 
 /** Digits a length or integer line may have (sign included): int64 needs 20. */
 const MAX_NUMBER_CHARS = 20;
-/** A partial header line that keeps a longer line than this after it is freed. */
-const RETAIN_LINE_BYTES = 4096;
 const INT64_MAX = 9223372036854775807n;
 const INT64_MIN = -9223372036854775808n;
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
@@ -294,16 +292,14 @@ class RespDecoder implements FrameDecoder<RespValue> {
   readonly #stack: OpenArray[] = [];
   /** Wire bytes of the current top-level reply accounted so far. */
   #replyBytes = 0;
-  /** A header line that spans chunks (type byte included). */
-  #line: Uint8Array | undefined;
-  /** Bytes in #line; 0 unless a line is partly read. */
-  #lineLength = 0;
+  /** A header line that spans chunks (type byte included); empty unless a line is partly read. */
+  readonly #line = new PartialBytes();
   /** The body of a bulk string that spans chunks. */
-  #bulk: Uint8Array | undefined;
-  /** Its size, or -1 when no bulk string is being read. */
+  readonly #bulk = new PartialBytes();
+  /** A bulk string body that lay whole in its chunk but whose CRLF did not. */
+  #bulkWhole: Uint8Array | undefined;
+  /** The size of the bulk string being read, or -1 when none is. */
   #bulkSize = -1;
-  /** Body bytes of it received. */
-  #bulkFilled = 0;
   /** Bytes of the CRLF after it checked (0–2). */
   #bulkTail = 0;
 
@@ -316,7 +312,7 @@ class RespDecoder implements FrameDecoder<RespValue> {
     const out: RespValue[] = [];
     const length = chunk.length;
     let pos = 0;
-    if (this.#lineLength > 0) pos = this.#resumeLine(chunk, out);
+    if (this.#line.length > 0) pos = this.#resumeLine(chunk, out);
     else if (this.#bulkSize >= 0) pos = this.#resumeBulk(chunk, out);
     while (pos < length) {
       const cr = chunk.indexOf(CR, pos + 1);
@@ -333,19 +329,19 @@ class RespDecoder implements FrameDecoder<RespValue> {
   }
 
   end(): void {
-    if (
-      this.#lineLength === 0 && this.#bulkSize < 0 && this.#stack.length === 0
-    ) {
+    const line = this.#line;
+    if (line.length === 0 && this.#bulkSize < 0 && this.#stack.length === 0) {
       return;
     }
-    const detail = this.#lineLength > 0
-      ? `${this.#lineLength} bytes of a header line`
+    const detail = line.length > 0
+      ? `${line.length} bytes of a header line`
       : this.#bulkSize >= 0
-      ? `${this.#bulkFilled} of ${this.#bulkSize} bulk string bytes`
+      ? `${this.#bulkFilled()} of ${this.#bulkSize} bulk string bytes`
       : `${this.#stack.at(-1)!.remaining} array elements missing`;
-    this.#lineLength = 0;
+    line.clear();
     this.#bulkSize = -1;
-    this.#bulk = undefined;
+    this.#bulk.clear();
+    this.#bulkWhole = undefined;
     this.#stack.length = 0;
     this.#replyBytes = 0;
     throw new ProtocolError(
@@ -440,37 +436,36 @@ class RespDecoder implements FrameDecoder<RespValue> {
     this.#bulkTail = 0;
     if (end <= length) {
       // The body is whole in this chunk, only (part of) its CRLF is missing.
-      this.#bulk = new Uint8Array(chunk.buffer, chunk.byteOffset + pos, size);
-      this.#bulkFilled = size;
+      this.#bulkWhole = new Uint8Array(
+        chunk.buffer,
+        chunk.byteOffset + pos,
+        size,
+      );
       if (end < length) {
         if (chunk[end] !== CR) throw missingCrlf(`a ${size}-byte bulk string`);
         this.#bulkTail = 1;
       }
     } else {
-      const have = length - pos;
-      const bulk = new Uint8Array(initialCapacity(size, have));
-      bulk.set(chunk.subarray(pos));
-      this.#bulk = bulk;
-      this.#bulkFilled = have;
+      this.#bulk.append(chunk, pos, length, size);
     }
     return length;
+  }
+
+  /** Body bytes of the bulk string being read received so far. */
+  #bulkFilled(): number {
+    return this.#bulkWhole === undefined ? this.#bulk.length : this.#bulkSize;
   }
 
   /** Continues the bulk string left partial by the previous chunk. */
   #resumeBulk(chunk: Uint8Array, out: RespValue[]): number {
     const length = chunk.length;
     const size = this.#bulkSize;
+    const bulk = this.#bulk;
     let pos = 0;
-    let filled = this.#bulkFilled;
-    if (filled < size) {
-      const take = Math.min(size - filled, length);
-      const bulk = grow(this.#bulk, filled, filled + take, size);
-      bulk.set(take === length ? chunk : chunk.subarray(0, take), filled);
-      this.#bulk = bulk;
-      filled += take;
-      this.#bulkFilled = filled;
-      pos = take;
-      if (filled < size) return length;
+    if (this.#bulkWhole === undefined && bulk.length < size) {
+      pos = Math.min(size - bulk.length, length);
+      bulk.append(chunk, 0, pos, size);
+      if (bulk.length < size) return length;
     }
     while (this.#bulkTail < 2) {
       if (pos === length) return length;
@@ -480,10 +475,10 @@ class RespDecoder implements FrameDecoder<RespValue> {
       pos++;
       this.#bulkTail++;
     }
-    const bulk = this.#bulk!;
-    this.#bulk = undefined;
+    const body = this.#bulkWhole ?? bulk.take();
+    this.#bulkWhole = undefined;
     this.#bulkSize = -1;
-    this.#complete(bulk.length === size ? bulk : bulk.subarray(0, size), out);
+    this.#complete(body, out);
     return pos;
   }
 
@@ -493,11 +488,8 @@ class RespDecoder implements FrameDecoder<RespValue> {
     if (!isType(type)) throw badType(type);
     // No CRLF in the rest of the chunk, so any LF in it is a bare one.
     if (chunk.indexOf(LF, pos) >= 0) throw bareLf();
-    const rest = chunk.length - pos;
-    this.#checkLine(type, rest);
-    const line = this.#line = grow(this.#line, 0, rest, this.#max + 2);
-    line.set(pos === 0 ? chunk : chunk.subarray(pos));
-    this.#lineLength = rest;
+    this.#checkLine(type, chunk.length - pos);
+    this.#line.append(chunk, pos, chunk.length, this.#max + 2);
   }
 
   /** Fails when a partial line of `size` bytes can no longer be valid. */
@@ -517,10 +509,11 @@ class RespDecoder implements FrameDecoder<RespValue> {
   #resumeLine(chunk: Uint8Array, out: RespValue[]): number {
     const length = chunk.length;
     if (length === 0) return 0;
-    const used = this.#lineLength;
-    const type = this.#line![0]!;
+    const line = this.#line;
+    const used = line.length;
+    const type = line.buffer[0]!;
     let last: number; // index in chunk of the LF that ends the line
-    if (this.#line![used - 1] === CR) {
+    if (line.buffer[used - 1] === CR) {
       if (chunk[0] !== LF) throw missingCrlf("a header line");
       last = 0;
     } else {
@@ -528,25 +521,17 @@ class RespDecoder implements FrameDecoder<RespValue> {
       if (cr < 0 || cr + 1 === length) {
         if (chunk.indexOf(LF) >= 0) throw bareLf();
         this.#checkLine(type, used + length);
-        const line = this.#line = grow(
-          this.#line,
-          used,
-          used + length,
-          this.#max + 2,
-        );
-        line.set(chunk, used);
-        this.#lineLength = used + length;
+        line.append(chunk, 0, length, this.#max + 2);
         return length;
       }
       if (chunk[cr + 1] !== LF) throw missingCrlf("a header line");
       last = cr + 1;
     }
     const size = used + last + 1;
-    const line = this.#line = grow(this.#line, used, size, size);
-    line.set(chunk.subarray(0, last + 1), used);
-    this.#lineLength = 0;
-    const bodySize = this.#header(line, 0, size - 2, out);
-    if (line.length > RETAIN_LINE_BYTES) this.#line = undefined;
+    line.append(chunk, 0, last + 1, size);
+    const bytes = line.buffer;
+    line.clear();
+    const bodySize = this.#header(bytes, 0, size - 2, out);
     const pos = last + 1;
     return bodySize < 0 ? pos : this.#body(chunk, pos, bodySize, out);
   }
