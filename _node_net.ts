@@ -24,7 +24,7 @@
 
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 
-import type { Transport, TransportListener } from "./_transport.ts";
+import type { Transport, TransportListener } from "./connection.ts";
 
 export type { Transport, TransportListener };
 

@@ -31,8 +31,11 @@ import {
   type ReadControl,
   startListening,
 } from "./_node_net.ts";
-import type { Transport, TransportListener } from "./_transport.ts";
-import type { PeerCertificate } from "./session/types.ts";
+import type {
+  PeerCertificate,
+  Transport,
+  TransportListener,
+} from "./connection.ts";
 
 export type { PeerCertificate, Transport, TransportListener };
 

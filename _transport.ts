@@ -8,32 +8,7 @@
 
 import { ConnectionError } from "./errors.ts";
 import { describeError } from "./_util.ts";
-
-/** The byte pipe a session runs on. `Deno.Conn` satisfies it. */
-export interface Transport {
-  /** Reads into `p`; `null` at end of stream. */
-  read(p: Uint8Array): Promise<number | null>;
-  /** Writes some of `p`; resolves with the number of bytes written. */
-  write(p: Uint8Array): Promise<number>;
-  /** Half-closes: no more writes, reads go on. */
-  closeWrite(): Promise<void>;
-  /** Closes both directions at once. */
-  close(): void;
-  /** This end's address. */
-  readonly localAddr: Deno.Addr;
-  /** The peer's address. */
-  readonly remoteAddr: Deno.Addr;
-}
-
-/** A source of accepted transports. `Deno.Listener` satisfies it. */
-export interface TransportListener extends AsyncIterable<Transport> {
-  /** The address it listens on. */
-  readonly addr: Deno.Addr;
-  /** Waits for the next connection. */
-  accept(): Promise<Transport>;
-  /** Stops listening. */
-  close(): void;
-}
+import { formatHostPort, type Transport } from "./connection.ts";
 
 /** A TCP endpoint. */
 export interface TcpEndpoint {
@@ -123,32 +98,7 @@ function checkPort(port: number): void {
 /** Renders an endpoint for logs and errors. */
 export function formatEndpoint(endpoint: Endpoint): string {
   if ("path" in endpoint) return `unix:${endpoint.path}`;
-  return endpoint.hostname.includes(":")
-    ? `[${endpoint.hostname}]:${endpoint.port}`
-    : `${endpoint.hostname}:${endpoint.port}`;
-}
-
-/**
- * Whether a write of this transport that is pending when the connection
- * closes, or that rejects, has written nothing of its buffer: true of
- * Deno's own TCP and Unix connections (a write resolves with what the
- * kernel took). Other transports (node:net sockets resolve once flushed,
- * TLS buffers) cannot say what a failed write sent.
- */
-export function writesAreExact(conn: Transport): boolean {
-  const kind = conn.constructor?.name;
-  return kind === "TcpConn" || kind === "UnixConn";
-}
-
-/** Renders a `Deno.Addr` for logs. */
-export function formatAddr(addr: Deno.Addr): string {
-  if (addr.transport === "tcp" || addr.transport === "udp") {
-    return formatEndpoint(addr);
-  }
-  if (addr.transport === "unix" || addr.transport === "unixpacket") {
-    return `unix:${addr.path}`;
-  }
-  return addr.transport;
+  return formatHostPort(endpoint.hostname, endpoint.port);
 }
 
 /**

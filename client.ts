@@ -12,8 +12,8 @@ import {
   type Endpoint,
   formatEndpoint,
   parseEndpoint,
-  type Transport,
 } from "./_transport.ts";
+import type { Transport } from "./connection.ts";
 import {
   Correlator,
   type Pending,

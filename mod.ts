@@ -60,7 +60,6 @@ export type {
   Handler,
   HandlerContext,
   MessageKind,
-  PeerCertificate,
   ProxyInfo,
   RequestOptions,
   SendOptions,
@@ -69,11 +68,14 @@ export type {
   SessionStats,
 } from "./session/types.ts";
 export type {
+  PeerCertificate,
+  Transport,
+  TransportListener,
+} from "./connection.ts";
+export type {
   ClientTlsOptions,
   Endpoint,
   TcpEndpoint,
-  Transport,
-  TransportListener,
   UnixEndpoint,
 } from "./_transport.ts";
 export {

@@ -7,8 +7,12 @@
  * @module
  */
 
-import type { Transport, TransportListener } from "./_transport.ts";
-import { formatAddr, prepend } from "./_transport.ts";
+import {
+  formatAddr,
+  type Transport,
+  type TransportListener,
+} from "./connection.ts";
+import { prepend } from "./_transport.ts";
 import { ClosedError } from "./errors.ts";
 import { FrameKind } from "./protocol.ts";
 import { type Logger, safeLogger } from "./logger.ts";

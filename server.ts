@@ -6,8 +6,13 @@
  */
 
 import type { Codec } from "./framing/codec.ts";
-import type { Transport, TransportListener } from "./_transport.ts";
-import { formatAddr, noDelay, prepend } from "./_transport.ts";
+import {
+  formatAddr,
+  type PeerCertificate,
+  type Transport,
+  type TransportListener,
+} from "./connection.ts";
+import { noDelay, prepend } from "./_transport.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
@@ -24,7 +29,6 @@ import {
   type Handler,
   type HandlerContext,
   newCounters,
-  type PeerCertificate,
   type ProxyInfo,
   type Session,
 } from "./session/types.ts";

@@ -11,8 +11,7 @@
  */
 
 import type { Codec, CorrelationId, FrameDecoder } from "../framing/codec.ts";
-import type { Transport } from "../_transport.ts";
-import { formatAddr, writesAreExact } from "../_transport.ts";
+import { formatAddr, type Transport, writesAreExact } from "../connection.ts";
 import { protocolMismatch } from "../_sniff.ts";
 import {
   type Correlator,
