@@ -12,7 +12,7 @@ import {
   type Endpoint,
   formatEndpoint,
   parseEndpoint,
-} from "./_transport.ts";
+} from "./transport/connect.ts";
 import type { Transport } from "./connection.ts";
 import {
   Correlator,

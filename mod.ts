@@ -77,20 +77,20 @@ export type {
   Endpoint,
   TcpEndpoint,
   UnixEndpoint,
-} from "./_transport.ts";
+} from "./transport/connect.ts";
 export {
   matchAny,
   matchDefaultProtocol,
   matchPrefix,
   muxListener,
-} from "./mux.ts";
-export type { Matcher, MuxListener, MuxOptions } from "./mux.ts";
+} from "./transport/mux.ts";
+export type { Matcher, MuxListener, MuxOptions } from "./transport/mux.ts";
 export {
   encodeProxyHeaderV1,
   encodeProxyHeaderV2,
   parseProxyHeader,
   readProxyHeader,
-} from "./proxy_protocol.ts";
+} from "./transport/proxy_protocol.ts";
 export type {
   EncodeProxyHeaderV2Options,
   ParseProxyHeaderOptions,
@@ -98,14 +98,17 @@ export type {
   ProxyHeader,
   ProxyTlv,
   ReadProxyHeaderOptions,
-} from "./proxy_protocol.ts";
-export { listenInherited, systemdListeners } from "./_node_net.ts";
+} from "./transport/proxy_protocol.ts";
+export {
+  listenInherited,
+  systemdListeners,
+} from "./transport/socket_activation.ts";
 export type {
   InheritedListener,
   InheritedTransport,
   ListenInheritedOptions,
   SystemdListenersOptions,
-} from "./_node_net.ts";
+} from "./transport/socket_activation.ts";
 export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
 export type { DefaultCodecOptions, Frame } from "./protocol.ts";
 export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";

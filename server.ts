@@ -12,7 +12,7 @@ import {
   type Transport,
   type TransportListener,
 } from "./connection.ts";
-import { noDelay, prepend } from "./_transport.ts";
+import { noDelay, prepend } from "./transport/_conn.ts";
 import { Correlator } from "./_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "./_dialect.ts";
 import { Housekeeper } from "./_housekeeping.ts";
@@ -34,8 +34,8 @@ import {
 } from "./session/types.ts";
 import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
-import { readProxyHeader } from "./proxy_protocol.ts";
-import { listenMutualTls } from "./_node_tls.ts";
+import { readProxyHeader } from "./transport/proxy_protocol.ts";
+import { listenMutualTls } from "./transport/_mutual_tls.ts";
 
 /** TLS settings of a server. */
 export interface ServerTlsOptions {

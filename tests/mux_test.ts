@@ -8,7 +8,7 @@ import {
   type MuxListener,
   muxListener,
   type MuxOptions,
-} from "../mux.ts";
+} from "../transport/mux.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
 import { serve, type Server } from "../server.ts";
 import { dec, enc, HOST, portOf } from "./_loopback.ts";

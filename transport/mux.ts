@@ -11,12 +11,12 @@ import {
   formatAddr,
   type Transport,
   type TransportListener,
-} from "./connection.ts";
-import { prepend } from "./_transport.ts";
-import { ClosedError } from "./errors.ts";
-import { FrameKind } from "./protocol.ts";
-import { type Logger, safeLogger } from "./logger.ts";
-import { after } from "./_timeouts.ts";
+} from "../connection.ts";
+import { prepend } from "./_conn.ts";
+import { ClosedError } from "../errors.ts";
+import { FrameKind } from "../protocol.ts";
+import { type Logger, safeLogger } from "../logger.ts";
+import { after } from "../_timeouts.ts";
 
 /**
  * Decides from the first bytes of a connection whether it belongs to a route:

@@ -30,14 +30,12 @@ import {
   NodeSocketTransport,
   type ReadControl,
   startListening,
-} from "./_node_net.ts";
+} from "./_node_socket.ts";
 import type {
   PeerCertificate,
   Transport,
   TransportListener,
-} from "./connection.ts";
-
-export type { PeerCertificate, Transport, TransportListener };
+} from "../connection.ts";
 
 /** A connection accepted by {@linkcode listenMutualTls}. */
 export interface MutualTlsTransport extends Transport, Disposable {
@@ -229,7 +227,7 @@ class NodeTlsListener extends NodeListener<NodeTlsTransport>
  *
  * @example Usage
  * ```ts ignore
- * import { listenMutualTls } from "./_node_tls.ts";
+ * import { listenMutualTls } from "./_mutual_tls.ts";
  *
  * const pem = (file: string) => Deno.readTextFileSync(file);
  * using listener = await listenMutualTls({
