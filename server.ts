@@ -8,6 +8,7 @@
 import type { Codec } from "./framing/codec.ts";
 import {
   formatAddr,
+  isClosedResource,
   type PeerCertificate,
   type Transport,
   type TransportListener,
@@ -36,6 +37,7 @@ import { type Logger, safeLogger } from "./logger.ts";
 import { ClosedError, ProxyProtocolError } from "./errors.ts";
 import { readProxyHeader } from "./transport/proxy_protocol.ts";
 import { listenMutualTls } from "./transport/_mutual_tls.ts";
+import { listen } from "./transport/_listen.ts";
 
 /** TLS settings of a server. */
 export interface ServerTlsOptions {
@@ -443,12 +445,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         conn = await this.#listener.accept();
       } catch (error) {
         if (this.#stopAccepting.signal.aborted) return;
-        if (
-          error instanceof Deno.errors.BadResource ||
-          error instanceof Deno.errors.Interrupted
-        ) {
-          return;
-        }
+        if (isClosedResource(error)) return;
         // Transient accept failures (EMFILE, ECONNABORTED): log and go on.
         this.#logger.error("Accept failed", { error });
         this.#emit({ type: "error", error });
@@ -795,22 +792,17 @@ export function serve<T = Uint8Array>(
   if (options.listener !== undefined) {
     listener = options.listener;
   } else if (options.path !== undefined) {
-    listener = Deno.listen({ transport: "unix", path: options.path });
+    listener = listen({ path: options.path });
   } else if (options.tls?.ca !== undefined) {
     throw new TypeError(
       "Cannot serve mutual TLS synchronously: use serveMutualTls()",
     );
-  } else if (options.tls !== undefined) {
-    listener = Deno.listenTls({
-      hostname: options.hostname ?? "0.0.0.0",
-      port: options.port ?? 9000,
-      cert: options.tls.cert,
-      key: options.tls.key,
-    });
   } else {
-    listener = Deno.listen({
+    const { tls } = options;
+    listener = listen({
       hostname: options.hostname ?? "0.0.0.0",
       port: options.port ?? 9000,
+      ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
     });
   }
   return startServer(listener, dialect, merged, settings);

@@ -9,6 +9,7 @@
 
 import {
   formatAddr,
+  isClosedResource,
   type Transport,
   type TransportListener,
 } from "../connection.ts";
@@ -278,12 +279,7 @@ export function muxListener(
         conn = await listener.accept();
       } catch (error) {
         if (closed) return;
-        if (
-          error instanceof Deno.errors.BadResource ||
-          error instanceof Deno.errors.Interrupted
-        ) {
-          return;
-        }
+        if (isClosedResource(error)) return;
         // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
         logger.error("Accept failed", { error });
         await new Promise<void>((resolve) => {
