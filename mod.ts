@@ -41,19 +41,24 @@ export type {
   HeartbeatOptions,
   ReconnectOptions,
 } from "./client.ts";
-export { serve, serveMutualTls, Server } from "./server.ts";
+export { Server } from "./server/server.ts";
 export type {
-  ForcedSession,
-  ProxyProtocolOptions,
-  ServeOptions,
   ServerEventDetail,
   ServerHandler,
   ServerHandlerContext,
   ServerStats,
+} from "./server/server.ts";
+export { serve, serveMutualTls } from "./server/serve.ts";
+export type {
+  ProxyProtocolOptions,
+  ServeOptions,
   ServerTlsOptions,
+} from "./server/serve.ts";
+export type {
+  ForcedSession,
   ShutdownOptions,
   ShutdownReport,
-} from "./server.ts";
+} from "./server/shutdown.ts";
 export type { SessionOptions, SessionSettings } from "./options.ts";
 export type {
   Counters,

@@ -65,7 +65,7 @@ function childScript(): string {
 import { systemdListeners } from ${
     JSON.stringify(url("../transport/socket_activation.ts"))
   };
-import { serve } from ${JSON.stringify(url("../server.ts"))};
+import { serve } from ${JSON.stringify(url("../server/serve.ts"))};
 const encoder = new TextEncoder();
 const listeners = await systemdListeners();
 const servers = listeners.map((listener) => serve({
