@@ -120,9 +120,9 @@ class NodeTlsTransport extends NodeSocketTransport
   readonly peerCertificate?: PeerCertificate;
 
   constructor(socket: TLSSocket, peerCertificate: PeerCertificate | undefined) {
-    // Stopping the TCP handle too: on Deno 2.9 `pause()` alone leaves the
-    // TLS layer reading the TCP socket without bound (measured: 128 MiB
-    // taken in while paused).
+    // Pausing stops the TCP handle too: `pause()` alone leaves the TLS layer
+    // reading the TCP socket without bound, so a peer that writes to a
+    // session that stopped reading would fill memory instead of stalling.
     super(socket, { readControl: tcpHandleOf });
     if (peerCertificate) this.peerCertificate = peerCertificate;
   }
