@@ -42,26 +42,30 @@ export type {
   HeartbeatOptions,
   ReconnectOptions,
 } from "./client/types.ts";
-export { serve, serveMutualTls, Server } from "./server.ts";
+export { Server } from "./server/server.ts";
 export type {
-  ForcedSession,
-  ProxyProtocolOptions,
-  ServeOptions,
   ServerEventDetail,
   ServerHandler,
   ServerHandlerContext,
   ServerStats,
+} from "./server/server.ts";
+export { serve, serveMutualTls } from "./server/serve.ts";
+export type {
+  ProxyProtocolOptions,
+  ServeOptions,
   ServerTlsOptions,
+} from "./server/serve.ts";
+export type {
+  ForcedSession,
   ShutdownOptions,
   ShutdownReport,
-} from "./server.ts";
+} from "./server/shutdown.ts";
 export type { SessionOptions, SessionSettings } from "./options.ts";
 export type {
   Counters,
   Handler,
   HandlerContext,
   MessageKind,
-  PeerCertificate,
   ProxyInfo,
   RequestOptions,
   SendOptions,
@@ -70,26 +74,29 @@ export type {
   SessionStats,
 } from "./session/types.ts";
 export type {
+  PeerCertificate,
+  Transport,
+  TransportListener,
+} from "./connection.ts";
+export type {
   ClientTlsOptions,
   Endpoint,
   TcpEndpoint,
-  Transport,
-  TransportListener,
   UnixEndpoint,
-} from "./_transport.ts";
+} from "./transport/connect.ts";
 export {
   matchAny,
   matchDefaultProtocol,
   matchPrefix,
   muxListener,
-} from "./mux.ts";
-export type { Matcher, MuxListener, MuxOptions } from "./mux.ts";
+} from "./transport/mux.ts";
+export type { Matcher, MuxListener, MuxOptions } from "./transport/mux.ts";
 export {
   encodeProxyHeaderV1,
   encodeProxyHeaderV2,
   parseProxyHeader,
   readProxyHeader,
-} from "./proxy_protocol.ts";
+} from "./transport/proxy_protocol.ts";
 export type {
   EncodeProxyHeaderV2Options,
   ParseProxyHeaderOptions,
@@ -97,14 +104,17 @@ export type {
   ProxyHeader,
   ProxyTlv,
   ReadProxyHeaderOptions,
-} from "./proxy_protocol.ts";
-export { listenInherited, systemdListeners } from "./_node_net.ts";
+} from "./transport/proxy_protocol.ts";
+export {
+  listenInherited,
+  systemdListeners,
+} from "./transport/socket_activation.ts";
 export type {
   InheritedListener,
   InheritedTransport,
   ListenInheritedOptions,
   SystemdListenersOptions,
-} from "./_node_net.ts";
+} from "./transport/socket_activation.ts";
 export { defaultCodec, FrameKind, HEADER_BYTES } from "./protocol.ts";
 export type { DefaultCodecOptions, Frame } from "./protocol.ts";
 export type { Codec, CorrelationId, FrameDecoder } from "./framing/codec.ts";

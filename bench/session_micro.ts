@@ -33,7 +33,7 @@ import { Correlator } from "../_correlation.ts";
 import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
 import { noopLogger } from "../logger.ts";
 import { newCounters } from "../session/types.ts";
-import type { Transport } from "../_transport.ts";
+import type { Transport } from "../connection.ts";
 import { plainCodec } from "./tcpbutler_server.ts";
 import { makePayload, readU32, writeU32 } from "./_shared.ts";
 

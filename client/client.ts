@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Endpoint } from "../_transport.ts";
+import type { Endpoint } from "../transport/connect.ts";
 import { Correlator, type Pending, Retry } from "../_correlation.ts";
 import { type Dialect, requestId } from "../_dialect.ts";
 import { callTimeout, deadlineMs, timeoutOption } from "../_util.ts";

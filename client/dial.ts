@@ -6,7 +6,11 @@
  */
 
 import type { Codec } from "../framing/codec.ts";
-import { type Endpoint, formatEndpoint, parseEndpoint } from "../_transport.ts";
+import {
+  type Endpoint,
+  formatEndpoint,
+  parseEndpoint,
+} from "../transport/connect.ts";
 import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
 import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
 import { resolveSessionOptions } from "../options.ts";

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Endpoint, formatEndpoint } from "../_transport.ts";
+import { type Endpoint, formatEndpoint } from "../transport/connect.ts";
 import type { SessionConfig, SessionImpl } from "../session/session.ts";
 import type { Logger } from "../logger.ts";
 import {

@@ -12,8 +12,8 @@ import {
   connect,
   type Endpoint,
   formatEndpoint,
-  type Transport,
-} from "../_transport.ts";
+} from "../transport/connect.ts";
+import type { Transport } from "../connection.ts";
 import { abortable } from "../_util.ts";
 import { after } from "../_timeouts.ts";
 import { type SessionConfig, SessionImpl } from "../session/session.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ClientTlsOptions, Endpoint } from "../_transport.ts";
+import type { ClientTlsOptions, Endpoint } from "../transport/connect.ts";
 import type { SessionOptions } from "../options.ts";
 import type {
   Counters,

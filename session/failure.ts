@@ -5,6 +5,7 @@
  * @module
  */
 
+import { isClosedResource } from "../connection.ts";
 import { describeError } from "../_util.ts";
 import { ConnectionClosedError, SlowConsumerError } from "../errors.ts";
 import type { Counters } from "./types.ts";
@@ -30,10 +31,7 @@ export function failure(
   remote: string,
   sink: { counters: Counters; logger: Logger },
 ): unknown {
-  if (
-    error instanceof Deno.errors.BadResource ||
-    error instanceof Deno.errors.Interrupted
-  ) {
+  if (isClosedResource(error)) {
     return new ConnectionClosedError(`Session ${id} was closed`, {
       cause: error,
     });

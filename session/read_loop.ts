@@ -13,7 +13,7 @@
  */
 
 import type { FrameDecoder } from "../framing/codec.ts";
-import { formatAddr } from "../_transport.ts";
+import { formatAddr } from "../connection.ts";
 import { protocolMismatch } from "../_sniff.ts";
 import { coarseNow } from "../_timeouts.ts";
 import type { Dispatcher } from "./dispatcher.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Transport } from "../_transport.ts";
+import type { Transport } from "../connection.ts";
 
 const IDLE_READ_BYTES = 1024;
 const SLAB_BYTES = 256 * 1024;

@@ -6,7 +6,7 @@
  */
 
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
-import { type Transport, writesAreExact } from "../_transport.ts";
+import { type Transport, writesAreExact } from "../connection.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /** Where a request that cannot be delivered here is sent again. */

@@ -15,7 +15,7 @@
  */
 
 import type { FrameDecoder } from "../framing/codec.ts";
-import { formatAddr, type Transport } from "../_transport.ts";
+import { formatAddr, type Transport } from "../connection.ts";
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import { after, coarseNow } from "../_timeouts.ts";
 import { callTimeout, describeError } from "../_util.ts";

@@ -6,6 +6,10 @@
  * @module
  */
 
+import type { PeerCertificate } from "../connection.ts";
+
+export type { PeerCertificate };
+
 /** Where a session is in its life. */
 export type SessionState = "handshaking" | "ready" | "draining" | "closed";
 
@@ -118,18 +122,6 @@ export interface Session<T> extends AsyncDisposable {
    * @returns A snapshot.
    */
   stats(): SessionStats;
-}
-
-/** A verified peer certificate. */
-export interface PeerCertificate {
-  /** Subject distinguished name. */
-  readonly subject: string;
-  /** Issuer distinguished name. */
-  readonly issuer: string;
-  /** SHA-256 fingerprint, colon-separated hex. */
-  readonly fingerprint256: string;
-  /** DER bytes. */
-  readonly raw: Uint8Array;
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 
 import type { Codec } from "../framing/codec.ts";
-import type { Transport } from "../_transport.ts";
+import type { Transport } from "../connection.ts";
 import { coarseNow } from "../_timeouts.ts";
 
 /** Write buffers larger than this are not kept for the next burst. */

@@ -22,7 +22,9 @@
 import type { Client } from "../client/client.ts";
 import { dial } from "../client/dial.ts";
 import type { DialOptions } from "../client/types.ts";
-import { serve, type Server, type ShutdownReport } from "../server.ts";
+import { serve } from "../server/serve.ts";
+import type { Server } from "../server/server.ts";
+import type { ShutdownReport } from "../server/shutdown.ts";
 import type { Logger } from "../logger.ts";
 import { delay } from "../backoff.ts";
 import { type FaultProxy, startFaultProxy } from "./_fault_proxy.ts";

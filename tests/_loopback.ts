@@ -13,7 +13,8 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import type { Codec } from "../framing/codec.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
-import { serve, type ServeOptions, type Server } from "../server.ts";
+import { serve, type ServeOptions } from "../server/serve.ts";
+import type { Server } from "../server/server.ts";
 
 /** Loopback address used by every test. */
 export const HOST = "127.0.0.1";

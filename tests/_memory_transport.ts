@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Transport } from "../_transport.ts";
+import type { Transport } from "../connection.ts";
 
 const ADDR: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 1 };
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { dial } from "../client/dial.ts";
 import { ConnectionError } from "../errors.ts";
-import { serve } from "../server.ts";
+import { serve } from "../server/serve.ts";
 import { haproxyTestName, hasHaproxy, startHaproxy } from "./_haproxy.ts";
 import { withTimeout } from "./_process.ts";
 import { bytes, nextEvents, text } from "./_raw_peer.ts";

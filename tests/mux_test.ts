@@ -8,9 +8,10 @@ import {
   type MuxListener,
   muxListener,
   type MuxOptions,
-} from "../mux.ts";
+} from "../transport/mux.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
-import { serve, type Server } from "../server.ts";
+import { serve } from "../server/serve.ts";
+import type { Server } from "../server/server.ts";
 import { dec, enc, HOST, portOf } from "./_loopback.ts";
 import { readExactly } from "./_bytes.ts";
 

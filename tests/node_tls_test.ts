@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { listenMutualTls, type MutualTlsListener } from "../_node_tls.ts";
+import {
+  listenMutualTls,
+  type MutualTlsListener,
+} from "../transport/_mutual_tls.ts";
 import {
   hasOpenssl,
   makeTestPki,

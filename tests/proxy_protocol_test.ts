@@ -7,7 +7,7 @@ import {
   parseProxyHeader,
   type ProxyHeader,
   readProxyHeader,
-} from "../proxy_protocol.ts";
+} from "../transport/proxy_protocol.ts";
 
 const encoder = new TextEncoder();
 const ascii = (text: string) => encoder.encode(text);

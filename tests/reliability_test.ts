@@ -10,7 +10,8 @@
 
 import assert from "node:assert/strict";
 import { dial } from "../client/dial.ts";
-import { serve, type ServeOptions, type Server } from "../server.ts";
+import { serve, type ServeOptions } from "../server/serve.ts";
+import type { Server } from "../server/server.ts";
 import {
   ConnectionClosedError,
   FrameTooLargeError,

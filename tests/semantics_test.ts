@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { dial } from "../client/dial.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import { delimited } from "../framing/delimited.ts";
-import { serve } from "../server.ts";
+import { serve } from "../server/serve.ts";
 import type { HandlerContext } from "../session/types.ts";
 import {
   dec,

@@ -2,12 +2,14 @@ import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import { dial } from "../client/dial.ts";
 import {
-  listenInherited,
   NodeListener,
   NodeSocketTransport,
   startListening,
+} from "../transport/_node_socket.ts";
+import {
+  listenInherited,
   systemdListeners,
-} from "../_node_net.ts";
+} from "../transport/socket_activation.ts";
 import { defaultCodec, FrameKind } from "../protocol.ts";
 import { dec, enc, HOST } from "./_loopback.ts";
 import { startProcess } from "./_process.ts";
@@ -60,8 +62,10 @@ os.execve(sys.argv[1], sys.argv[1:], env)
 function childScript(): string {
   const url = (path: string) => new URL(path, import.meta.url).href;
   return `
-import { systemdListeners } from ${JSON.stringify(url("../_node_net.ts"))};
-import { serve } from ${JSON.stringify(url("../server.ts"))};
+import { systemdListeners } from ${
+    JSON.stringify(url("../transport/socket_activation.ts"))
+  };
+import { serve } from ${JSON.stringify(url("../server/serve.ts"))};
 const encoder = new TextEncoder();
 const listeners = await systemdListeners();
 const servers = listeners.map((listener) => serve({

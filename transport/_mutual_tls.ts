@@ -30,11 +30,12 @@ import {
   NodeSocketTransport,
   type ReadControl,
   startListening,
-} from "./_node_net.ts";
-import type { Transport, TransportListener } from "./_transport.ts";
-import type { PeerCertificate } from "./session/types.ts";
-
-export type { PeerCertificate, Transport, TransportListener };
+} from "./_node_socket.ts";
+import type {
+  PeerCertificate,
+  Transport,
+  TransportListener,
+} from "../connection.ts";
 
 /** A connection accepted by {@linkcode listenMutualTls}. */
 export interface MutualTlsTransport extends Transport, Disposable {
@@ -119,9 +120,9 @@ class NodeTlsTransport extends NodeSocketTransport
   readonly peerCertificate?: PeerCertificate;
 
   constructor(socket: TLSSocket, peerCertificate: PeerCertificate | undefined) {
-    // Stopping the TCP handle too: on Deno 2.9 `pause()` alone leaves the
-    // TLS layer reading the TCP socket without bound (measured: 128 MiB
-    // taken in while paused).
+    // Pausing stops the TCP handle too: `pause()` alone leaves the TLS layer
+    // reading the TCP socket without bound, so a peer that writes to a
+    // session that stopped reading would fill memory instead of stalling.
     super(socket, { readControl: tcpHandleOf });
     if (peerCertificate) this.peerCertificate = peerCertificate;
   }
@@ -226,7 +227,7 @@ class NodeTlsListener extends NodeListener<NodeTlsTransport>
  *
  * @example Usage
  * ```ts ignore
- * import { listenMutualTls } from "./_node_tls.ts";
+ * import { listenMutualTls } from "./_mutual_tls.ts";
  *
  * const pem = (file: string) => Deno.readTextFileSync(file);
  * using listener = await listenMutualTls({

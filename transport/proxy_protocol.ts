@@ -11,7 +11,7 @@
  * @module
  */
 
-import { ProxyProtocolError } from "./errors.ts";
+import { ProxyProtocolError } from "../errors.ts";
 
 /** Where a PROXY header says a connection came from or went to. */
 export type ProxyAddress = Deno.NetAddr | Deno.UnixAddr;

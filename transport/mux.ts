@@ -7,12 +7,17 @@
  * @module
  */
 
-import type { Transport, TransportListener } from "./_transport.ts";
-import { formatAddr, prepend } from "./_transport.ts";
-import { ClosedError } from "./errors.ts";
-import { FrameKind } from "./protocol.ts";
-import { type Logger, safeLogger } from "./logger.ts";
-import { after } from "./_timeouts.ts";
+import {
+  formatAddr,
+  isClosedResource,
+  type Transport,
+  type TransportListener,
+} from "../connection.ts";
+import { prepend } from "./_conn.ts";
+import { ClosedError } from "../errors.ts";
+import { FrameKind } from "../protocol.ts";
+import { type Logger, safeLogger } from "../logger.ts";
+import { after } from "../_timeouts.ts";
 
 /**
  * Decides from the first bytes of a connection whether it belongs to a route:
@@ -274,12 +279,7 @@ export function muxListener(
         conn = await listener.accept();
       } catch (error) {
         if (closed) return;
-        if (
-          error instanceof Deno.errors.BadResource ||
-          error instanceof Deno.errors.Interrupted
-        ) {
-          return;
-        }
+        if (isClosedResource(error)) return;
         // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
         logger.error("Accept failed", { error });
         await new Promise<void>((resolve) => {

@@ -1,39 +1,16 @@
 /**
- * The transport edge: the only place the client reaches `Deno.connect*`.
- * Sessions see a {@linkcode Transport}, which `Deno.Conn` satisfies, so a
- * listener built on `node:tls` (mTLS) or a test double can stand in.
+ * Where a client connects (endpoints, their parsing and rendering) and
+ * {@linkcode connect}: every `Deno.connect*` call of the library. Sessions
+ * see the {@linkcode Transport} it returns, which `Deno.Conn` satisfies, so
+ * a test double can stand in.
  *
  * @module
  */
 
-import { ConnectionError } from "./errors.ts";
-import { describeError } from "./_util.ts";
-
-/** The byte pipe a session runs on. `Deno.Conn` satisfies it. */
-export interface Transport {
-  /** Reads into `p`; `null` at end of stream. */
-  read(p: Uint8Array): Promise<number | null>;
-  /** Writes some of `p`; resolves with the number of bytes written. */
-  write(p: Uint8Array): Promise<number>;
-  /** Half-closes: no more writes, reads go on. */
-  closeWrite(): Promise<void>;
-  /** Closes both directions at once. */
-  close(): void;
-  /** This end's address. */
-  readonly localAddr: Deno.Addr;
-  /** The peer's address. */
-  readonly remoteAddr: Deno.Addr;
-}
-
-/** A source of accepted transports. `Deno.Listener` satisfies it. */
-export interface TransportListener extends AsyncIterable<Transport> {
-  /** The address it listens on. */
-  readonly addr: Deno.Addr;
-  /** Waits for the next connection. */
-  accept(): Promise<Transport>;
-  /** Stops listening. */
-  close(): void;
-}
+import { ConnectionError } from "../errors.ts";
+import { describeError } from "../_util.ts";
+import { formatHostPort, type Transport } from "../connection.ts";
+import { noDelay } from "./_conn.ts";
 
 /** A TCP endpoint. */
 export interface TcpEndpoint {
@@ -68,23 +45,6 @@ export interface ClientTlsOptions {
   serverName?: string;
   /** ALPN protocols to offer. */
   alpnProtocols?: string[];
-}
-
-/**
- * Turns Nagle's algorithm off (`TCP_NODELAY`) where the connection offers
- * it: TCP connections (`Deno.TcpConn`, node sockets). Deno does not set it by
- * default, and with Nagle on, a small write made while an earlier one is not
- * acknowledged waits for that ACK, which the peer may delay by up to 40 ms.
- * `Deno.TlsConn` has no such option.
- */
-export function noDelay(conn: Transport): void {
-  const tcp = conn as Transport & { setNoDelay?: (on: boolean) => void };
-  if (typeof tcp.setNoDelay !== "function") return;
-  try {
-    tcp.setNoDelay(true);
-  } catch {
-    // The connection is already closed: its session will find out.
-  }
 }
 
 /** Parses `"host:port"`, `"[::1]:port"`, `"unix:/path"` or an object. */
@@ -123,32 +83,7 @@ function checkPort(port: number): void {
 /** Renders an endpoint for logs and errors. */
 export function formatEndpoint(endpoint: Endpoint): string {
   if ("path" in endpoint) return `unix:${endpoint.path}`;
-  return endpoint.hostname.includes(":")
-    ? `[${endpoint.hostname}]:${endpoint.port}`
-    : `${endpoint.hostname}:${endpoint.port}`;
-}
-
-/**
- * Whether a write of this transport that is pending when the connection
- * closes, or that rejects, has written nothing of its buffer: true of
- * Deno's own TCP and Unix connections (a write resolves with what the
- * kernel took). Other transports (node:net sockets resolve once flushed,
- * TLS buffers) cannot say what a failed write sent.
- */
-export function writesAreExact(conn: Transport): boolean {
-  const kind = conn.constructor?.name;
-  return kind === "TcpConn" || kind === "UnixConn";
-}
-
-/** Renders a `Deno.Addr` for logs. */
-export function formatAddr(addr: Deno.Addr): string {
-  if (addr.transport === "tcp" || addr.transport === "udp") {
-    return formatEndpoint(addr);
-  }
-  if (addr.transport === "unix" || addr.transport === "unixpacket") {
-    return `unix:${addr.path}`;
-  }
-  return addr.transport;
+  return formatHostPort(endpoint.hostname, endpoint.port);
 }
 
 /**
@@ -236,34 +171,4 @@ async function connectTls(
     throw error;
   }
   return conn;
-}
-
-/**
- * A transport whose first reads return `head` (bytes already read from
- * `conn`, for example past a PROXY header or by a protocol sniffer).
- */
-export function prepend(conn: Transport, head: Uint8Array): Transport {
-  if (head.length === 0) return conn;
-  let rest: Uint8Array | undefined = head;
-  const wrapped: Transport & { peerCertificate?: unknown } = {
-    read(p) {
-      if (rest === undefined) return conn.read(p);
-      const n = Math.min(p.length, rest.length);
-      p.set(rest.subarray(0, n));
-      rest = n === rest.length ? undefined : rest.subarray(n);
-      return Promise.resolve(n);
-    },
-    write: (p) => conn.write(p),
-    closeWrite: () => conn.closeWrite(),
-    close: () => conn.close(),
-    get localAddr() {
-      return conn.localAddr;
-    },
-    get remoteAddr() {
-      return conn.remoteAddr;
-    },
-  };
-  const certificate = (conn as { peerCertificate?: unknown }).peerCertificate;
-  if (certificate !== undefined) wrapped.peerCertificate = certificate;
-  return wrapped;
 }

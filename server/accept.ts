@@ -1,0 +1,257 @@
+/**
+ * A server's accept loop: takes connections off the listener, refuses those
+ * past `maxConnections`, reads the PROXY header when one is expected, and
+ * hands each connection to the server to open a session on.
+ *
+ * @module
+ */
+
+import {
+  formatAddr,
+  isClosedResource,
+  type Transport,
+  type TransportListener,
+} from "../connection.ts";
+import { noDelay, prepend } from "../transport/_conn.ts";
+import { readProxyHeader } from "../transport/proxy_protocol.ts";
+import { after } from "../_timeouts.ts";
+import { ClosedError, ProxyProtocolError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import type { Counters, ProxyInfo } from "../session/types.ts";
+import type { ProxyProtocolOptions } from "./serve.ts";
+import type { ServerEventDetail } from "./server.ts";
+
+/** What the accept loop needs of its server. */
+export interface AcceptHost {
+  /** Sessions open now; with the connections still opening, bounded by `maxConnections`. */
+  sessionCount(): number;
+  /**
+   * Opens a session on an accepted connection. A rejection closes only
+   * that connection.
+   *
+   * @param conn The accepted connection.
+   * @param transport What the session reads: `conn`, or `conn` with the bytes read past a PROXY header given back.
+   * @param proxy What the PROXY header said.
+   */
+  open(
+    conn: Transport,
+    transport: Transport,
+    proxy: ProxyInfo | undefined,
+  ): Promise<void>;
+  /** Dispatches a server event. */
+  emit(detail: ServerEventDetail): void;
+  /** The server's counters (a bad PROXY header counts as a protocol error). */
+  readonly counters: Counters;
+  /** The server's logger. */
+  readonly logger: Logger;
+}
+
+/** How the accept loop treats new connections. */
+export interface AcceptSettings {
+  /** Open sessions at most, connections still opening included. */
+  maxConnections: number;
+  /** The PROXY header expected on each connection; `undefined` = none. */
+  proxyProtocol: ProxyProtocolOptions | undefined;
+  /** Milliseconds to wait for a PROXY header; `Infinity` = no limit. */
+  proxyTimeout: number;
+}
+
+/** The accept loop of one server, and its counts. */
+export class Acceptor {
+  readonly #listener: TransportListener;
+  readonly #settings: AcceptSettings;
+  readonly #host: AcceptHost;
+  readonly #stop = new AbortController();
+  /** Connections accepted but not yet sessions (reading a PROXY header). */
+  readonly #opening = new Set<Promise<void>>();
+  #loop: Promise<void> = Promise.resolve();
+  #accepted = 0;
+  #refused = 0;
+  #rejected = 0;
+
+  constructor(
+    listener: TransportListener,
+    settings: AcceptSettings,
+    host: AcceptHost,
+  ) {
+    this.#listener = listener;
+    this.#settings = settings;
+    this.#host = host;
+  }
+
+  /** Connections accepted since start. */
+  get accepted(): number {
+    return this.#accepted;
+  }
+
+  /** Connections refused by `maxConnections`. */
+  get refused(): number {
+    return this.#refused;
+  }
+
+  /** Connections closed for a bad PROXY header, a failed open or `onConnect`. */
+  get rejected(): number {
+    return this.#rejected;
+  }
+
+  /** Counts a connection the server rejected after opening it (`onConnect` failed). */
+  countRejected(): void {
+    this.#rejected++;
+  }
+
+  /** Starts accepting. */
+  start(): void {
+    this.#loop = this.#run();
+  }
+
+  /**
+   * Stops accepting: closes the listener and aborts PROXY header reads.
+   * Connections accepted from then on are closed.
+   */
+  stop(): void {
+    this.#stop.abort(new ClosedError("Server is shutting down"));
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /**
+   * Resolves once the loop has ended and no connection is still opening
+   * (after {@linkcode stop}).
+   */
+  async settled(): Promise<void> {
+    await this.#loop;
+    await Promise.all(this.#opening);
+  }
+
+  async #run(): Promise<void> {
+    const stopped = this.#stop.signal;
+    for (;;) {
+      let conn: Transport;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (stopped.aborted || isClosedResource(error)) return;
+        // Transient accept failures (EMFILE, ECONNABORTED): log and go on.
+        this.#host.logger.error("Accept failed", { error });
+        this.#host.emit({ type: "error", error });
+        await this.#pause(50);
+        if (stopped.aborted) return;
+        continue;
+      }
+      if (stopped.aborted) {
+        conn.close();
+        return;
+      }
+      this.#take(conn);
+    }
+  }
+
+  /** Waits `ms`, or less if the loop is stopped meanwhile. */
+  #pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#stop.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+    });
+  }
+
+  /** Refuses a connection past `maxConnections`, or starts opening it. */
+  #take(conn: Transport): void {
+    this.#accepted++;
+    noDelay(conn);
+    const { maxConnections } = this.#settings;
+    if (this.#host.sessionCount() + this.#opening.size >= maxConnections) {
+      this.#refused++;
+      this.#host.logger.warn("Connection refused: maxConnections reached", {
+        remote: formatAddr(conn.remoteAddr),
+        maxConnections,
+      });
+      closeQuietly(conn);
+      return;
+    }
+    if (this.#settings.proxyProtocol !== undefined) {
+      const opening = this.#readProxy(conn, this.#settings.proxyProtocol);
+      this.#opening.add(opening);
+      opening.finally(() => this.#opening.delete(opening));
+    } else {
+      this.#openSafely(conn, conn, undefined);
+    }
+  }
+
+  /** Reads a PROXY header, then opens the session; bad headers close the connection. */
+  async #readProxy(
+    conn: Transport,
+    settings: ProxyProtocolOptions,
+  ): Promise<void> {
+    const remote = formatAddr(conn.remoteAddr);
+    const timeout = this.#settings.proxyTimeout;
+    const stopped = this.#stop.signal;
+    const abort = new AbortController();
+    const cancelTimer = after(
+      timeout,
+      () =>
+        abort.abort(
+          new ProxyProtocolError(`No PROXY header within ${timeout} ms`),
+        ),
+    );
+    const onStop = () => abort.abort(new ClosedError("Server is closed"));
+    stopped.addEventListener("abort", onStop, { once: true });
+    try {
+      const { header, rest } = await readProxyHeader(conn, {
+        signal: abort.signal,
+        ...(settings.maxHeaderBytes === undefined
+          ? {}
+          : { maxHeaderBytes: settings.maxHeaderBytes }),
+      });
+      if (stopped.aborted) throw stopped.reason;
+      const proxy: ProxyInfo = {
+        ...(header.source ? { source: header.source } : {}),
+        ...(header.destination ? { destination: header.destination } : {}),
+      };
+      this.#openSafely(conn, prepend(conn, rest), proxy);
+    } catch (error) {
+      closeQuietly(conn);
+      if (stopped.aborted) return;
+      this.#rejected++;
+      this.#host.counters.protocolErrors++;
+      this.#host.logger.warn("Connection rejected: bad PROXY protocol header", {
+        remote,
+        error,
+      });
+      this.#host.emit({ type: "error", error, remote });
+    } finally {
+      cancelTimer();
+      stopped.removeEventListener("abort", onStop);
+    }
+  }
+
+  /** Opens a session; a failure (a codec whose decoder() throws) closes only that connection. */
+  #openSafely(
+    conn: Transport,
+    transport: Transport,
+    proxy: ProxyInfo | undefined,
+  ): void {
+    this.#host.open(conn, transport, proxy).catch((error) => {
+      closeQuietly(conn);
+      this.#rejected++;
+      this.#host.logger.error("Cannot open session", {
+        remote: formatAddr(conn.remoteAddr),
+        error,
+      });
+      this.#host.emit({ type: "error", error });
+    });
+  }
+}
+
+function closeQuietly(conn: Transport): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}

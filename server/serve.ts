@@ -1,0 +1,272 @@
+/**
+ * {@linkcode serve} and {@linkcode serveMutualTls}: their options, checked
+ * and resolved before a listener is opened, and the listener they open.
+ *
+ * @module
+ */
+
+import type { Codec } from "../framing/codec.ts";
+import type { TransportListener } from "../connection.ts";
+import { listen } from "../transport/_listen.ts";
+import { listenMutualTls } from "../transport/_mutual_tls.ts";
+import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
+import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
+import {
+  resolveSessionOptions,
+  type SessionOptions,
+  type SessionSettings,
+} from "../options.ts";
+import type { Session } from "../session/types.ts";
+import {
+  type Server,
+  type ServerHandler,
+  type ServerHandlerContext,
+  startServer,
+} from "./server.ts";
+
+/** TLS settings of a server. */
+export interface ServerTlsOptions {
+  /** PEM certificate chain. */
+  cert: string;
+  /** PEM private key. */
+  key: string;
+  /**
+   * PEM CA certificate(s) that client certificates must chain to: mutual
+   * TLS, where clients without a valid certificate are refused during the
+   * handshake. Only {@linkcode serveMutualTls} takes it: it serves through
+   * `node:tls`, since `Deno.listenTls` cannot request client certificates,
+   * and that listener starts asynchronously. {@linkcode serve} throws a
+   * `TypeError` when it is set rather than serve without the check.
+   */
+  ca?: string | string[];
+}
+
+/**
+ * Options of {@linkcode serve}.
+ *
+ * @typeParam T The message type.
+ */
+export interface ServeOptions<T>
+  extends SessionOptions<T, ServerHandlerContext<T>> {
+  /**
+   * Interface to listen on.
+   *
+   * @default {"0.0.0.0"}
+   */
+  hostname?: string;
+  /**
+   * TCP port; 0 picks a free one (read it from `server.addr`).
+   *
+   * @default {9000}
+   */
+  port?: number;
+  /** Listen on a Unix domain socket at this path instead of TCP. */
+  path?: string;
+  /** Serve connections from this listener instead (TCP, TLS, Unix, or your own). */
+  listener?: Deno.Listener | TransportListener;
+  /**
+   * TLS through `Deno.listenTls`. Mutual TLS (`tls.ca`) needs
+   * {@linkcode serveMutualTls}: `serve()` throws a `TypeError` when `ca` is
+   * set.
+   */
+  tls?: ServerTlsOptions;
+  /** Aborting it shuts the server down gracefully. */
+  signal?: AbortSignal;
+  /** Called once listening. */
+  onListen?: (addr: Deno.Addr) => void;
+  /**
+   * The wire format. Without it the server speaks the default protocol
+   * (`Uint8Array` payloads).
+   */
+  codec?: Codec<T>;
+  /**
+   * Runs for each new session before its messages reach the handler (auth,
+   * greeting, a sign-on request of the server's own: the session reads from
+   * the start, so it may `await session.request()`; requests that arrive
+   * meanwhile are held, up to `maxConcurrentHandlers`, then reading pauses).
+   * A returned promise is awaited and its value ignored. A throw or
+   * rejection closes that session.
+   */
+  onConnect?: (session: Session<T>) => unknown;
+  /**
+   * Custom codecs: tell a session's peer the server is draining (for example
+   * send a "going away" message). The default protocol sends a drain frame.
+   */
+  onDrain?: (session: Session<T>) => void | Promise<void>;
+  /**
+   * Open sessions at most; connections past it are closed at once (logged).
+   *
+   * @default {10000}
+   */
+  maxConnections?: number;
+  /**
+   * Expect a PROXY protocol (v1 or v2) header on every connection; the
+   * session's `remoteAddr` is then the original client's. A connection
+   * without a valid header is closed.
+   *
+   * @default {false}
+   */
+  proxyProtocol?: boolean | ProxyProtocolOptions;
+}
+
+/** PROXY protocol settings of a server (`serve({ proxyProtocol })`). */
+export interface ProxyProtocolOptions {
+  /**
+   * Milliseconds a new connection has to send its PROXY header; 0 or
+   * `Infinity` = no limit.
+   *
+   * @default {5000}
+   */
+  timeout?: number;
+  /** Largest PROXY header accepted, in bytes (as `readProxyHeader()` takes it). */
+  maxHeaderBytes?: number;
+}
+
+/** A server's correlation: fifo by default when its codec has no ids. */
+function serverCorrelation<T>(options: ServeOptions<T>): "id" | "fifo" {
+  if (options.correlation !== undefined) return options.correlation;
+  const codec = options.codec;
+  return codec !== undefined && codec.correlationId === undefined
+    ? "fifo"
+    : "id";
+}
+
+/** The protocol view of a server's options. */
+function serverDialect<T>(options: ServeOptions<T>): Dialect<T> {
+  const codec = options.codec;
+  if (codec === undefined) {
+    return defaultDialect(options.maxFrameBytes) as unknown as Dialect<T>;
+  }
+  return codecDialect(codec, serverCorrelation(options) === "fifo");
+}
+
+/**
+ * Starts a server. Shaped like `Deno.serve`: options (with the handler) or
+ * options and a handler. Without a `codec` it speaks the default protocol
+ * (`Uint8Array` payloads).
+ *
+ * @typeParam T The message type.
+ * @param options Where to listen, codec, handler, limits — or a listener of
+ *   your own (`Deno.listen(…)`, `Deno.listenTls(…)`, a {@linkcode TransportListener}).
+ * @param handler The handler, if not in `options`.
+ * @returns The running server; `server.addr` is known at once.
+ *
+ * @example Usage
+ * ```ts
+ * import { dial, serve } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serve({ hostname: "127.0.0.1", port: 0 }, (payload) => payload.toReversed());
+ * await using client = await dial({ hostname: "127.0.0.1", port: server.port });
+ * assert.deepEqual([...await client.request(new Uint8Array([1, 2, 3]))], [3, 2, 1]);
+ * const report = await server.shutdown({ timeout: 1000 });
+ * assert.equal(report.forced, 0);
+ * ```
+ */
+export function serve<T = Uint8Array>(
+  options: ServeOptions<T> | Deno.Listener | TransportListener,
+  handler?: ServerHandler<T>,
+): Server<T> {
+  if (isListener(options)) options = { listener: options };
+  const settings = resolveServeOptions(options);
+  const dialect = serverDialect(options);
+  const merged = handler === undefined ? options : { ...options, handler };
+  let listener: TransportListener;
+  if (options.listener !== undefined) {
+    listener = options.listener;
+  } else if (options.path !== undefined) {
+    listener = listen({ path: options.path });
+  } else if (options.tls?.ca !== undefined) {
+    throw new TypeError(
+      "Cannot serve mutual TLS synchronously: use serveMutualTls()",
+    );
+  } else {
+    const { tls } = options;
+    listener = listen({
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? 9000,
+      ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
+    });
+  }
+  return startServer(listener, dialect, merged, settings);
+}
+
+function isListener<T>(
+  value: ServeOptions<T> | Deno.Listener | TransportListener,
+): value is TransportListener {
+  return typeof (value as TransportListener).accept === "function";
+}
+
+/** What `serve()` checks before it opens a listener. */
+export interface ServerSettings {
+  session: SessionSettings;
+  maxConnections: number;
+  /** The PROXY header expected on each connection; `undefined` = none. */
+  proxyProtocol: ProxyProtocolOptions | undefined;
+  /** `Infinity` = no limit. */
+  proxyTimeout: number;
+}
+
+function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
+  const proxy = typeof options.proxyProtocol === "object"
+    ? options.proxyProtocol
+    : {};
+  return {
+    session: {
+      ...resolveSessionOptions(options),
+      correlation: serverCorrelation(options),
+    },
+    maxConnections: countOption(
+      options.maxConnections ?? 10_000,
+      "maxConnections",
+      1,
+    ),
+    proxyProtocol: options.proxyProtocol ? proxy : undefined,
+    proxyTimeout: deadlineMs(
+      timeoutOption(proxy.timeout ?? 5000, "proxyProtocol.timeout"),
+    ),
+  };
+}
+
+/**
+ * Starts a server that requires client certificates (mutual TLS). Resolves
+ * once listening. `options.tls.ca` is the CA that client certificates must
+ * chain to; `session.peerCertificate` holds the verified certificate.
+ *
+ * @typeParam T The message type.
+ * @param options As {@linkcode serve}, with `tls` including `ca`.
+ * @param handler The handler, if not in `options`.
+ * @returns The running server.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { serveMutualTls } from "@tcpbutler/core";
+ *
+ * const server = await serveMutualTls({
+ *   port: 9443,
+ *   tls: { cert: serverCertPem, key: serverKeyPem, ca: clientCaPem },
+ *   handler: (payload, { session }) => {
+ *     console.log(session.peerCertificate?.subject);
+ *     return payload;
+ *   },
+ * });
+ * ```
+ */
+export async function serveMutualTls<T = Uint8Array>(
+  options: ServeOptions<T> & {
+    tls: ServerTlsOptions & { ca: string | string[] };
+  },
+  handler?: ServerHandler<T>,
+): Promise<Server<T>> {
+  const dialect = serverDialect(options);
+  const settings = resolveServeOptions(options);
+  const merged = handler === undefined ? options : { ...options, handler };
+  const listener = await listenMutualTls({
+    hostname: options.hostname ?? "0.0.0.0",
+    port: options.port ?? 9000,
+    cert: options.tls.cert,
+    key: options.tls.key,
+    ca: options.tls.ca,
+  });
+  return startServer(listener, dialect, merged, settings);
+}

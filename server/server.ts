@@ -1,0 +1,416 @@
+/**
+ * The server: its public API, the session registry, the handler and push.
+ * The accept loop is in `accept.ts`, the shutdown in `shutdown.ts`, and
+ * `serve()` in `serve.ts`.
+ *
+ * @module
+ */
+
+import {
+  formatAddr,
+  type PeerCertificate,
+  type Transport,
+  type TransportListener,
+} from "../connection.ts";
+import { Correlator } from "../_correlation.ts";
+import type { Dialect } from "../_dialect.ts";
+import { Housekeeper } from "../_housekeeping.ts";
+import { deadlineMs, timeoutOption } from "../_util.ts";
+import type { SessionSettings } from "../options.ts";
+import { type SessionConfig, SessionImpl } from "../session/session.ts";
+import {
+  type Counters,
+  type Handler,
+  type HandlerContext,
+  newCounters,
+  type ProxyInfo,
+  type Session,
+} from "../session/types.ts";
+import { type Logger, safeLogger } from "../logger.ts";
+import { ClosedError } from "../errors.ts";
+import { Acceptor } from "./accept.ts";
+import type { ServeOptions, ServerSettings } from "./serve.ts";
+import {
+  runShutdown,
+  type ShutdownOptions,
+  type ShutdownReport,
+} from "./shutdown.ts";
+
+/**
+ * The context a server's handler receives: the session's, and the server
+ * (so a handler may broadcast without referring to a variable that holds
+ * the server it is part of).
+ *
+ * @typeParam T The message type.
+ */
+export interface ServerHandlerContext<T> extends HandlerContext<T> {
+  /** The server the message came to. */
+  readonly server: Server<T>;
+}
+
+/**
+ * Handles requests and pushes from clients (see {@linkcode Handler}).
+ *
+ * @typeParam T The message type.
+ */
+export type ServerHandler<T> = Handler<T, ServerHandlerContext<T>>;
+
+/** Counters of a server. */
+export interface ServerStats extends Counters {
+  /** Open sessions. */
+  sessions: number;
+  /** Connections accepted since start. */
+  accepted: number;
+  /** Connections refused by `maxConnections`. */
+  refused: number;
+  /** Connections closed for a bad PROXY header or failed `onConnect`. */
+  rejected: number;
+}
+
+/** Detail of server events (`event.detail` of a `CustomEvent`). */
+export type ServerEventDetail =
+  | { type: "connect"; session: number; remote: string }
+  | { type: "disconnect"; session: number; reason: unknown }
+  | { type: "error"; error: unknown; remote?: string }
+  | { type: "shutdown"; report: ShutdownReport };
+
+/** Guards the constructor: only this module makes servers. */
+const INTERNAL: unique symbol = Symbol("tcpbutler.server");
+
+/** Starts a server's accept loop; set by the class's static block. */
+let startAccepting: <T>(server: Server<T>) => void;
+
+/**
+ * A running server. Make one with {@linkcode serve}.
+ *
+ * Events (`addEventListener`): `connect`, `disconnect`, `error`, `shutdown`,
+ * each a `CustomEvent` whose `detail` is a {@linkcode ServerEventDetail}.
+ *
+ * @typeParam T The message type (`Uint8Array` payloads with the default protocol).
+ */
+export class Server<T> extends EventTarget implements AsyncDisposable {
+  /** The address the server listens on. */
+  readonly addr: Deno.Addr;
+  readonly #options: ServeOptions<T>;
+  readonly #settings: SessionSettings;
+  readonly #acceptor: Acceptor;
+  readonly #config: SessionConfig<T>;
+  readonly #sessions = new Set<SessionImpl<T>>();
+  readonly #correlator = new Correlator();
+  readonly #counters: Counters = newCounters();
+  readonly #housekeeper: Housekeeper<T>;
+  readonly #logger: Logger;
+  readonly #finished = Promise.withResolvers<ShutdownReport>();
+  #handler: ServerHandler<T> | undefined;
+  #shutdown: Promise<ShutdownReport> | undefined;
+  #forceNow: AbortController | undefined;
+
+  /**
+   * Not for users: {@linkcode serve} makes servers.
+   *
+   * @ignore
+   */
+  constructor(
+    token: typeof INTERNAL,
+    listener: TransportListener,
+    dialect: Dialect<T>,
+    options: ServeOptions<T>,
+    settings: ServerSettings,
+  ) {
+    if (token !== INTERNAL) {
+      throw new TypeError("Cannot construct Server: use serve()");
+    }
+    super();
+    this.addr = listener.addr;
+    this.#options = options;
+    this.#settings = settings.session;
+    this.#handler = options.handler;
+    this.#logger = safeLogger(options.logger);
+    this.#finished.promise.catch(() => {});
+    this.#config = {
+      side: "server",
+      dialect,
+      correlator: this.#correlator,
+      counters: this.#counters,
+      logger: this.#logger,
+      handler: () => this.#handler as Handler<T> | undefined,
+      context: { server: this },
+      retry: undefined,
+      onHandlerError: options.onHandlerError,
+      maxConcurrentHandlers: settings.session.maxConcurrentHandlers,
+      highWaterMark: settings.session.outboundBuffer,
+      maxWriteBytes: settings.session.maxWriteBytes,
+      requestTimeout: deadlineMs(settings.session.requestTimeout),
+      onClose: (session) => this.#sessionClosed(session),
+      onPeerDrain: () => {},
+    };
+    this.#housekeeper = new Housekeeper(() => this.#sessions, {
+      idleTimeout: settings.session.idleTimeout,
+      heartbeatInterval: 0,
+      maxMissed: 2,
+      heartbeatMessage: undefined,
+      writeTimeout: settings.session.writeTimeout,
+    });
+    this.#acceptor = new Acceptor(listener, settings, {
+      sessionCount: () => this.#sessions.size,
+      open: (conn, transport, proxy) => this.#open(conn, transport, proxy),
+      emit: (detail) => this.#emit(detail),
+      counters: this.#counters,
+      logger: this.#logger,
+    });
+  }
+
+  static {
+    // serve() needs this; as a #private member it stays off the public
+    // surface, and this block is the only way out of the class body.
+    startAccepting = (server) => server.#start();
+  }
+
+  /** Starts accepting. */
+  #start(): void {
+    this.#housekeeper.start();
+    this.#acceptor.start();
+    const signal = this.#options.signal;
+    if (signal !== undefined) {
+      if (signal.aborted) this.shutdown();
+      else {
+        const onAbort = () => this.shutdown();
+        signal.addEventListener("abort", onAbort, { once: true });
+        // A long-lived shared signal must not keep finished servers alive.
+        this.#finished.promise.then(() =>
+          signal.removeEventListener("abort", onAbort)
+        );
+      }
+    }
+  }
+
+  /**
+   * The TCP port listened on (handy with `port: 0`).
+   *
+   * @throws {TypeError} The server listens on a Unix socket.
+   */
+  get port(): number {
+    const addr = this.addr;
+    if (addr.transport !== "tcp") {
+      throw new TypeError(
+        `Cannot read port: the server listens on ${addr.transport}`,
+      );
+    }
+    return addr.port;
+  }
+
+  /** The open sessions. */
+  get sessions(): readonly Session<T>[] {
+    return [...this.#sessions];
+  }
+
+  /**
+   * The handler of requests and pushes from clients (the `handler` option
+   * or `serve()`'s second argument). Assigning replaces it for every
+   * session at once, for example to swap it at run time: each message goes
+   * to the handler set when it is dispatched (requests held behind
+   * `maxConcurrentHandlers` included), calls already running finish in the
+   * old one. With none set, a message counts as a handler failure: a
+   * default-protocol request gets an error reply (`RemoteError`), anything
+   * else is logged and counted in `stats().handlerErrors`.
+   */
+  get handler(): ServerHandler<T> | undefined {
+    return this.#handler;
+  }
+
+  set handler(handler: ServerHandler<T> | undefined) {
+    this.#handler = handler;
+  }
+
+  /**
+   * The shared options this server runs with (see {@linkcode SessionOptions}),
+   * defaults filled in; a client given the same options reports the same.
+   */
+  get settings(): SessionSettings {
+    return this.#settings;
+  }
+
+  /** Resolves with the shutdown report once the server has stopped. */
+  get finished(): Promise<ShutdownReport> {
+    return this.#finished.promise;
+  }
+
+  /** Whether a shutdown has begun. */
+  get isClosed(): boolean {
+    return this.#shutdown !== undefined;
+  }
+
+  /**
+   * Pushes a message to every ready session without waiting (a session whose
+   * write queue is over `maxWriteBytes` is cut off, not buffered forever).
+   * The message is encoded before this returns: its buffer may be reused at
+   * once.
+   *
+   * @param message The message.
+   * @returns The number of sessions it was queued for.
+   */
+  broadcast(message: T): number {
+    let n = 0;
+    for (const session of this.#sessions) {
+      if (session.state === "ready" && session.pushNow(message)) n++;
+    }
+    return n;
+  }
+
+  /**
+   * Counters and gauges.
+   *
+   * @returns A snapshot.
+   */
+  stats(): ServerStats {
+    return {
+      ...this.#counters,
+      sessions: this.#sessions.size,
+      accepted: this.#acceptor.accepted,
+      refused: this.#acceptor.refused,
+      rejected: this.#acceptor.rejected,
+    };
+  }
+
+  #emit(detail: ServerEventDetail): void {
+    this.dispatchEvent(new CustomEvent(detail.type, { detail }));
+  }
+
+  async #open(
+    conn: Transport,
+    transport: Transport,
+    proxy: ProxyInfo | undefined,
+  ): Promise<void> {
+    const session = new SessionImpl(transport, this.#config);
+    const certificate = (conn as { peerCertificate?: PeerCertificate })
+      .peerCertificate;
+    session.identify(proxy, certificate);
+    this.#sessions.add(session);
+    this.#emit({
+      type: "connect",
+      session: session.id,
+      remote: formatAddr(session.remoteAddr),
+    });
+    this.#logger.debug("Session opened", {
+      session: session.id,
+      remote: formatAddr(session.remoteAddr),
+    });
+    // Read from the start: onConnect may make requests of its own.
+    session.start();
+    const onConnect = this.#options.onConnect;
+    if (onConnect !== undefined) {
+      try {
+        await onConnect(session);
+      } catch (error) {
+        this.#acceptor.countRejected();
+        this.#logger.warn("Session rejected by onConnect", {
+          session: session.id,
+          error,
+        });
+        session.close(error);
+        return;
+      }
+    }
+    session.markReady();
+  }
+
+  #sessionClosed(session: SessionImpl<T>): void {
+    this.#sessions.delete(session);
+    this.#logger.debug("Session closed", {
+      session: session.id,
+      reason: session.closeReason,
+    });
+    this.#emit({
+      type: "disconnect",
+      session: session.id,
+      reason: session.closeReason,
+    });
+  }
+
+  /**
+   * Graceful shutdown, as Go's `http.Server.Shutdown`: stop accepting; tell
+   * every peer to drain (default protocol: a drain frame, which clients
+   * acknowledge once they have stopped sending requests here; custom codecs:
+   * `onDrain`); let running handlers finish and their replies flush; wait for
+   * the server's own pending requests; half-close; close once the peer has
+   * closed. Sessions still busy at `timeout` are forced shut and reported.
+   * Idempotent: a second call returns the same report.
+   *
+   * @param options Timeout and a signal that forces the shutdown.
+   * @returns What was drained and what was cut.
+   */
+  shutdown(options?: ShutdownOptions): Promise<ShutdownReport> {
+    options ??= {};
+    try {
+      timeoutOption(options.timeout ?? 10_000, "timeout");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.#shutdown ??= this.#runShutdown(options);
+    return this.#shutdown;
+  }
+
+  #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
+    // Set before runShutdown() first awaits, so close() right after
+    // shutdown() finds it.
+    const force = this.#forceNow = new AbortController();
+    return runShutdown(
+      {
+        acceptor: this.#acceptor,
+        sessions: this.#sessions,
+        onDrain: this.#options.onDrain,
+        logger: this.#logger,
+        stopTimers: () => {
+          this.#housekeeper.stop();
+          this.#correlator.close();
+        },
+      },
+      options,
+      force,
+    ).then((report) => {
+      this.#emit({ type: "shutdown", report });
+      this.#finished.resolve(report);
+      return report;
+    });
+  }
+
+  /**
+   * Stops at once: closes the listener and every session (pending requests
+   * reject, running handlers' replies are dropped).
+   *
+   * @returns The shutdown report.
+   */
+  close(): Promise<ShutdownReport> {
+    const report = this.shutdown({ timeout: 0 });
+    this.#forceNow?.abort(new ClosedError("Server closed"));
+    return report;
+  }
+
+  /** Graceful shutdown with the default timeout; resolves when finished. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}
+
+/**
+ * Makes a server on an open listener and starts it: what {@linkcode serve}
+ * and {@linkcode serveMutualTls} end with.
+ *
+ * @typeParam T The message type.
+ * @param listener The listener, already bound.
+ * @param dialect The protocol view of the options.
+ * @param options The options, handler included.
+ * @param settings The options, checked and resolved.
+ * @returns The running server.
+ */
+export function startServer<T>(
+  listener: TransportListener,
+  dialect: Dialect<T>,
+  options: ServeOptions<T>,
+  settings: ServerSettings,
+): Server<T> {
+  const server = new Server<T>(INTERNAL, listener, dialect, options, settings);
+  startAccepting(server);
+  options.onListen?.(server.addr);
+  return server;
+}
