@@ -8,7 +8,7 @@
 
 import type { Endpoint } from "../transport/connect.ts";
 import { Correlator, type Pending, Retry } from "../_correlation.ts";
-import { type Dialect, requestId } from "../_dialect.ts";
+import { type Dialect, requestId } from "../session/dialect.ts";
 import { callTimeout, deadlineMs, timeoutOption } from "../_util.ts";
 import type { SessionSettings } from "../options.ts";
 import { after } from "../_timeouts.ts";

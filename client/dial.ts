@@ -11,7 +11,8 @@ import {
   formatEndpoint,
   parseEndpoint,
 } from "../transport/connect.ts";
-import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
+import { codecDialect, type Dialect } from "../session/dialect.ts";
+import { defaultDialect } from "../_protocol_dialect.ts";
 import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
 import { resolveSessionOptions } from "../options.ts";
 import { after } from "../_timeouts.ts";

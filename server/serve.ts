@@ -9,7 +9,8 @@ import type { Codec } from "../framing/codec.ts";
 import type { TransportListener } from "../connection.ts";
 import { listen } from "../transport/_listen.ts";
 import { listenMutualTls } from "../transport/_mutual_tls.ts";
-import { codecDialect, defaultDialect, type Dialect } from "../_dialect.ts";
+import { codecDialect, type Dialect } from "../session/dialect.ts";
+import { defaultDialect } from "../_protocol_dialect.ts";
 import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
 import {
   resolveSessionOptions,

@@ -13,7 +13,7 @@ import {
   type TransportListener,
 } from "../connection.ts";
 import { Correlator } from "../_correlation.ts";
-import type { Dialect } from "../_dialect.ts";
+import type { Dialect } from "../session/dialect.ts";
 import { Housekeeper } from "../_housekeeping.ts";
 import { deadlineMs, timeoutOption } from "../_util.ts";
 import type { SessionSettings } from "../options.ts";

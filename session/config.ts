@@ -7,7 +7,7 @@
 
 import type { CorrelationId } from "../framing/codec.ts";
 import type { Correlator, Pending } from "../_correlation.ts";
-import type { Dialect } from "../_dialect.ts";
+import type { Dialect } from "./dialect.ts";
 import type { Logger } from "../logger.ts";
 import type { Counters, Handler, Session } from "./types.ts";
 import type { SessionImpl } from "./session.ts";

@@ -14,7 +14,7 @@ import {
   type PendingOwner,
   Retry,
 } from "../_correlation.ts";
-import { type Dialect, Inbound } from "../_dialect.ts";
+import { type Dialect, Inbound } from "./dialect.ts";
 import { ConnectionClosedError, RemoteError } from "../errors.ts";
 import type { SessionConfig } from "./config.ts";
 import type { HandlerGate } from "./handlers.ts";

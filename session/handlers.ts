@@ -7,8 +7,8 @@
  * @module
  */
 
-import { type Dialect, Inbound } from "../_dialect.ts";
-import { NOT_READY, ReplyOrder } from "../_reply_order.ts";
+import { type Dialect, Inbound } from "./dialect.ts";
+import { NOT_READY, ReplyOrder } from "./reply_order.ts";
 import type { SessionConfig } from "./config.ts";
 import type { Done, WriteQueue } from "./write_queue.ts";
 import type { HandlerContext, MessageKind, Session } from "./types.ts";

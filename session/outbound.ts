@@ -7,7 +7,7 @@
  */
 
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
-import { type Dialect, requestId } from "../_dialect.ts";
+import { type Dialect, requestId } from "./dialect.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import type { EncodedRequest, SessionConfig } from "./config.ts";
 import type { Dispatcher } from "./dispatcher.ts";

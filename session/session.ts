@@ -407,10 +407,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         counters.messagesOut += messages;
         counters.bytesOut += bytes;
       },
-      writeFailed: (
-        error: unknown,
-        unsettled: PromiseWithResolvers<void>[] | undefined,
-      ) => this.#writeFailed(error, unsettled),
+      writeFailed: (error) => this.#writeFailed(error),
       flushEnded: () => {
         if (this.#rescue.waiting) this.#rescue.settle();
         this.#idle.check();
@@ -418,10 +415,8 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     };
   }
 
-  #writeFailed(
-    error: unknown,
-    unsettled: PromiseWithResolvers<void>[] | undefined,
-  ): void {
+  /** A write failed: closes; what the failed batch's sends reject with. */
+  #writeFailed(error: unknown): unknown {
     const closing = error instanceof SlowConsumerError
       ? error
       : new ConnectionClosedError(
@@ -429,12 +424,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         { cause: error },
       );
     this.#fail(closing);
-    // The sends of the batch that failed: never written, or not known to be.
-    if (unsettled === undefined) return;
-    const reason = this.closeReason instanceof ConnectionClosedError
+    return this.closeReason instanceof ConnectionClosedError
       ? this.closeReason
       : closing;
-    for (const done of unsettled) done.reject(reason);
   }
 
   #gateOwner(): GateOwner<T> {

@@ -22,13 +22,10 @@ export interface WriteQueueOwner {
   /** A batch was written. */
   wrote(messages: number, bytes: number): void;
   /**
-   * A write failed. `unsettled` are the sends of the failed batch (never
-   * written, or not known to be): the session rejects them.
+   * A write failed: the session closes. Returns the error the sends of the
+   * failed batch (never written, or not known to be) reject with.
    */
-  writeFailed(
-    error: unknown,
-    unsettled: PromiseWithResolvers<void>[] | undefined,
-  ): void;
+  writeFailed(error: unknown): unknown;
   /** The flush loop stopped (nothing left to write, or it failed). */
   flushEnded(): void;
 }
@@ -250,7 +247,10 @@ export class WriteQueue {
       }
     } catch (error) {
       this.writeStartedAt = 0;
-      owner.writeFailed(error, notify);
+      const reason = owner.writeFailed(error);
+      if (notify !== undefined) {
+        for (const done of notify) done.reject(reason);
+      }
     } finally {
       this.#writing = false;
       owner.flushEnded();

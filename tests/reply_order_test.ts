@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { NOT_READY, ReplyOrder } from "../_reply_order.ts";
+import { NOT_READY, ReplyOrder } from "../session/reply_order.ts";
 
 Deno.test("ReplyOrder releases answers in the order turns were taken, skipping empty ones", () => {
   const order = new ReplyOrder();

@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { Correlator, type Pending, Retry } from "../_correlation.ts";
-import { defaultDialect, type Dialect } from "../_dialect.ts";
+import type { Dialect } from "../session/dialect.ts";
+import { defaultDialect } from "../_protocol_dialect.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import { noopLogger } from "../logger.ts";
 import { defaultCodec, FrameKind } from "../protocol.ts";
