@@ -179,23 +179,21 @@ function afterLength(length: number, max: number): number {
  */
 class DefaultDecoder implements FrameDecoder<Frame> {
   readonly #max: number;
-  /** The frame that spans chunks, from its kind on. */
-  readonly #partial: PartialFrame;
+  /**
+   * The frame that spans chunks, from its kind on; made when one first does
+   * (an idle session's decoder holds nothing).
+   */
+  #partial: PartialFrame | undefined;
 
   constructor(max: number) {
     this.#max = max;
-    this.#partial = new PartialFrame(
-      LENGTH_BYTES,
-      0,
-      (header, at) => afterLength(readU32BE(header, at), max),
-    );
   }
 
   decode(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
     const partial = this.#partial;
     let pos = 0;
-    if (partial.active) {
+    if (partial !== undefined && partial.active) {
       pos = partial.feed(chunk, 0);
       if (pos < 0) return frames;
       frames.push(toFrame(partial.take()));
@@ -228,13 +226,19 @@ class DefaultDecoder implements FrameDecoder<Frame> {
       });
       pos += total;
     }
-    if (pos < end) partial.feed(chunk, pos);
+    if (pos < end) {
+      (this.#partial ??= new PartialFrame(
+        LENGTH_BYTES,
+        0,
+        (header, at) => afterLength(readU32BE(header, at), max),
+      )).feed(chunk, pos);
+    }
     return frames;
   }
 
   end(): void {
     const partial = this.#partial;
-    if (!partial.active) return;
+    if (partial === undefined || !partial.active) return;
     const have = partial.received;
     partial.clear();
     throw new ProtocolError(

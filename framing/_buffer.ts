@@ -142,14 +142,19 @@ export class PartialBytes {
  * it hands out a buffer of its own without a further copy.
  */
 export class PartialFrame {
-  readonly #header: Uint8Array;
+  readonly #headerBytes: number;
+  /**
+   * A header split across chunks, made when one first is: a decoder whose
+   * frames arrive whole (or an idle session's) holds no buffer.
+   */
+  #header: Uint8Array | undefined;
   /** Bytes of #header held while reading the header. */
   #headerLength = 0;
   /** How many leading header bytes belong to the frame handed out. */
   readonly #keep: number;
   readonly #bodySize: (header: Uint8Array, at: number) => number;
-  /** The kept header bytes and the body. */
-  readonly #bytes = new PartialBytes();
+  /** The kept header bytes and the body (made on first use, as #header). */
+  #bytes: PartialBytes | undefined;
   /** Their whole size once the header is read; -1 while reading the header. */
   #size = -1;
 
@@ -168,7 +173,7 @@ export class PartialFrame {
     keep: number,
     bodySize: (header: Uint8Array, at: number) => number,
   ) {
-    this.#header = new Uint8Array(headerBytes);
+    this.#headerBytes = headerBytes;
     this.#keep = keep;
     this.#bodySize = bodySize;
   }
@@ -182,7 +187,7 @@ export class PartialFrame {
   get received(): number {
     return this.#size < 0
       ? this.#headerLength
-      : this.#header.length - this.#keep + this.#bytes.length;
+      : this.#headerBytes - this.#keep + this.#bytes!.length;
   }
 
   /**
@@ -203,17 +208,17 @@ export class PartialFrame {
    * @throws What the `bodySize` callback throws, once the header is whole.
    */
   feed(chunk: Uint8Array, pos: number): number {
-    const bytes = this.#bytes;
+    const bytes = this.#bytes ??= new PartialBytes();
     const end = chunk.length;
     let size = this.#size;
     if (size < 0) {
-      const header = this.#header;
-      const headerBytes = header.length;
+      const headerBytes = this.#headerBytes;
       const keep = this.#keep;
       let source = chunk;
       let at = pos;
       if (this.#headerLength > 0 || end - pos < headerBytes) {
         const count = Math.min(end - pos, headerBytes - this.#headerLength);
+        const header = this.#header ??= new Uint8Array(headerBytes);
         header.set(chunk.subarray(pos, pos + count), this.#headerLength);
         this.#headerLength += count;
         pos += count;
@@ -241,14 +246,14 @@ export class PartialFrame {
    */
   take(): Uint8Array {
     this.#size = -1;
-    return this.#bytes.take();
+    return this.#bytes!.take();
   }
 
   /** Forgets the frame in progress. */
   clear(): void {
     this.#size = -1;
     this.#headerLength = 0;
-    this.#bytes.clear();
+    this.#bytes?.clear();
   }
 }
 

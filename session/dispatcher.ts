@@ -20,15 +20,15 @@ import type { SessionConfig } from "./config.ts";
 import type { HandlerGate } from "./handlers.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
-/** What the dispatcher needs from its session. */
-export interface DispatchOwner {
-  /** The session, as the owner of its requests. */
-  readonly session: PendingOwner;
+/** What the dispatcher needs from its session (the session itself). */
+export interface DispatchOwner extends PendingOwner {
   /** The session's number, for logs. */
   readonly id: number;
   /** The peer sent a drain frame. */
   drainFrame(): void;
 }
+
+const NO_FIFO: Pending[] = [];
 
 /** Routes each decoded message of one session. */
 export class Dispatcher<T> {
@@ -41,8 +41,11 @@ export class Dispatcher<T> {
   readonly #queue: WriteQueue;
   /** Server side: a reply counts only on the session that was asked. */
   readonly #ownReplies: boolean;
-  /** Fifo correlation: requests in the order they were written. */
-  readonly #fifo: Pending[] = [];
+  /**
+   * Fifo correlation: requests in the order they were written (other
+   * dialects share one empty list: nothing is ever added to it).
+   */
+  readonly #fifo: Pending[];
   #fifoHead = 0;
 
   constructor(
@@ -59,6 +62,7 @@ export class Dispatcher<T> {
     this.#gate = gate;
     this.#queue = queue;
     this.#ownReplies = cfg.side === "server";
+    this.#fifo = cfg.dialect.mode === "fifo" ? [] : NO_FIFO;
   }
 
   /** A fifo request was queued: the next reply not matched is its. */
@@ -168,7 +172,7 @@ export class Dispatcher<T> {
    */
   #pendingFor(entry: Pending | undefined): Pending | undefined {
     if (entry === undefined || !this.#ownReplies) return entry;
-    return entry.owner === this.#owner.session ? entry : undefined;
+    return entry.owner === this.#owner ? entry : undefined;
   }
 
   /** Completes a custom-codec request; the codec may call the reply a failure. */

@@ -58,12 +58,12 @@ export function peerDrained<T>(s: Draining<T>): void {
   const life = s.life;
   if (life.told) {
     // Our drain was acknowledged: every request the peer sent has arrived.
-    return life.drained.set();
+    return life.peerDrained();
   }
   // The peer is going away: stop sending it requests and acknowledge.
   life.drain();
   tell(s);
-  life.drained.set();
+  life.peerDrained();
   s.peerDraining();
 }
 
@@ -110,7 +110,7 @@ export async function drain<T>(
   try {
     if (s.framed) {
       tell(s);
-      await Promise.race([s.life.drained.wait(), forced.promise]);
+      await Promise.race([s.life.whenDrained(), forced.promise]);
     } else if (onDrain !== undefined) {
       // A failing hook is logged; the drain goes on.
       const told = Promise.resolve().then(() => onDrain(s.session)).catch(
@@ -126,7 +126,7 @@ export async function drain<T>(
       } catch {
         // The peer may already be gone.
       }
-      await Promise.race([s.life.ended.wait(), forced.promise]);
+      await Promise.race([s.life.whenEnded(), forced.promise]);
     }
     s.close();
     return drained();
@@ -173,7 +173,7 @@ async function forceClose<T>(
 /** What a drain is still waiting for, in words (for the shutdown report). */
 function busyWith<T>(s: Draining<T>): string[] {
   const reasons: string[] = [];
-  if (s.framed && !s.life.drained.done) {
+  if (s.framed && !s.life.drained) {
     reasons.push("the peer never answered the drain");
   }
   const running = s.gate.running;
@@ -201,7 +201,7 @@ async function refuseUnstarted<T>(s: Draining<T>): Promise<number> {
   const gaveUp = Promise.withResolvers<void>();
   const cancel = after(REFUSAL_MS, gaveUp.resolve);
   try {
-    await Promise.race([s.life.drained.wait(), gaveUp.promise]);
+    await Promise.race([s.life.whenDrained(), gaveUp.promise]);
     const written = refusing.written?.promise;
     if (written !== undefined) await Promise.race([written, gaveUp.promise]);
   } catch {

@@ -16,10 +16,11 @@ import type { HandlerContext, MessageKind, Session } from "./types.ts";
 /** Held requests past which reading stops even while own requests wait. */
 const HELD_HARD_CAP = 1024;
 
-/** What the gate needs from its session. */
-export interface GateOwner<T> {
-  /** The session, as handlers see it. */
-  readonly session: Session<T>;
+/** No message held: one empty list shared by every idle session. */
+const NONE_HELD: unknown[] = [];
+
+/** What the gate needs from its session (the session itself). */
+export interface GateOwner<T> extends Session<T> {
   /** The session's own requests still pending. */
   readonly pendingCount: number;
   isClosed(): boolean;
@@ -60,14 +61,14 @@ export class HandlerGate<T> {
    * Replies keep being read meanwhile, so a handler that waits for an
    * answer from its own peer does not block reading.
    */
-  #held: unknown[] = [];
+  #held: unknown[] = NONE_HELD;
   /** True until open(): messages for the handler are held. */
   #gated = true;
   /** Handlers running (with fifo: and answers waiting for their turn). */
   running = 0;
   #slotWaiter: PromiseWithResolvers<void> | undefined;
   /** Handler contexts by inbound kind, made on first use. */
-  #contexts: (HandlerContext<T> | undefined)[] = [];
+  #contexts: (HandlerContext<T> | undefined)[] | undefined;
   /** Set once a forced drain refuses the requests it will not run. */
   #refusing: Refusing | undefined;
   /** Behind the handlers' signal, made on first use. */
@@ -102,10 +103,14 @@ export class HandlerGate<T> {
   handle(wire: unknown): void {
     if (this.#refusing !== undefined) return this.#refuse(wire);
     if (this.#gated || this.#held.length > 0 || this.running >= this.#max) {
-      this.#held.push(wire);
-      return;
+      return this.#hold(wire);
     }
     this.#invoke(wire);
+  }
+
+  #hold(wire: unknown): void {
+    if (this.#held === NONE_HELD) this.#held = [];
+    this.#held.push(wire);
   }
 
   /** Runs held messages while the gate is open and slots are free. */
@@ -155,7 +160,7 @@ export class HandlerGate<T> {
 
   /** The session closed: nothing held runs, the read loop is let go. */
   close(reason: unknown): void {
-    this.#held = [];
+    this.#held = NONE_HELD;
     this.#slotWaiter?.resolve();
     this.#slotWaiter = undefined;
     this.stopHandlers(reason);
@@ -183,7 +188,7 @@ export class HandlerGate<T> {
   refuseAll(): Refusing {
     const refusing = this.#refusing = { count: 0, written: undefined };
     const held = this.#held;
-    this.#held = [];
+    this.#held = NONE_HELD;
     for (const wire of held) this.handle(wire);
     this.recheckReading();
     return refusing;
@@ -194,8 +199,7 @@ export class HandlerGate<T> {
     const refusing = this.#refusing!;
     const refusal = this.#dialect.refusal(wire);
     if (refusal === undefined || this.#owner.isClosed()) {
-      this.#held.push(wire);
-      return;
+      return this.#hold(wire);
     }
     const written = Promise.withResolvers<void>();
     written.promise.catch(() => {});
@@ -250,22 +254,22 @@ export class HandlerGate<T> {
 
   /** The context handed to handlers; its signal is made on first use. */
   #context(inbound: number): HandlerContext<T> {
-    let context = this.#contexts[inbound];
+    const contexts = this.#contexts ??= [];
+    let context = contexts[inbound];
     if (context === undefined) {
       const kind: MessageKind = inbound === Inbound.Request
         ? "request"
         : inbound === Inbound.Push
         ? "push"
         : "message";
-      const owner = this.#owner;
       context = {
         ...this.#cfg.context,
-        session: owner.session,
+        session: this.#owner as Session<T>,
         kind,
         expectsReply: kind !== "push",
       } as HandlerContext<T>;
       Object.defineProperty(context, "signal", { get: () => this.#signal() });
-      this.#contexts[inbound] = context;
+      contexts[inbound] = context;
     }
     return context;
   }
@@ -292,12 +296,12 @@ export class HandlerGate<T> {
       reply = this.#dialect.error(error, wire);
     } else if (cfg.onHandlerError !== undefined) {
       try {
-        reply = cfg.onHandlerError(error, message, this.#owner.session);
+        reply = cfg.onHandlerError(error, message, this.#owner);
       } catch (mapError) {
         error = mapError;
       }
     }
-    const session = this.#owner.session.id;
+    const session = this.#owner.id;
     if (reply === undefined) {
       cfg.logger.error("Handler failed", { session, error });
     } else {
@@ -346,7 +350,7 @@ export class HandlerGate<T> {
         return mapped === undefined ? undefined : codec.encode(mapped).slice();
       } catch (encodeError) {
         this.#cfg.logger.error("Handler failed", {
-          session: this.#owner.session.id,
+          session: this.#owner.id,
           error: encodeError,
         });
         return undefined;
@@ -366,7 +370,7 @@ export class HandlerGate<T> {
     } catch (error) {
       if (to === undefined) {
         this.#cfg.logger.error("Handler failed", {
-          session: this.#owner.session.id,
+          session: this.#owner.id,
           error,
         });
         return;
@@ -386,7 +390,7 @@ export class HandlerGate<T> {
   #replyDropped(): boolean {
     if (!this.#owner.isClosed()) return false;
     this.#cfg.logger.debug("Dropped a reply: the session is closed", {
-      session: this.#owner.session.id,
+      session: this.#owner.id,
     });
     return true;
   }

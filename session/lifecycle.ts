@@ -19,32 +19,25 @@
 
 import type { SessionState } from "./types.ts";
 
-/** A fact that is false until it becomes true once, with waiters. */
-class Latch {
-  done = false;
-  #waiter: PromiseWithResolvers<void> | undefined;
-
-  /** Resolves once the fact holds. */
-  wait(): Promise<void> {
-    if (this.done) return Promise.resolve();
-    return (this.#waiter ??= Promise.withResolvers<void>()).promise;
-  }
-
-  set(): void {
-    this.done = true;
-    this.#waiter?.resolve();
-  }
-}
-
-/** A session's state and the progress of its drain. */
+/** A session's state, the progress of its drain, and its idle waiters. */
 export class Lifecycle {
   state: SessionState = "handshaking";
   /** Our drain (or drain answer) is queued. */
   told = false;
   /** The peer answered our drain, or drained itself (or ended). */
-  readonly drained: Latch = new Latch();
+  drained = false;
   /** The peer ended its side. */
-  readonly ended: Latch = new Latch();
+  ended = false;
+  // Waiters are made on demand: an idle session holds none.
+  #drainedWaiter: PromiseWithResolvers<void> | undefined;
+  #endedWaiter: PromiseWithResolvers<void> | undefined;
+  #idleWaiters: (() => void)[] | undefined;
+  readonly #of: { isIdle(): boolean };
+
+  /** `of` says whether nothing is owed (see {@linkcode whenIdle}). */
+  constructor(of: { isIdle(): boolean }) {
+    this.#of = of;
+  }
 
   /** The handshake is over (unless a drain or close came first). */
   ready(): void {
@@ -58,46 +51,56 @@ export class Lifecycle {
     return true;
   }
 
+  /** Resolves once the peer drained (or ended, or the session closed). */
+  whenDrained(): Promise<void> {
+    if (this.drained) return Promise.resolve();
+    return (this.#drainedWaiter ??= Promise.withResolvers<void>()).promise;
+  }
+
+  /** The peer drained: every request it will send has arrived. */
+  peerDrained(): void {
+    this.drained = true;
+    this.#drainedWaiter?.resolve();
+  }
+
+  /** Resolves once the peer ended its side (or the session closed). */
+  whenEnded(): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    return (this.#endedWaiter ??= Promise.withResolvers<void>()).promise;
+  }
+
   /** The peer ended its side: it will drain nothing more either. */
   end(): void {
-    this.ended.set();
-    this.drained.set();
+    this.ended = true;
+    this.#endedWaiter?.resolve();
+    this.peerDrained();
   }
 
   /** Closes; returns false when it was closed already. */
   close(): boolean {
     if (this.state === "closed") return false;
     this.state = "closed";
-    this.ended.set();
-    this.drained.set();
+    this.#endedWaiter?.resolve();
+    this.peerDrained();
     return true;
   }
-}
 
-/**
- * Waiters for "nothing is owed" (no handler running, nothing to write, no
- * own request pending). Pending entries and writes settle without telling
- * the session which event it waits for: it checks on each of them.
- */
-export class IdleWatch {
-  readonly #idle: () => boolean;
-  #waiters: (() => void)[] = [];
-
-  constructor(idle: () => boolean) {
-    this.#idle = idle;
+  /**
+   * Resolves once nothing is owed (no handler running, nothing to write, no
+   * own request pending). Pending entries and writes settle without telling
+   * the session which event it waits for: it calls {@linkcode checkIdle} on
+   * each of them.
+   */
+  whenIdle(): Promise<void> {
+    if (this.#of.isIdle()) return Promise.resolve();
+    return new Promise((resolve) => (this.#idleWaiters ??= []).push(resolve));
   }
 
-  /** Resolves once idle. */
-  wait(): Promise<void> {
-    if (this.#idle()) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  /** Wakes the waiters if idle now. */
-  check(): void {
-    if (this.#waiters.length === 0 || !this.#idle()) return;
-    const waiters = this.#waiters;
-    this.#waiters = [];
+  /** Wakes the idle waiters if nothing is owed now. */
+  checkIdle(): void {
+    const waiters = this.#idleWaiters;
+    if (waiters === undefined || !this.#of.isIdle()) return;
+    this.#idleWaiters = undefined;
     for (const wake of waiters) wake();
   }
 }

@@ -12,18 +12,17 @@ import { ConnectionClosedError } from "../errors.ts";
 import type { EncodedRequest, SessionConfig } from "./config.ts";
 import type { Dispatcher } from "./dispatcher.ts";
 import type { HandlerGate } from "./handlers.ts";
-import type { Rescue } from "./rescue.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
-/** What the sender needs from its session. */
-export interface OutboundOwner {
-  /** The session, as the owner of its requests. */
-  readonly session: PendingOwner;
+/** What the sender needs from its session (the session itself). */
+export interface OutboundOwner extends PendingOwner {
   readonly id: number;
   isClosed(): boolean;
   /** Our drain (or drain answer) is queued: no request may follow it. */
   drainSent(): boolean;
   closedError(what: string): ConnectionClosedError;
+  /** Sends a request the closing session cannot deliver elsewhere, if it may. */
+  rescue(entry: Pending, error: unknown): boolean;
 }
 
 /** The parts of a session the sender works with. */
@@ -32,7 +31,6 @@ export interface OutboundParts<T> {
   queue: WriteQueue;
   dispatcher: Dispatcher<T>;
   gate: HandlerGate<T>;
-  rescue: Rescue;
 }
 
 /** Registers and queues a session's own requests and pushes. */
@@ -43,7 +41,6 @@ export class Outbound<T> {
   readonly #queue: WriteQueue;
   readonly #dispatcher: Dispatcher<T>;
   readonly #gate: HandlerGate<T>;
-  readonly #rescue: Rescue;
   readonly #fifo: boolean;
 
   constructor(owner: OutboundOwner, parts: OutboundParts<T>) {
@@ -53,7 +50,6 @@ export class Outbound<T> {
     this.#queue = parts.queue;
     this.#dispatcher = parts.dispatcher;
     this.#gate = parts.gate;
-    this.#rescue = parts.rescue;
     this.#fifo = parts.cfg.dialect.mode === "fifo";
   }
 
@@ -67,7 +63,7 @@ export class Outbound<T> {
   ): Promise<T> {
     const dialect = this.#dialect;
     const correlator = this.#cfg.correlator;
-    const owner = this.#owner.session;
+    const owner = this.#owner;
     let entry: Pending;
     let wire: unknown;
     try {
@@ -104,7 +100,7 @@ export class Outbound<T> {
     try {
       entry = this.#cfg.correlator.add(
         this.#fifo ? undefined : request.id,
-        this.#owner.session,
+        this.#owner,
         timeout ?? this.#cfg.requestTimeout,
         signal,
       );
@@ -117,7 +113,7 @@ export class Outbound<T> {
 
   /** Takes over a request another session could not deliver (a retry). */
   adopt(entry: Pending, bytes: Uint8Array): void {
-    entry.move(this.#owner.session);
+    entry.move(this.#owner);
     void this.#send(entry, undefined, bytes, false);
   }
 
@@ -147,11 +143,11 @@ export class Outbound<T> {
     const owner = this.#owner;
     this.#queue.waitForRoom((open) => {
       // A closed session handed it to a retry already (see Rescue).
-      if (entry.owner !== owner.session) return;
+      if (entry.owner !== owner) return;
       if (open) return this.#queueRequest(entry, undefined, held, heartbeat);
       // Fifo requests waiting for room are in no table: offered here.
       const error = owner.closedError("request");
-      if (!this.#rescue.atClose(entry, error)) entry.fail(error);
+      if (!owner.rescue(entry, error)) entry.fail(error);
     });
     return entry.promise as Promise<T>;
   }
@@ -179,7 +175,7 @@ export class Outbound<T> {
       return entry.fail(error);
     }
     // Cut off for maxWriteBytes: the close failed it or sent it elsewhere.
-    if (entry.settled || entry.owner !== owner.session || owner.isClosed()) {
+    if (entry.settled || entry.owner !== owner || owner.isClosed()) {
       return;
     }
     entry.start = start;

@@ -22,102 +22,103 @@ import type { SlabReader } from "./reader.ts";
 import type { Counters } from "./types.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
-/** What the loop reads from and hands to. */
-export interface ReadLoopParts<T> {
-  session: {
-    readonly id: number;
-    readonly side: "client" | "server";
-    readonly remoteAddr: Deno.Addr;
-    readonly liveness: { lastReadAt: number; missed: number };
-  };
-  reader: SlabReader;
-  decoder: FrameDecoder<unknown>;
-  dispatcher: Dispatcher<T>;
-  gate: HandlerGate<T>;
-  queue: WriteQueue;
-  counters: Counters;
-  stats: { messagesIn: number; bytesIn: number };
+/** The session, as the loop sees it. */
+export interface ReadLoopSession {
+  readonly side: "client" | "server";
+  readonly remoteAddr: Deno.Addr;
+  readonly liveness: { lastReadAt: number; missed: number };
   isClosed(): boolean;
   /** The peer ended its side (called once the last batch is dispatched). */
   ended(): void;
 }
 
-/** One session's read loop. */
-export class ReadLoop<T> {
-  readonly #p: ReadLoopParts<T>;
-
-  constructor(parts: ReadLoopParts<T>) {
-    this.#p = parts;
-  }
-
-  /** Runs until the end of the stream or the close; rejects on bad input. */
-  async run(): Promise<void> {
-    const p = this.#p;
-    const { decoder, stats, counters, gate, queue } = p;
-    const liveness = p.session.liveness;
-    for (;;) {
-      const chunk = await p.reader.read();
-      if (chunk === null) {
-        decoder.end?.();
-        break;
-      }
-      if (p.isClosed()) return;
-      liveness.lastReadAt = coarseNow();
-      liveness.missed = 0;
-      stats.bytesIn += chunk.length;
-      counters.bytesIn += chunk.length;
-      let batch: unknown[];
-      try {
-        batch = decoder.decode(chunk);
-      } catch (error) {
-        throw this.#firstBytesError(chunk, error);
-      }
-      stats.messagesIn += batch.length;
-      counters.messagesIn += batch.length;
-      // Replies keep flowing while the handlers are at their limit; only
-      // held requests stop the reading.
-      let next = this.#dispatchFrom(batch, 0);
-      while (next >= 0) {
-        while (gate.readingPaused()) await gate.slotFree();
-        next = this.#dispatchFrom(batch, next);
-      }
-      if (p.isClosed()) return;
-      // Backpressure from our own write side: a peer that does not read
-      // our replies stops being read.
-      if (queue.full) await queue.room();
+/**
+ * Runs one session's read loop until the end of the stream or the close;
+ * rejects on bad input. A function, not an object: its arguments live in
+ * the loop's own frame, which every idle session holds anyway.
+ */
+export async function readLoop<T>(
+  session: ReadLoopSession,
+  reader: SlabReader,
+  decoder: FrameDecoder<unknown>,
+  dispatcher: Dispatcher<T>,
+  gate: HandlerGate<T>,
+  queue: WriteQueue,
+  counters: Counters,
+  stats: { messagesIn: number; bytesIn: number },
+): Promise<void> {
+  const liveness = session.liveness;
+  for (;;) {
+    const chunk = await reader.read();
+    if (chunk === null) {
+      decoder.end?.();
+      break;
     }
-    p.ended();
-  }
-
-  /**
-   * Dispatches `batch[from]` onwards. Returns the index to go on from once
-   * reading may resume, or -1 when the batch is done (or the session
-   * closed). A method called once per read, not a loop inside `run`: V8
-   * optimizes a function that is called early, while a loop in an async
-   * function that runs for the session's whole life only by on-stack
-   * replacement, late.
-   */
-  #dispatchFrom(batch: unknown[], from: number): number {
-    const { dispatcher, gate } = this.#p;
-    for (let i = from; i < batch.length; i++) {
-      if (this.#p.isClosed()) return -1;
-      dispatcher.dispatch(batch[i]);
-      if (gate.readingPaused()) return i + 1;
+    if (session.isClosed()) return;
+    liveness.lastReadAt = coarseNow();
+    liveness.missed = 0;
+    stats.bytesIn += chunk.length;
+    counters.bytesIn += chunk.length;
+    let batch: unknown[];
+    try {
+      batch = decoder.decode(chunk);
+    } catch (error) {
+      throw firstBytesError(session, stats, chunk, error);
     }
-    return -1;
+    stats.messagesIn += batch.length;
+    counters.messagesIn += batch.length;
+    // Replies keep flowing while the handlers are at their limit; only
+    // held requests stop the reading.
+    let next = dispatchFrom(session, dispatcher, gate, batch, 0);
+    while (next >= 0) {
+      while (gate.readingPaused()) await gate.slotFree();
+      next = dispatchFrom(session, dispatcher, gate, batch, next);
+    }
+    if (session.isClosed()) return;
+    // Backpressure from our own write side: a peer that does not read
+    // our replies stops being read.
+    if (queue.full) await queue.room();
   }
+  session.ended();
+}
 
-  /**
-   * The error for a chunk the decoder refused. When it is the session's
-   * first chunk and its bytes are a foreign protocol's (TLS, HTTP, SSH), a
-   * `ProtocolMismatchError` that says so, with the decoder's error as
-   * `cause`; otherwise the decoder's error. Only the first chunk is sniffed:
-   * later bytes do not start at the peer's first byte.
-   */
-  #firstBytesError(chunk: Uint8Array, error: unknown): unknown {
-    const { stats, session } = this.#p;
-    if (stats.messagesIn !== 0 || stats.bytesIn !== chunk.length) return error;
-    const peer = formatAddr(session.remoteAddr);
-    return protocolMismatch(chunk, session.side, peer, error) ?? error;
+/**
+ * Dispatches `batch[from]` onwards. Returns the index to go on from once
+ * reading may resume, or -1 when the batch is done (or the session closed).
+ * A function called once per read, not a loop inside `readLoop`: V8
+ * optimizes a function that is called early, while a loop in an async
+ * function that runs for the session's whole life only by on-stack
+ * replacement, late.
+ */
+function dispatchFrom<T>(
+  session: ReadLoopSession,
+  dispatcher: Dispatcher<T>,
+  gate: HandlerGate<T>,
+  batch: unknown[],
+  from: number,
+): number {
+  for (let i = from; i < batch.length; i++) {
+    if (session.isClosed()) return -1;
+    dispatcher.dispatch(batch[i]);
+    if (gate.readingPaused()) return i + 1;
   }
+  return -1;
+}
+
+/**
+ * The error for a chunk the decoder refused. When it is the session's first
+ * chunk and its bytes are a foreign protocol's (TLS, HTTP, SSH), a
+ * `ProtocolMismatchError` that says so, with the decoder's error as
+ * `cause`; otherwise the decoder's error. Only the first chunk is sniffed:
+ * later bytes do not start at the peer's first byte.
+ */
+function firstBytesError(
+  session: ReadLoopSession,
+  stats: { messagesIn: number; bytesIn: number },
+  chunk: Uint8Array,
+  error: unknown,
+): unknown {
+  if (stats.messagesIn !== 0 || stats.bytesIn !== chunk.length) return error;
+  const peer = formatAddr(session.remoteAddr);
+  return protocolMismatch(chunk, session.side, peer, error) ?? error;
 }

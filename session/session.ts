@@ -28,7 +28,7 @@ import type { DrainResult, EncodedRequest, SessionConfig } from "./config.ts";
 import { Dispatcher } from "./dispatcher.ts";
 import { drain, type Draining, peerDrained, peerEnded } from "./drain.ts";
 import { type GateOwner, HandlerGate } from "./handlers.ts";
-import { IdleWatch, Lifecycle } from "./lifecycle.ts";
+import { Lifecycle } from "./lifecycle.ts";
 import { Outbound, type OutboundOwner } from "./outbound.ts";
 import { SlabReader } from "./reader.ts";
 import { Rescue } from "./rescue.ts";
@@ -42,7 +42,7 @@ import type {
   SessionStats,
 } from "./types.ts";
 import { WriteQueue, type WriteQueueOwner } from "./write_queue.ts";
-import { ReadLoop } from "./read_loop.ts";
+import { readLoop } from "./read_loop.ts";
 import { failure } from "./failure.ts";
 
 export type { DrainResult, EncodedRequest, SessionConfig } from "./config.ts";
@@ -77,7 +77,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   #remoteAddr: Deno.Addr;
   #peerCertificate: PeerCertificate | undefined;
   #proxy: ProxyInfo | undefined;
-  readonly #life = new Lifecycle();
+  readonly #life: Lifecycle = new Lifecycle(this);
   readonly #conn: Transport;
   readonly #cfg: SessionConfig<T>;
   readonly #decoder: FrameDecoder<unknown>;
@@ -86,13 +86,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   readonly #gate: HandlerGate<T>;
   readonly #dispatcher: Dispatcher<T>;
   readonly #outbound: Outbound<T>;
-  readonly #rescue: Rescue;
+  /** Made when a closing session first decides what its requests become. */
+  #rescue: Rescue | undefined;
   readonly #resolveClosed: () => void;
-  readonly #draining: Draining<T>;
-  readonly #idle: IdleWatch = new IdleWatch(() =>
-    this.#life.state === "closed" ||
-    (this.#gate.idle && this.#queue.idle && this.pendingCount === 0)
-  );
+  /** Made when a drain (either side's) or the peer's end first needs it. */
+  #draining: Draining<T> | undefined;
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
@@ -103,33 +101,29 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#remoteAddr = conn.remoteAddr;
     this.#decoder = cfg.dialect.codec.decoder();
     this.#reader = new SlabReader(conn);
+    // The parts call back into the session itself (its methods under "for
+    // the session's parts"), not through adapter objects: every object and
+    // closure here is paid by each idle connection.
     const queue = this.#queue = new WriteQueue(
       conn,
       cfg.dialect.codec,
-      this.#queueOwner(),
+      this,
       cfg.highWaterMark,
       cfg.maxWriteBytes,
     );
-    const gate = this.#gate = new HandlerGate<T>(this.#gateOwner(), cfg, queue);
+    const gate = this.#gate = new HandlerGate<T>(this, cfg, queue);
     const dispatcher = this.#dispatcher = new Dispatcher<T>(
-      {
-        id: this.id,
-        drainFrame: () => peerDrained(this.#draining),
-        session: this,
-      },
+      this,
       cfg,
       gate,
       queue,
     );
-    const rescue = this.#rescue = new Rescue(this, conn, queue, cfg.retry);
-    this.#outbound = new Outbound<T>(this.#outboundOwner(), {
+    this.#outbound = new Outbound<T>(this, {
       cfg,
       queue,
       dispatcher,
       gate,
-      rescue,
     });
-    this.#draining = this.#drainingParts();
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
@@ -177,19 +171,16 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** Starts reading. Inbound messages flow from now on. */
   start(): void {
-    const loop = new ReadLoop({
-      session: this,
-      reader: this.#reader,
-      decoder: this.#decoder,
-      dispatcher: this.#dispatcher,
-      gate: this.#gate,
-      queue: this.#queue,
-      counters: this.#cfg.counters,
-      stats: this.#stats,
-      isClosed: () => this.#life.state === "closed",
-      ended: () => peerEnded(this.#draining),
-    });
-    loop.run().catch((error) => this.#fail(error));
+    readLoop(
+      this,
+      this.#reader,
+      this.#decoder,
+      this.#dispatcher,
+      this.#gate,
+      this.#queue,
+      this.#cfg.counters,
+      this.#stats,
+    ).catch((error) => this.#fail(error));
   }
 
   /** Marks the session ready for routing (after the handshake). */
@@ -305,7 +296,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
 
   /** A pending request of this session settled (called by its entry). */
   requestSettled(): void {
-    this.#idle.check();
+    this.#life.checkIdle();
   }
 
   #fail(error: unknown): void {
@@ -328,7 +319,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       : new ConnectionClosedError(`Session ${this.id} closed`, {
         cause: reason,
       });
-    const rescue = this.#rescue;
+    const rescue = this.#rescuer();
     this.#cfg.correlator.failOwner(
       this,
       error,
@@ -337,21 +328,9 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     this.#dispatcher.clear();
     this.#gate.close(reason ?? new ClosedError("Session closed"));
     this.#queue.clear(error, rescue.waiting);
-    this.#idle.check();
+    this.#life.checkIdle();
     this.#cfg.onClose(this);
     this.#resolveClosed();
-  }
-
-  /** Re-reads the state after an await (defeats narrowing). */
-  #isClosed(): boolean {
-    return this.#life.state === "closed";
-  }
-
-  #closedError(what: string): ConnectionClosedError {
-    return new ConnectionClosedError(
-      `Cannot ${what}: session ${this.id} is closed`,
-      { cause: this.closeReason },
-    );
   }
 
   /** Closes a peer that does not read what it is sent. */
@@ -376,7 +355,7 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     signal: AbortSignal,
     onDrain?: (session: Session<T>) => void | Promise<void>,
   ): Promise<DrainResult> {
-    return drain(this.#draining, signal, onDrain);
+    return drain(this.#drainParts(), signal, onDrain);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -393,30 +372,46 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
     }
   }
 
-  // ---- what the parts need of the session -----------------------------
+  // ---- for the session's parts (internal) ------------------------------
 
-  #queueOwner(): WriteQueueOwner {
-    return {
-      isClosed: () => this.#life.state === "closed",
-      overLimit: (why: string) => this.#cutOff(why),
-      wrote: (messages: number, bytes: number) => {
-        const stats = this.#stats;
-        const counters = this.#cfg.counters;
-        stats.messagesOut += messages;
-        stats.bytesOut += bytes;
-        counters.messagesOut += messages;
-        counters.bytesOut += bytes;
-      },
-      writeFailed: (error) => this.#writeFailed(error),
-      flushEnded: () => {
-        if (this.#rescue.waiting) this.#rescue.settle();
-        this.#idle.check();
-      },
-    };
+  /** @internal Whether the session has closed. */
+  isClosed(): boolean {
+    return this.#life.state === "closed";
   }
 
-  /** A write failed: closes; what the failed batch's sends reject with. */
-  #writeFailed(error: unknown): unknown {
+  /** @internal Nothing is owed: no handler, no write, no own request. */
+  isIdle(): boolean {
+    return this.#life.state === "closed" ||
+      (this.#gate.idle && this.#queue.idle && this.pendingCount === 0);
+  }
+
+  /** @internal Something the session may be waiting for became true. */
+  checkIdle(): void {
+    this.#life.checkIdle();
+  }
+
+  /** @internal An unexpected failure: the session closes with it. */
+  fail(error: unknown): void {
+    this.#fail(error);
+  }
+
+  /** @internal The write queue would pass maxWriteBytes. */
+  overLimit(why: string): void {
+    this.#cutOff(why);
+  }
+
+  /** @internal A batch was written. */
+  wrote(messages: number, bytes: number): void {
+    const stats = this.#stats;
+    const counters = this.#cfg.counters;
+    stats.messagesOut += messages;
+    stats.bytesOut += bytes;
+    counters.messagesOut += messages;
+    counters.bytesOut += bytes;
+  }
+
+  /** @internal A write failed: closes; what the failed batch's sends reject with. */
+  writeFailed(error: unknown): unknown {
     const closing = error instanceof SlowConsumerError
       ? error
       : new ConnectionClosedError(
@@ -429,31 +424,65 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
       : closing;
   }
 
-  #gateOwner(): GateOwner<T> {
-    // deno-lint-ignore no-this-alias
-    const session = this;
-    return {
-      session,
-      get pendingCount() {
-        return session.pendingCount;
-      },
-      isClosed: () => this.#life.state === "closed",
-      gone: () =>
-        this.#life.state === "closed"
-          ? this.closeReason ?? new ClosedError("Session closed")
-          : this.#life.ended.done
-          ? new ConnectionClosedError(
-            `Session ${this.id}: the peer closed its side`,
-          )
-          : undefined,
-      checkIdle: () => this.#idle.check(),
-      fail: (error: unknown) => this.#fail(error),
-    };
+  /** @internal The write loop stopped. */
+  flushEnded(): void {
+    if (this.#rescue?.waiting) this.#rescue.settle();
+    this.#life.checkIdle();
   }
 
-  #drainingParts(): Draining<T> {
+  /** @internal Why handlers should stop (closed, or the peer ended), once they should. */
+  gone(): unknown {
+    const life = this.#life;
+    if (life.state === "closed") {
+      return this.closeReason ?? new ClosedError("Session closed");
+    }
+    if (!life.ended) return undefined;
+    return new ConnectionClosedError(
+      `Session ${this.id}: the peer closed its side`,
+    );
+  }
+
+  /** @internal The peer sent a drain frame. */
+  drainFrame(): void {
+    peerDrained(this.#drainParts());
+  }
+
+  /** @internal The peer ended its side. */
+  ended(): void {
+    peerEnded(this.#drainParts());
+  }
+
+  /** @internal Sends a request of this closing session elsewhere, if it may. */
+  rescue(entry: Pending, error: unknown): boolean {
+    return this.#rescuer().atClose(entry, error);
+  }
+
+  #rescuer(): Rescue {
+    return this.#rescue ??= new Rescue(
+      this,
+      this.#conn,
+      this.#queue,
+      this.#cfg.retry,
+    );
+  }
+
+  /** @internal Our drain (or drain answer) is queued. */
+  drainSent(): boolean {
+    return this.#life.told;
+  }
+
+  /** @internal The error for an operation on a closed session. */
+  closedError(what: string): ConnectionClosedError {
+    return new ConnectionClosedError(
+      `Cannot ${what}: session ${this.id} is closed`,
+      { cause: this.closeReason },
+    );
+  }
+
+  #drainParts(): Draining<T> {
+    if (this.#draining !== undefined) return this.#draining;
     const cfg = this.#cfg;
-    return {
+    return this.#draining = {
       session: this,
       life: this.#life,
       gate: this.#gate,
@@ -467,21 +496,11 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
         cfg.correlator.failOwner(
           this,
           reason,
-          (entry) => this.#rescue.idempotent(entry),
+          (entry) => this.#rescuer().idempotent(entry),
         ),
-      whenIdle: () => this.#idle.wait(),
+      whenIdle: () => this.#life.whenIdle(),
       closeWrite: () => this.#conn.closeWrite(),
       close: (reason) => this.close(reason),
-    };
-  }
-
-  #outboundOwner(): OutboundOwner {
-    return {
-      session: this,
-      id: this.id,
-      isClosed: () => this.#life.state === "closed",
-      drainSent: () => this.#life.told,
-      closedError: (what) => this.#closedError(what),
     };
   }
 }

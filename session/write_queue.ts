@@ -58,7 +58,7 @@ export class WriteQueue {
   /** A free write buffer (the last one written), reused by the next batch. */
   #spare: Uint8Array | undefined;
   /** Sends in the queue waiting to hear they were written. */
-  #notify: PromiseWithResolvers<void>[] = [];
+  #notify: PromiseWithResolvers<void>[] | undefined;
   #writing = false;
   #flushScheduled = false;
   #flushTask: (() => void) | undefined;
@@ -69,7 +69,7 @@ export class WriteQueue {
    * when it may enqueue (it must do so synchronously), or `false` when the
    * session closed.
    */
-  #roomWaiters: ((open: boolean) => void)[] = [];
+  #roomWaiters: ((open: boolean) => void)[] | undefined;
   outBase = 0;
   writingBase = 0;
   written = 0;
@@ -125,18 +125,18 @@ export class WriteQueue {
   /** Whether a new message may be queued now (waiters go first). */
   hasRoom(): boolean {
     return this.#queued < this.#highWaterMark &&
-      this.#roomWaiters.length === 0;
+      (this.#roomWaiters === undefined || this.#roomWaiters.length === 0);
   }
 
   /** Calls `waiter` once there is room (true) or the session closed (false). */
   waitForRoom(waiter: (open: boolean) => void): void {
-    this.#roomWaiters.push(waiter);
+    (this.#roomWaiters ??= []).push(waiter);
   }
 
   /** Resolves when there is room (or the session closed). */
   room(): Promise<void> {
     if (this.hasRoom() || this.#owner.isClosed()) return Promise.resolve();
-    return new Promise((resolve) => this.#roomWaiters.push(() => resolve()));
+    return new Promise((resolve) => this.waitForRoom(() => resolve()));
   }
 
   /**
@@ -181,7 +181,7 @@ export class WriteQueue {
   #admit(size: number, done: Done): boolean {
     const queued = this.#outLength + this.#writingBytes + size;
     if (queued <= this.#maxWriteBytes) return true;
-    if (done !== undefined) this.#notify.push(done);
+    if (done !== undefined) (this.#notify ??= []).push(done);
     this.#owner.overLimit(
       `write queue holds ${queued} bytes, over maxWriteBytes (${this.#maxWriteBytes})`,
     );
@@ -192,7 +192,7 @@ export class WriteQueue {
   #queuedAt(end: number, done: Done): void {
     this.#outLength = end;
     this.#queued++;
-    if (done !== undefined) this.#notify.push(done);
+    if (done !== undefined) (this.#notify ??= []).push(done);
     if (!this.#writing && !this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(this.#flushTask ??= () => void this.#flush());
@@ -223,9 +223,11 @@ export class WriteQueue {
         const buffer = this.#out!;
         const bytes = buffer.subarray(0, this.#outLength);
         const count = this.#queued;
-        notify = this.#notify.length > 0 ? this.#notify : undefined;
+        // Sends queued by the room waiters #startBatch lets in belong to the
+        // next batch: take this batch's list first.
+        notify = this.#notify;
+        this.#notify = undefined;
         this.#startBatch(bytes);
-        if (notify !== undefined) this.#notify = [];
         let offset = 0;
         while (offset < bytes.length) {
           offset += await this.#conn.write(bytes.subarray(offset));
@@ -276,6 +278,7 @@ export class WriteQueue {
   /** Lets waiters in, in order, while there is room (all of them, failed, once closed). */
   #wakeRoom(open: boolean): void {
     const waiters = this.#roomWaiters;
+    if (waiters === undefined) return;
     while (
       waiters.length > 0 && (!open || this.#queued < this.#highWaterMark)
     ) {
@@ -289,8 +292,9 @@ export class WriteQueue {
    * (requests in them are decided once it settles).
    */
   clear(error: unknown, keepWriting: boolean): void {
-    for (const done of this.#notify) done.reject(error);
-    this.#notify = [];
+    const notify = this.#notify;
+    this.#notify = undefined;
+    if (notify !== undefined) { for (const done of notify) done.reject(error); }
     this.#out = this.#spare = undefined;
     this.#outLength = this.#queued = 0;
     if (!keepWriting) this.writingBuffer = undefined;
