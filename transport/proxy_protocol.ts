@@ -96,6 +96,9 @@ const UNIX_PATH_BYTES = 108;
 /** The first `readProxyHeader` buffer: fits every v1 header and common v2 ones. */
 const INITIAL_READ_BYTES = 512;
 
+/** A parsed header and how many bytes it took. */
+type ParsedHeader = { header: ProxyHeader; consumed: number };
+
 function fail(message: string): never {
   throw new ProxyProtocolError(`Cannot parse PROXY header: ${message}`);
 }
@@ -247,50 +250,38 @@ function parsePort(text: string): number {
   return port;
 }
 
-function parseV1(
-  buffer: Uint8Array,
-  maxHeaderBytes: number,
-): { header: ProxyHeader; consumed: number } | null {
-  checkPrefix(buffer, V1_PREFIX, "v1 prefix");
+/**
+ * Finds the CR of the v1 line's CRLF after checking the bytes before it.
+ *
+ * @returns Its index, or -1 while the line may still end in bytes to come.
+ * @throws {ProxyProtocolError} On a non-printable byte, a CR without LF, or
+ * no CRLF within the limit.
+ */
+function v1LineEnd(buffer: Uint8Array, maxHeaderBytes: number): number {
   const max = Math.min(V1_MAX_BYTES, maxHeaderBytes);
   const scan = Math.min(buffer.length, max);
-  let end = -1;
   for (let i = V1_PREFIX.length; i < scan; i++) {
     const byte = buffer[i]!;
     if (byte === 0x0d) {
       if (i + 2 > max) break; // CRLF would end past the limit
-      if (i + 1 === buffer.length) return null; // the LF may follow
+      if (i + 1 === buffer.length) return -1; // the LF may follow
       if (buffer[i + 1] !== 0x0a) fail("v1 line has CR without LF");
-      end = i;
-      break;
+      return i;
     }
     if (byte < 0x20 || byte > 0x7e) {
       fail(`v1 line has a non-printable byte 0x${byte.toString(16)}`);
     }
   }
-  if (end === -1) {
-    if (buffer.length >= max) fail(`no CRLF within ${max} bytes (v1)`);
-    return null;
-  }
-  const consumed = end + 2;
-  const line = String.fromCharCode(...buffer.subarray(0, end));
-  const fields = line.split(" ");
-  const protocol = fields[1];
-  if (protocol === "UNKNOWN") {
-    // The receiver must ignore whatever follows UNKNOWN up to the CRLF.
-    return {
-      header: { version: 1, command: "proxy", transport: "unknown" },
-      consumed,
-    };
-  }
-  if (protocol !== "TCP4" && protocol !== "TCP6") {
-    fail(`unknown v1 protocol "${protocol ?? ""}"`);
-  }
-  if (fields.length !== 6) {
-    fail(`v1 ${protocol} line has ${fields.length} fields, expected 6`);
-  }
-  const [, , sourceText, destinationText, sourcePort, destinationPort] =
-    fields as [string, string, string, string, string, string];
+  if (buffer.length >= max) fail(`no CRLF within ${max} bytes (v1)`);
+  return -1;
+}
+
+/** The header of a v1 `TCP4` or `TCP6` line, split into its 6 fields. */
+function v1Header(
+  protocol: "TCP4" | "TCP6",
+  fields: readonly [string, string, string, string, string, string],
+): ProxyHeader {
+  const [, , sourceText, destinationText, sourcePort, destinationPort] = fields;
   let source: string;
   let destination: string;
   if (protocol === "TCP4") {
@@ -309,13 +300,43 @@ function parseV1(
     destination = formatIpv6(d, 0);
   }
   return {
-    header: {
-      version: 1,
-      command: "proxy",
-      transport: protocol === "TCP4" ? "tcp4" : "tcp6",
-      source: netAddr(source, parsePort(sourcePort)),
-      destination: netAddr(destination, parsePort(destinationPort)),
-    },
+    version: 1,
+    command: "proxy",
+    transport: protocol === "TCP4" ? "tcp4" : "tcp6",
+    source: netAddr(source, parsePort(sourcePort)),
+    destination: netAddr(destination, parsePort(destinationPort)),
+  };
+}
+
+function parseV1(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): ParsedHeader | null {
+  checkPrefix(buffer, V1_PREFIX, "v1 prefix");
+  const end = v1LineEnd(buffer, maxHeaderBytes);
+  if (end === -1) return null;
+  const consumed = end + 2;
+  const line = String.fromCharCode(...buffer.subarray(0, end));
+  const fields = line.split(" ");
+  const protocol = fields[1];
+  if (protocol === "UNKNOWN") {
+    // The receiver must ignore whatever follows UNKNOWN up to the CRLF.
+    return {
+      header: { version: 1, command: "proxy", transport: "unknown" },
+      consumed,
+    };
+  }
+  if (protocol !== "TCP4" && protocol !== "TCP6") {
+    fail(`unknown v1 protocol "${protocol ?? ""}"`);
+  }
+  if (fields.length !== 6) {
+    fail(`v1 ${protocol} line has ${fields.length} fields, expected 6`);
+  }
+  return {
+    header: v1Header(
+      protocol,
+      fields as [string, string, string, string, string, string],
+    ),
     consumed,
   };
 }
@@ -336,10 +357,29 @@ function checkTlvs(tlvs: Uint8Array): void {
   }
 }
 
-function parseV2(
+/** The fields of a v2 header's first 16 bytes. */
+interface V2Preamble {
+  /** 0 `LOCAL`, 1 `PROXY`. */
+  readonly command: number;
+  readonly family: number;
+  readonly protocol: number;
+  /** Bytes of the address block and TLVs. */
+  readonly length: number;
+  /** The whole header's size. */
+  readonly consumed: number;
+}
+
+/**
+ * Reads and checks a v2 header's first 16 bytes, as far as `buffer` goes.
+ *
+ * @returns The fields, or null while fewer than 16 bytes are there.
+ * @throws {ProxyProtocolError} On a bad signature, version, command, family
+ * or protocol, or a header larger than `maxHeaderBytes`.
+ */
+function v2Preamble(
   buffer: Uint8Array,
   maxHeaderBytes: number,
-): { header: ProxyHeader; consumed: number } | null {
+): V2Preamble | null {
   checkPrefix(buffer, V2_SIGNATURE, "v2 signature");
   if (buffer.length < 13) return null;
   const versionCommand = buffer[12]!;
@@ -367,8 +407,53 @@ function parseV2(
       `header of ${consumed} bytes exceeds maxHeaderBytes (${maxHeaderBytes})`,
     );
   }
+  return { command, family, protocol, length, consumed };
+}
+
+/** The header of a v2 `PROXY` block of `family` 1 (IPv4), 2 (IPv6) or 3 (Unix). */
+function v2Header(block: Uint8Array, family: number): ProxyHeader {
+  const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
+  if (family === 1) {
+    return {
+      version: 2,
+      command: "proxy",
+      transport: "tcp4",
+      source: netAddr(formatIpv4(block, 0), view.getUint16(8)),
+      destination: netAddr(formatIpv4(block, 4), view.getUint16(10)),
+    };
+  }
+  if (family === 2) {
+    return {
+      version: 2,
+      command: "proxy",
+      transport: "tcp6",
+      source: netAddr(formatIpv6(block, 0), view.getUint16(32)),
+      destination: netAddr(formatIpv6(block, 16), view.getUint16(34)),
+    };
+  }
+  return {
+    version: 2,
+    command: "proxy",
+    transport: "unix",
+    source: {
+      transport: "unix",
+      path: unixPath(block.subarray(0, UNIX_PATH_BYTES)),
+    },
+    destination: {
+      transport: "unix",
+      path: unixPath(block.subarray(UNIX_PATH_BYTES, 2 * UNIX_PATH_BYTES)),
+    },
+  };
+}
+
+function parseV2(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): ParsedHeader | null {
+  const preamble = v2Preamble(buffer, maxHeaderBytes);
+  if (preamble === null) return null;
+  const { command, family, protocol, length, consumed } = preamble;
   if (buffer.length < consumed) return null;
-  const block = buffer.subarray(V2_HEADER_BYTES, consumed);
   if (command === 0) {
     // LOCAL: discard the block, addresses and family included.
     return {
@@ -390,41 +475,9 @@ function parseV2(
       `v2 address block of ${length} bytes, ${addressBytes} needed for family ${family}`,
     );
   }
+  const block = buffer.subarray(V2_HEADER_BYTES, consumed);
   checkTlvs(block.subarray(addressBytes));
-  const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
-  let header: ProxyHeader;
-  if (family === 1) {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "tcp4",
-      source: netAddr(formatIpv4(block, 0), view.getUint16(8)),
-      destination: netAddr(formatIpv4(block, 4), view.getUint16(10)),
-    };
-  } else if (family === 2) {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "tcp6",
-      source: netAddr(formatIpv6(block, 0), view.getUint16(32)),
-      destination: netAddr(formatIpv6(block, 16), view.getUint16(34)),
-    };
-  } else {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "unix",
-      source: {
-        transport: "unix",
-        path: unixPath(block.subarray(0, UNIX_PATH_BYTES)),
-      },
-      destination: {
-        transport: "unix",
-        path: unixPath(block.subarray(UNIX_PATH_BYTES, 2 * UNIX_PATH_BYTES)),
-      },
-    };
-  }
-  return { header, consumed };
+  return { header: v2Header(block, family), consumed };
 }
 
 /**
