@@ -537,6 +537,33 @@ export function parseProxyHeader(
   }
 }
 
+/** `buffer` copied into one twice its size, up to `maxHeaderBytes`. */
+function grow(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): Uint8Array<ArrayBuffer> {
+  if (buffer.length >= maxHeaderBytes) {
+    // parseProxyHeader already threw for anything this long; kept as a guard.
+    fail(`header exceeds maxHeaderBytes (${maxHeaderBytes})`);
+  }
+  const grown = new Uint8Array(Math.min(maxHeaderBytes, buffer.length * 2));
+  grown.set(buffer);
+  return grown;
+}
+
+/** One `conn.read()`, or the rejection of `aborted` if that comes first. */
+function readOrAbort(
+  conn: { read(p: Uint8Array): Promise<number | null> },
+  into: Uint8Array,
+  aborted: Promise<never> | undefined,
+): Promise<number | null> {
+  const read = conn.read(into);
+  if (!aborted) return read;
+  // A read left pending by an abort settles when the caller closes conn.
+  read.catch(() => {});
+  return Promise.race([read, aborted]);
+}
+
 /**
  * Reads a PROXY protocol header (v1 or v2) from the start of a connection.
  *
@@ -599,26 +626,8 @@ export async function readProxyHeader(
   }
   try {
     while (true) {
-      if (filled === buffer.length) {
-        if (buffer.length >= maxHeaderBytes) {
-          // parseProxyHeader already threw for anything this long; kept as a guard.
-          fail(`header exceeds maxHeaderBytes (${maxHeaderBytes})`);
-        }
-        const grown = new Uint8Array(
-          Math.min(maxHeaderBytes, buffer.length * 2),
-        );
-        grown.set(buffer);
-        buffer = grown;
-      }
-      const read = conn.read(buffer.subarray(filled));
-      let n: number | null;
-      if (aborted) {
-        // A read left pending by an abort settles when the caller closes conn.
-        read.catch(() => {});
-        n = await Promise.race([read, aborted]);
-      } else {
-        n = await read;
-      }
+      if (filled === buffer.length) buffer = grow(buffer, maxHeaderBytes);
+      const n = await readOrAbort(conn, buffer.subarray(filled), aborted);
       if (n === null) {
         fail(
           filled === 0
@@ -777,49 +786,8 @@ export function encodeProxyHeaderV2(
   options?: EncodeProxyHeaderV2Options,
 ): Uint8Array {
   const { local = false, tlvs = [] } = options ?? {};
-  let familyByte = 0x00;
-  let addresses = new Uint8Array(0);
-  if (source === undefined || destination === undefined) {
-    if (!local || source !== destination) {
-      throw new TypeError(
-        "source and destination are required unless local is set (then give both or neither)",
-      );
-    }
-  } else if (source.transport === "unix" || destination.transport === "unix") {
-    if (source.transport !== "unix" || destination.transport !== "unix") {
-      throw new TypeError("source and destination must both be Unix addresses");
-    }
-    familyByte = 0x31;
-    addresses = new Uint8Array(2 * UNIX_PATH_BYTES);
-    addresses.set(unixPathBytes(source, "source"), 0);
-    addresses.set(unixPathBytes(destination, "destination"), UNIX_PATH_BYTES);
-  } else {
-    // Anything but two TCP addresses is refused by pairOf().
-    const s = source as Deno.NetAddr;
-    const d = destination as Deno.NetAddr;
-    const pair = pairOf(s, d);
-    const size = pair.family === "tcp4" ? 4 : 16;
-    familyByte = pair.family === "tcp4" ? 0x11 : 0x21;
-    addresses = new Uint8Array(2 * size + 4);
-    addresses.set(pair.source, 0);
-    addresses.set(pair.destination, size);
-    const view = new DataView(addresses.buffer);
-    view.setUint16(2 * size, s.port);
-    view.setUint16(2 * size + 2, d.port);
-  }
-  let tlvBytes = 0;
-  for (const tlv of tlvs) {
-    if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 255) {
-      throw new RangeError(`TLV type ${tlv.type} is not in 0..255`);
-    }
-    if (tlv.value.length > 0xffff) {
-      throw new RangeError(
-        `TLV value of ${tlv.value.length} bytes is over 65535`,
-      );
-    }
-    tlvBytes += 3 + tlv.value.length;
-  }
-  const length = addresses.length + tlvBytes;
+  const { familyByte, addresses } = v2AddressBlock(source, destination, local);
+  const length = addresses.length + tlvBytes(tlvs);
   if (length > 0xffff) {
     throw new RangeError(`v2 header block of ${length} bytes is over 65535`);
   }
@@ -839,4 +807,68 @@ export function encodeProxyHeaderV2(
     offset += 3 + tlv.value.length;
   }
   return out;
+}
+
+/**
+ * The v2 family byte and address block for two addresses (`UNSPEC` and no
+ * block for none, which only `local` allows).
+ *
+ * @throws {TypeError} When addresses are missing or differ in family.
+ * @throws {RangeError} When a port or a Unix path is out of range.
+ */
+function v2AddressBlock(
+  source: ProxyAddress | undefined,
+  destination: ProxyAddress | undefined,
+  local: boolean,
+): { familyByte: number; addresses: Uint8Array } {
+  if (source === undefined || destination === undefined) {
+    if (!local || source !== destination) {
+      throw new TypeError(
+        "source and destination are required unless local is set (then give both or neither)",
+      );
+    }
+    return { familyByte: 0x00, addresses: new Uint8Array(0) };
+  }
+  if (source.transport === "unix" || destination.transport === "unix") {
+    if (source.transport !== "unix" || destination.transport !== "unix") {
+      throw new TypeError("source and destination must both be Unix addresses");
+    }
+    const addresses = new Uint8Array(2 * UNIX_PATH_BYTES);
+    addresses.set(unixPathBytes(source, "source"), 0);
+    addresses.set(unixPathBytes(destination, "destination"), UNIX_PATH_BYTES);
+    return { familyByte: 0x31, addresses };
+  }
+  // Anything but two TCP addresses is refused by pairOf().
+  const s = source as Deno.NetAddr;
+  const d = destination as Deno.NetAddr;
+  const pair = pairOf(s, d);
+  const size = pair.family === "tcp4" ? 4 : 16;
+  const addresses = new Uint8Array(2 * size + 4);
+  addresses.set(pair.source, 0);
+  addresses.set(pair.destination, size);
+  const view = new DataView(addresses.buffer);
+  view.setUint16(2 * size, s.port);
+  view.setUint16(2 * size + 2, d.port);
+  return { familyByte: pair.family === "tcp4" ? 0x11 : 0x21, addresses };
+}
+
+/**
+ * The bytes `tlvs` take in a v2 header.
+ *
+ * @throws {RangeError} When a type or a value's size is out of range.
+ */
+function tlvBytes(tlvs: readonly ProxyTlv[]): number {
+  let bytes = 0;
+  for (const tlv of tlvs) {
+    if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 255) {
+      throw new RangeError(`TLV type ${tlv.type} is not in 0..255`);
+    }
+    if (tlv.value.length > 0xffff) {
+      throw new RangeError(
+        `TLV value of ${tlv.value.length} bytes is over 65535`,
+      );
+    }
+    bytes += 3 + tlv.value.length;
+  }
+  return bytes;
 }
