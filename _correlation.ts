@@ -7,8 +7,8 @@
  * deadline; when it fires it scans the pending entries, expires those due
  * and re-arms for the next. With steady traffic and one timeout value that
  * is one scan per timeout period, over the requests then in flight. A
- * request's own timer would cost a `setTimeout`/`clearTimeout` pair (~1.4 µs
- * on Deno, see PERFORMANCE.md).
+ * request's own timer would cost a `setTimeout`/`clearTimeout` pair: on Deno a
+ * timer per request costs more than the request's own work.
  *
  * @module
  */
@@ -98,12 +98,11 @@ export class Pending {
     this.owner = owner;
     this.timeout = timeout;
     // The executor stores the functions into this (young) entry. Handing
-    // them over through module variables spares the executor's closure but
-    // stores two young functions into an old object, the module's context:
-    // two write-barrier calls per request, which measured slower across
-    // processes (client CPU 1.17-1.21 -> 1.13-1.14 us/request). No
-    // `Promise.withResolvers()` either: its result object is one more
-    // allocation.
+    // them over through module variables would spare the executor's closure
+    // but store two young functions into an old object, the module's
+    // context: two write-barrier calls per request, which cost more than the
+    // closure they would save. No `Promise.withResolvers()` either: its
+    // result object is one more allocation.
     this.promise = new Promise((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -193,9 +192,9 @@ export class Pending {
  * request rehashes every few dozen requests, and V8 links each retired table
  * to its successor (for live iterators). Once one retired table has been
  * promoted, that chain keeps every later table, and the entries and replies
- * they held, alive through scavenges: measured here, over half of what a
- * request allocates was promoted and left to the mark-compactor (GC ~38 % of
- * the client's CPU). Slots cleared on delete hold nothing once an entry is
+ * they held, alive through scavenges: much of what a request allocates is
+ * then promoted and left to the mark-compactor, which becomes a large share
+ * of the client's CPU. Slots cleared on delete hold nothing once an entry is
  * gone.
  */
 export class IdTable {
@@ -375,7 +374,7 @@ export class Correlator {
     if (signal?.aborted) throw signal.reason;
     // The deadline counts from a clock reading taken after the request was
     // made: one reading for the requests of a burst, in a microtask queued
-    // behind them (`performance.now()` is an op call, ~100 ns on Deno). A
+    // behind them (`performance.now()` is an op call on Deno, not free). A
     // reading from before the request (a cached clock) would let a burst of
     // synchronous work shorten deadlines; this one can only lengthen them,
     // by the rest of the burst. Entries share the burst's reading, so

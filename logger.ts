@@ -431,44 +431,52 @@ function toJsonValue(value: unknown, ancestors: object[]): unknown {
   if (ancestors.length >= MAX_DEPTH) return "[Object]";
   ancestors.push(object);
   try {
-    if (object instanceof Date) return timestamp(object);
-    if (object instanceof Error) return errorJson(object, ancestors);
-    if (Array.isArray(object)) {
-      return object.map((item) => toJsonValue(item, ancestors));
-    }
-    if (object instanceof Map) {
-      const result: Record<string, unknown> = {};
-      for (const [key, item] of object) {
-        result[typeof key === "string" ? key : textValue(key)] = toJsonValue(
-          item,
-          ancestors,
-        );
-      }
-      return result;
-    }
-    if (object instanceof Set) {
-      return [...object].map((item) => toJsonValue(item, ancestors));
-    }
-    if (ArrayBuffer.isView(object)) {
-      return `[${object.constructor.name} ${object.byteLength} bytes]`;
-    }
-    const toJSON = (object as { toJSON?: unknown }).toJSON;
-    if (typeof toJSON === "function") {
-      return toJsonValue(toJSON.call(object), ancestors);
-    }
-    const result: Record<string, unknown> = {};
-    for (const key of Object.keys(object)) {
-      result[key] = toJsonValue(
-        (object as Record<string, unknown>)[key],
-        ancestors,
-      );
-    }
-    return result;
+    return objectJson(object, ancestors);
   } catch (error) {
     return `[Unserializable: ${describeThrown(error)}]`;
   } finally {
     ancestors.pop();
   }
+}
+
+/**
+ * {@linkcode toJsonValue} for an object already pushed on `ancestors`: dates,
+ * errors, collections, byte views, `toJSON()` and own enumerable fields.
+ */
+function objectJson(object: object, ancestors: object[]): unknown {
+  if (object instanceof Date) return timestamp(object);
+  if (object instanceof Error) return errorJson(object, ancestors);
+  if (Array.isArray(object)) {
+    return object.map((item) => toJsonValue(item, ancestors));
+  }
+  if (object instanceof Map) {
+    const result: Record<string, unknown> = {};
+    for (const [key, item] of object) {
+      result[typeof key === "string" ? key : textValue(key)] = toJsonValue(
+        item,
+        ancestors,
+      );
+    }
+    return result;
+  }
+  if (object instanceof Set) {
+    return [...object].map((item) => toJsonValue(item, ancestors));
+  }
+  if (ArrayBuffer.isView(object)) {
+    return `[${object.constructor.name} ${object.byteLength} bytes]`;
+  }
+  const toJSON = (object as { toJSON?: unknown }).toJSON;
+  if (typeof toJSON === "function") {
+    return toJsonValue(toJSON.call(object), ancestors);
+  }
+  const result: Record<string, unknown> = {};
+  for (const key of Object.keys(object)) {
+    result[key] = toJsonValue(
+      (object as Record<string, unknown>)[key],
+      ancestors,
+    );
+  }
+  return result;
 }
 
 /** `{ name, message, ...own fields, cause }`, without the stack. */

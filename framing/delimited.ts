@@ -205,6 +205,25 @@ function matchesPrefix(
 }
 
 /**
+ * Whether `message` contains `delimiter`, or its tail and the delimiter
+ * written after it would form an earlier delimiter.
+ */
+function runsIntoDelimiter(
+  message: Uint8Array,
+  delimiter: Uint8Array,
+): boolean {
+  const length = message.length;
+  const m = delimiter.length;
+  let runsInto = indexOfBytes(message, delimiter, 0) >= 0;
+  for (let k = Math.max(0, length - m + 1); k < length && !runsInto; k++) {
+    const inMessage = length - k;
+    runsInto = matchesPrefix(message, k, delimiter, 0, inMessage) &&
+      matchesPrefix(delimiter, 0, delimiter, inMessage, m - inMessage);
+  }
+  return runsInto;
+}
+
+/**
  * Makes a codec for delimited frames: each frame is the message followed by
  * `delimiter`, optionally preceded by a `start` marker (HL7 MLLP:
  * `start: "\x0b"`, `delimiter: "\x1c\r"`). The message is the bytes between
@@ -273,14 +292,7 @@ export function delimited(options: DelimitedOptions): Codec<Uint8Array> {
         `Cannot encode frame: ${length} bytes exceeds maxFrameBytes (${maxFrameBytes})`,
       );
     }
-    let runsInto = indexOfBytes(message, delimiter, 0) >= 0;
-    // The message's tail and the delimiter must not form an earlier delimiter.
-    for (let k = Math.max(0, length - m + 1); k < length && !runsInto; k++) {
-      const inMessage = length - k;
-      runsInto = matchesPrefix(message, k, delimiter, 0, inMessage) &&
-        matchesPrefix(delimiter, 0, delimiter, inMessage, m - inMessage);
-    }
-    if (runsInto) {
+    if (runsIntoDelimiter(message, delimiter)) {
       throw new TypeError(
         "Cannot encode frame: message contains the delimiter",
       );

@@ -92,6 +92,10 @@ const TWO_POW_32 = 4294967296;
 
 interface Config {
   readonly kind: number;
+  /** The length field's size: bytes, or ASCII digits. */
+  readonly fieldBytes: number;
+  /** The largest field value encode may write. */
+  readonly maxField: number;
   /** Bytes before the length field. */
   readonly offset: number;
   /** lengthOffset + the length field's size: bytes before the body. */
@@ -239,6 +243,9 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
     );
   }
 
+  // The whole-frame loops stay written out in this one method, the common
+  // layout apart: every message passes through them, and they are kept free
+  // of a call per frame (to read the field or to cut the message).
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
     const partial = this.#partial;
@@ -331,6 +338,154 @@ function integerOption(
   return value;
 }
 
+/** The length field's kind, its size, and the largest value it can hold. */
+function fieldLayout(
+  options: LengthPrefixedOptions,
+): Pick<Config, "kind" | "fieldBytes" | "maxField"> {
+  const digits = options.asciiDigits;
+  if (digits !== undefined) {
+    const fieldBytes = integerOption(digits, "asciiDigits", 4, 1, 15);
+    return { kind: ASCII, fieldBytes, maxField: 10 ** fieldBytes - 1 };
+  }
+  const fieldBytes = options.headerBytes ?? 4;
+  const le = options.littleEndian ?? false;
+  let kind: number;
+  switch (fieldBytes) {
+    case 1:
+      kind = U8;
+      break;
+    case 2:
+      kind = le ? U16LE : U16BE;
+      break;
+    case 4:
+      kind = le ? U32LE : U32BE;
+      break;
+    case 8:
+      kind = le ? U64LE : U64BE;
+      break;
+    default:
+      throw new RangeError(
+        `Cannot create codec: headerBytes must be 1, 2, 4 or 8, got ${fieldBytes}`,
+      );
+  }
+  const maxField = fieldBytes === 8
+    ? Number.MAX_SAFE_INTEGER
+    : 2 ** (8 * fieldBytes) - 1;
+  return { kind, fieldBytes, maxField };
+}
+
+/**
+ * Checks the options and derives the layout the decoder and encoder share.
+ *
+ * @throws {RangeError} When an option is out of range.
+ */
+function lengthPrefixedConfig(options: LengthPrefixedOptions): Config {
+  const maxFrameBytes = maxFrameBytesOption(options.maxFrameBytes);
+  const offset = integerOption(
+    options.lengthOffset,
+    "lengthOffset",
+    0,
+    0,
+    maxFrameBytes,
+  );
+  const adjustment = integerOption(
+    options.lengthAdjustment,
+    "lengthAdjustment",
+    0,
+    Number.MIN_SAFE_INTEGER,
+    Number.MAX_SAFE_INTEGER,
+  );
+  const { kind, fieldBytes, maxField } = fieldLayout(options);
+  const headerBytes = offset + fieldBytes;
+  return {
+    kind,
+    fieldBytes,
+    maxField,
+    offset,
+    headerBytes,
+    adjust: adjustment - (options.lengthIncludesHeader ? headerBytes : 0),
+    maxFrameBytes,
+    maxBody: maxFrameBytes - offset,
+  };
+}
+
+/**
+ * The length field's value for `message`.
+ *
+ * @throws {RangeError} When the message is over `maxFrameBytes`, shorter
+ * than the prefix, or its length does not fit the field.
+ */
+function fieldValue(config: Config, message: Uint8Array): number {
+  const { maxFrameBytes, offset } = config;
+  const length = message.length;
+  if (length > maxFrameBytes) {
+    throw new RangeError(
+      `Cannot encode frame: ${length} bytes exceeds maxFrameBytes (${maxFrameBytes})`,
+    );
+  }
+  if (length < offset) {
+    throw new RangeError(
+      `Cannot encode frame: ${length} bytes is shorter than the ${offset}-byte prefix (lengthOffset)`,
+    );
+  }
+  const value = length - offset - config.adjust;
+  if (value < 0 || value > config.maxField) {
+    throw new RangeError(
+      `Cannot encode frame: length ${value} does not fit the length field`,
+    );
+  }
+  return value;
+}
+
+/** Writes the frame of `message` at `at`; returns the bytes written. */
+function writeFrame(
+  config: Config,
+  message: Uint8Array,
+  value: number,
+  target: Uint8Array,
+  at: number,
+): number {
+  const { kind, offset, fieldBytes } = config;
+  if (offset === 0) {
+    writeField(kind, target, at, value, fieldBytes);
+    target.set(message, at + fieldBytes);
+  } else {
+    for (let i = 0; i < offset; i++) target[at + i] = message[i]!;
+    writeField(kind, target, at + offset, value, fieldBytes);
+    target.set(message.subarray(offset), at + config.headerBytes);
+  }
+  return message.length + fieldBytes;
+}
+
+/**
+ * A flat `encodeInto` for the common layout (a 4-byte big-endian field, no
+ * prefix); anything out of range goes to `general`, which throws the
+ * precise error.
+ */
+function encodeIntoU32BE(
+  config: Config,
+  general: NonNullable<Codec<Uint8Array>["encodeInto"]>,
+): NonNullable<Codec<Uint8Array>["encodeInto"]> {
+  const adjust = config.adjust;
+  const maxFrameBytes = config.maxFrameBytes;
+  return (message, target, at) => {
+    const length = message.length;
+    const value = length - adjust;
+    if (
+      !(length <= maxFrameBytes && value >= 0 && value <= 0xffff_ffff &&
+        at >= 0 && at + length + 4 <= target.length)
+    ) {
+      return general(message, target, at);
+    }
+    target[at] = value >>> 24;
+    target[at + 1] = value >>> 16;
+    target[at + 2] = value >>> 8;
+    target[at + 3] = value;
+    target.set(message, at + 4);
+    return length + 4;
+  };
+}
+
 /**
  * Makes a codec for length-prefixed frames: an optional prefix of
  * `lengthOffset` bytes, a length field (1, 2, 4 or 8 bytes in either byte
@@ -396,147 +551,33 @@ export function lengthPrefixed(
   options?: LengthPrefixedOptions,
 ): Codec<Uint8Array> {
   options ??= {};
-  const maxFrameBytes = maxFrameBytesOption(options.maxFrameBytes);
-  const offset = integerOption(
-    options.lengthOffset,
-    "lengthOffset",
-    0,
-    0,
-    maxFrameBytes,
-  );
-  const adjustment = integerOption(
-    options.lengthAdjustment,
-    "lengthAdjustment",
-    0,
-    Number.MIN_SAFE_INTEGER,
-    Number.MAX_SAFE_INTEGER,
-  );
-  let kind: number;
-  let fieldBytes: number;
-  /** The largest field value encode may write. */
-  let maxField: number;
-  const digits = options.asciiDigits;
-  if (digits !== undefined) {
-    fieldBytes = integerOption(digits, "asciiDigits", 4, 1, 15);
-    kind = ASCII;
-    maxField = 10 ** fieldBytes - 1;
-  } else {
-    fieldBytes = options.headerBytes ?? 4;
-    const le = options.littleEndian ?? false;
-    switch (fieldBytes) {
-      case 1:
-        kind = U8;
-        break;
-      case 2:
-        kind = le ? U16LE : U16BE;
-        break;
-      case 4:
-        kind = le ? U32LE : U32BE;
-        break;
-      case 8:
-        kind = le ? U64LE : U64BE;
-        break;
-      default:
-        throw new RangeError(
-          `Cannot create codec: headerBytes must be 1, 2, 4 or 8, got ${fieldBytes}`,
-        );
-    }
-    maxField = fieldBytes === 8
-      ? Number.MAX_SAFE_INTEGER
-      : 2 ** (8 * fieldBytes) - 1;
-  }
-  const headerBytes = offset + fieldBytes;
-  const config: Config = {
-    kind,
-    offset,
-    headerBytes,
-    adjust: adjustment - (options.lengthIncludesHeader ? headerBytes : 0),
-    maxFrameBytes,
-    maxBody: maxFrameBytes - offset,
-  };
-
-  const fieldValue = (message: Uint8Array): number => {
-    const length = message.length;
-    if (length > maxFrameBytes) {
-      throw new RangeError(
-        `Cannot encode frame: ${length} bytes exceeds maxFrameBytes (${maxFrameBytes})`,
-      );
-    }
-    if (length < offset) {
-      throw new RangeError(
-        `Cannot encode frame: ${length} bytes is shorter than the ${offset}-byte prefix (lengthOffset)`,
-      );
-    }
-    const value = length - offset - config.adjust;
-    if (value < 0 || value > maxField) {
-      throw new RangeError(
-        `Cannot encode frame: length ${value} does not fit the length field`,
-      );
-    }
-    return value;
-  };
-
-  const write = (
-    message: Uint8Array,
-    value: number,
-    target: Uint8Array,
-    at: number,
-  ): number => {
-    if (offset === 0) {
-      writeField(kind, target, at, value, fieldBytes);
-      target.set(message, at + fieldBytes);
-    } else {
-      for (let i = 0; i < offset; i++) target[at + i] = message[i]!;
-      writeField(kind, target, at + offset, value, fieldBytes);
-      target.set(message.subarray(offset), at + headerBytes);
-    }
-    return message.length + fieldBytes;
-  };
-
+  const config = lengthPrefixedConfig(options);
+  const fieldBytes = config.fieldBytes;
   const codec: Codec<Uint8Array> = {
     decoder: () => new LengthPrefixedDecoder(config, fieldBytes),
     encode(message) {
-      const value = fieldValue(message);
+      const value = fieldValue(config, message);
       const out = new Uint8Array(message.length + fieldBytes);
-      write(message, value, out, 0);
+      writeFrame(config, message, value, out, 0);
       return out;
     },
     encodedLength(message) {
-      fieldValue(message);
+      fieldValue(config, message);
       return message.length + fieldBytes;
     },
     encodeInto(message, target, at) {
-      const value = fieldValue(message);
+      const value = fieldValue(config, message);
       const total = message.length + fieldBytes;
       if (!(at >= 0 && at + total <= target.length)) {
         throw new RangeError(
           `Cannot encode frame: ${total} bytes do not fit in target at offset ${at}`,
         );
       }
-      return write(message, value, target, at);
+      return writeFrame(config, message, value, target, at);
     },
   };
-  if (offset === 0 && kind === U32BE) {
-    // The common layout gets a flat encodeInto; anything out of range goes
-    // to the general one, which throws the precise error.
-    const general = codec.encodeInto!;
-    const adjust = config.adjust;
-    codec.encodeInto = (message, target, at) => {
-      const length = message.length;
-      const value = length - adjust;
-      if (
-        !(length <= maxFrameBytes && value >= 0 && value <= 0xffff_ffff &&
-          at >= 0 && at + length + 4 <= target.length)
-      ) {
-        return general(message, target, at);
-      }
-      target[at] = value >>> 24;
-      target[at + 1] = value >>> 16;
-      target[at + 2] = value >>> 8;
-      target[at + 3] = value;
-      target.set(message, at + 4);
-      return length + 4;
-    };
+  if (config.offset === 0 && config.kind === U32BE) {
+    codec.encodeInto = encodeIntoU32BE(config, codec.encodeInto!);
   }
   if (options.correlationId !== undefined) {
     codec.correlationId = options.correlationId;

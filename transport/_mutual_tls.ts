@@ -209,6 +209,69 @@ class NodeTlsListener extends NodeListener<NodeTlsTransport>
 }
 
 /**
+ * Checks the numeric options of {@linkcode listenMutualTls}.
+ *
+ * @throws {RangeError} When `port`, `backlog` or `handshakeTimeout` is out of range.
+ */
+function checkLimits(
+  port: number,
+  backlog: number,
+  handshakeTimeout: number,
+): void {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`Cannot listen: port ${port} is not in 0..65535`);
+  }
+  if (!Number.isInteger(backlog) || backlog < 0) {
+    throw new RangeError(
+      `Cannot listen: backlog ${backlog} is not an integer >= 0`,
+    );
+  }
+  if (!(handshakeTimeout > 0)) {
+    throw new RangeError(
+      `Cannot listen: handshakeTimeout ${handshakeTimeout} is not > 0`,
+    );
+  }
+}
+
+/**
+ * Checks that `cert`, `key` and `ca` parse as PEM.
+ *
+ * @returns The trusted CAs as a list.
+ * @throws {TypeError} When one is missing or not PEM.
+ */
+function checkPem(
+  cert: string,
+  key: string,
+  ca: ListenMutualTlsOptions["ca"],
+): string[] {
+  if (typeof cert !== "string" || typeof key !== "string") {
+    throw new TypeError("Cannot listen: cert and key must be PEM strings");
+  }
+  const cas = typeof ca === "string" ? [ca] : ca;
+  if (!Array.isArray(cas) || cas.length === 0) {
+    throw new TypeError("Cannot listen: ca must be one or more PEM strings");
+  }
+  try {
+    createPrivateKey(key);
+    new X509Certificate(cert);
+  } catch (cause) {
+    throw new TypeError("Cannot listen: cert or key is not valid PEM", {
+      cause,
+    });
+  }
+  for (const pem of cas) {
+    try {
+      new X509Certificate(pem);
+    } catch (cause) {
+      throw new TypeError("Cannot listen: ca is not a PEM certificate", {
+        cause,
+      });
+    }
+  }
+  return cas;
+}
+
+/**
  * Listens for TLS connections whose clients must present a certificate signed
  * by `ca` (mutual TLS). Clients that fail the handshake or the certificate
  * check are dropped silently and counted in `rejected`; they are never
@@ -257,43 +320,8 @@ export async function listenMutualTls(
     handshakeTimeout = 10_000,
     signal,
   } = options;
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new RangeError(`Cannot listen: port ${port} is not in 0..65535`);
-  }
-  if (!Number.isInteger(backlog) || backlog < 0) {
-    throw new RangeError(
-      `Cannot listen: backlog ${backlog} is not an integer >= 0`,
-    );
-  }
-  if (!(handshakeTimeout > 0)) {
-    throw new RangeError(
-      `Cannot listen: handshakeTimeout ${handshakeTimeout} is not > 0`,
-    );
-  }
-  if (typeof cert !== "string" || typeof key !== "string") {
-    throw new TypeError("Cannot listen: cert and key must be PEM strings");
-  }
-  const cas = typeof ca === "string" ? [ca] : ca;
-  if (!Array.isArray(cas) || cas.length === 0) {
-    throw new TypeError("Cannot listen: ca must be one or more PEM strings");
-  }
-  try {
-    createPrivateKey(key);
-    new X509Certificate(cert);
-  } catch (cause) {
-    throw new TypeError("Cannot listen: cert or key is not valid PEM", {
-      cause,
-    });
-  }
-  for (const pem of cas) {
-    try {
-      new X509Certificate(pem);
-    } catch (cause) {
-      throw new TypeError("Cannot listen: ca is not a PEM certificate", {
-        cause,
-      });
-    }
-  }
+  checkLimits(port, backlog, handshakeTimeout);
+  const cas = checkPem(cert, key, ca);
   signal?.throwIfAborted();
   const server = createServer({
     cert,

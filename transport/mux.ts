@@ -204,59 +204,111 @@ export function muxListener(
   listener: TransportListener,
   options?: MuxOptions,
 ): MuxListener {
-  options ??= {};
-  const timeout = options.timeout ?? 5000;
-  const maxPeek = options.maxPeekBytes ?? 64;
-  const logger = safeLogger(options.logger);
-  const routes: Route[] = [];
-  const stop = new AbortController();
-  let unmatched = 0;
-  let closed = false;
+  return new Mux(listener, options ?? {});
+}
 
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    stop.abort(new ClosedError("Mux listener closed"));
+/** The state a mux's accept loop, routing and routes share. */
+class Mux implements MuxListener {
+  readonly addr: Deno.Addr;
+  readonly #listener: TransportListener;
+  readonly #timeout: number;
+  readonly #maxPeek: number;
+  readonly #logger: Logger;
+  readonly #routes: Route[] = [];
+  readonly #stop = new AbortController();
+  /** Connections being routed. */
+  readonly #pending = new Set<Promise<void>>();
+  readonly #acceptLoop: Promise<void>;
+  #unmatched = 0;
+  #closed = false;
+
+  constructor(listener: TransportListener, options: MuxOptions) {
+    this.addr = listener.addr;
+    this.#listener = listener;
+    this.#timeout = options.timeout ?? 5000;
+    this.#maxPeek = options.maxPeekBytes ?? 64;
+    this.#logger = safeLogger(options.logger);
+    this.#acceptLoop = this.#accept();
+  }
+
+  get unmatched(): number {
+    return this.#unmatched;
+  }
+
+  route(match: Matcher): TransportListener {
+    if (this.#closed) {
+      throw new ClosedError("Cannot add a route: mux is closed");
+    }
+    const routes = this.#routes;
+    const route = new Route(this.addr, match, () => {
+      if (routes.every((r) => r.closed)) this.close();
+    });
+    routes.push(route);
+    return route;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stop.abort(new ClosedError("Mux listener closed"));
     try {
-      listener.close();
+      this.#listener.close();
     } catch {
       // Already closed.
     }
-    for (const route of routes) route.close();
-  };
+    for (const route of this.#routes) route.close();
+  }
 
-  const classify = async (conn: Transport) => {
-    const head = new Uint8Array(maxPeek);
-    let have = 0;
-    const cancelTimer = after(timeout, () => conn.close());
-    const onStop = () => conn.close();
-    stop.signal.addEventListener("abort", onStop, { once: true });
-    try {
-      for (;;) {
-        const n = await conn.read(head.subarray(have));
-        if (n === null) throw new Error("connection ended before routing");
-        have += n;
-        const view = head.subarray(0, have);
-        let undecided = false;
-        for (const route of routes) {
-          if (route.closed) continue;
-          const verdict = route.match(view);
-          if (verdict === true) {
-            route.push(prepend(conn, view.slice()));
-            return;
-          }
-          if (verdict === undefined) {
-            undecided = true;
-            break;
-          }
-        }
-        if (!undecided || have === maxPeek) {
-          throw new Error("no route matched the first bytes");
-        }
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    await this.#acceptLoop;
+    await Promise.all(this.#pending);
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let conn: Transport;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (this.#closed) return;
+        if (isClosedResource(error)) return;
+        // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
+        this.#logger.error("Accept failed", { error });
+        await this.#pause(50);
+        continue;
       }
+      const task = this.#classify(conn);
+      this.#pending.add(task);
+      task.finally(() => this.#pending.delete(task));
+    }
+  }
+
+  /** Waits `ms`, or less if the mux closes meanwhile. */
+  #pause(ms: number): Promise<void> {
+    const signal = this.#stop.signal;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        cancel();
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const cancel = after(ms, done);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+
+  /** Reads the first bytes of `conn` until a route takes it; else closes it. */
+  async #classify(conn: Transport): Promise<void> {
+    const cancelTimer = after(this.#timeout, () => conn.close());
+    const onStop = () => conn.close();
+    const signal = this.#stop.signal;
+    signal.addEventListener("abort", onStop, { once: true });
+    try {
+      await this.#peekAndRoute(conn);
     } catch (error) {
-      unmatched++;
-      logger.warn("Connection not routed", {
+      this.#unmatched++;
+      this.#logger.warn("Connection not routed", {
         remote: formatAddr(conn.remoteAddr),
         error,
       });
@@ -267,56 +319,40 @@ export function muxListener(
       }
     } finally {
       cancelTimer();
-      stop.signal.removeEventListener("abort", onStop);
+      signal.removeEventListener("abort", onStop);
     }
-  };
+  }
 
-  const pending = new Set<Promise<void>>();
-  const acceptLoop = (async () => {
+  /**
+   * Hands `conn` to the first route that matches its first bytes.
+   *
+   * @throws {Error} When it ends first, or no route matches.
+   */
+  async #peekAndRoute(conn: Transport): Promise<void> {
+    const maxPeek = this.#maxPeek;
+    const head = new Uint8Array(maxPeek);
+    let have = 0;
     for (;;) {
-      let conn: Transport;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (closed) return;
-        if (isClosedResource(error)) return;
-        // Transient (EMFILE, ECONNABORTED): log, breathe, go on.
-        logger.error("Accept failed", { error });
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            cancel();
-            stop.signal.removeEventListener("abort", done);
-            resolve();
-          };
-          const cancel = after(50, done);
-          stop.signal.addEventListener("abort", done, { once: true });
-        });
-        continue;
+      const n = await conn.read(head.subarray(have));
+      if (n === null) throw new Error("connection ended before routing");
+      have += n;
+      const view = head.subarray(0, have);
+      let undecided = false;
+      for (const route of this.#routes) {
+        if (route.closed) continue;
+        const verdict = route.match(view);
+        if (verdict === true) {
+          route.push(prepend(conn, view.slice()));
+          return;
+        }
+        if (verdict === undefined) {
+          undecided = true;
+          break;
+        }
       }
-      const task = classify(conn);
-      pending.add(task);
-      task.finally(() => pending.delete(task));
+      if (!undecided || have === maxPeek) {
+        throw new Error("no route matched the first bytes");
+      }
     }
-  })();
-
-  return {
-    addr: listener.addr,
-    get unmatched() {
-      return unmatched;
-    },
-    route(match) {
-      if (closed) throw new ClosedError("Cannot add a route: mux is closed");
-      const route = new Route(listener.addr, match, () => {
-        if (routes.every((r) => r.closed)) close();
-      });
-      routes.push(route);
-      return route;
-    },
-    close,
-    async [Symbol.asyncDispose]() {
-      close();
-      await acceptLoop;
-      await Promise.all(pending);
-    },
-  };
+  }
 }

@@ -96,6 +96,9 @@ const UNIX_PATH_BYTES = 108;
 /** The first `readProxyHeader` buffer: fits every v1 header and common v2 ones. */
 const INITIAL_READ_BYTES = 512;
 
+/** A parsed header and how many bytes it took. */
+type ParsedHeader = { header: ProxyHeader; consumed: number };
+
 function fail(message: string): never {
   throw new ProxyProtocolError(`Cannot parse PROXY header: ${message}`);
 }
@@ -247,50 +250,38 @@ function parsePort(text: string): number {
   return port;
 }
 
-function parseV1(
-  buffer: Uint8Array,
-  maxHeaderBytes: number,
-): { header: ProxyHeader; consumed: number } | null {
-  checkPrefix(buffer, V1_PREFIX, "v1 prefix");
+/**
+ * Finds the CR of the v1 line's CRLF after checking the bytes before it.
+ *
+ * @returns Its index, or -1 while the line may still end in bytes to come.
+ * @throws {ProxyProtocolError} On a non-printable byte, a CR without LF, or
+ * no CRLF within the limit.
+ */
+function v1LineEnd(buffer: Uint8Array, maxHeaderBytes: number): number {
   const max = Math.min(V1_MAX_BYTES, maxHeaderBytes);
   const scan = Math.min(buffer.length, max);
-  let end = -1;
   for (let i = V1_PREFIX.length; i < scan; i++) {
     const byte = buffer[i]!;
     if (byte === 0x0d) {
       if (i + 2 > max) break; // CRLF would end past the limit
-      if (i + 1 === buffer.length) return null; // the LF may follow
+      if (i + 1 === buffer.length) return -1; // the LF may follow
       if (buffer[i + 1] !== 0x0a) fail("v1 line has CR without LF");
-      end = i;
-      break;
+      return i;
     }
     if (byte < 0x20 || byte > 0x7e) {
       fail(`v1 line has a non-printable byte 0x${byte.toString(16)}`);
     }
   }
-  if (end === -1) {
-    if (buffer.length >= max) fail(`no CRLF within ${max} bytes (v1)`);
-    return null;
-  }
-  const consumed = end + 2;
-  const line = String.fromCharCode(...buffer.subarray(0, end));
-  const fields = line.split(" ");
-  const protocol = fields[1];
-  if (protocol === "UNKNOWN") {
-    // The receiver must ignore whatever follows UNKNOWN up to the CRLF.
-    return {
-      header: { version: 1, command: "proxy", transport: "unknown" },
-      consumed,
-    };
-  }
-  if (protocol !== "TCP4" && protocol !== "TCP6") {
-    fail(`unknown v1 protocol "${protocol ?? ""}"`);
-  }
-  if (fields.length !== 6) {
-    fail(`v1 ${protocol} line has ${fields.length} fields, expected 6`);
-  }
-  const [, , sourceText, destinationText, sourcePort, destinationPort] =
-    fields as [string, string, string, string, string, string];
+  if (buffer.length >= max) fail(`no CRLF within ${max} bytes (v1)`);
+  return -1;
+}
+
+/** The header of a v1 `TCP4` or `TCP6` line, split into its 6 fields. */
+function v1Header(
+  protocol: "TCP4" | "TCP6",
+  fields: readonly [string, string, string, string, string, string],
+): ProxyHeader {
+  const [, , sourceText, destinationText, sourcePort, destinationPort] = fields;
   let source: string;
   let destination: string;
   if (protocol === "TCP4") {
@@ -309,13 +300,43 @@ function parseV1(
     destination = formatIpv6(d, 0);
   }
   return {
-    header: {
-      version: 1,
-      command: "proxy",
-      transport: protocol === "TCP4" ? "tcp4" : "tcp6",
-      source: netAddr(source, parsePort(sourcePort)),
-      destination: netAddr(destination, parsePort(destinationPort)),
-    },
+    version: 1,
+    command: "proxy",
+    transport: protocol === "TCP4" ? "tcp4" : "tcp6",
+    source: netAddr(source, parsePort(sourcePort)),
+    destination: netAddr(destination, parsePort(destinationPort)),
+  };
+}
+
+function parseV1(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): ParsedHeader | null {
+  checkPrefix(buffer, V1_PREFIX, "v1 prefix");
+  const end = v1LineEnd(buffer, maxHeaderBytes);
+  if (end === -1) return null;
+  const consumed = end + 2;
+  const line = String.fromCharCode(...buffer.subarray(0, end));
+  const fields = line.split(" ");
+  const protocol = fields[1];
+  if (protocol === "UNKNOWN") {
+    // The receiver must ignore whatever follows UNKNOWN up to the CRLF.
+    return {
+      header: { version: 1, command: "proxy", transport: "unknown" },
+      consumed,
+    };
+  }
+  if (protocol !== "TCP4" && protocol !== "TCP6") {
+    fail(`unknown v1 protocol "${protocol ?? ""}"`);
+  }
+  if (fields.length !== 6) {
+    fail(`v1 ${protocol} line has ${fields.length} fields, expected 6`);
+  }
+  return {
+    header: v1Header(
+      protocol,
+      fields as [string, string, string, string, string, string],
+    ),
     consumed,
   };
 }
@@ -336,10 +357,29 @@ function checkTlvs(tlvs: Uint8Array): void {
   }
 }
 
-function parseV2(
+/** The fields of a v2 header's first 16 bytes. */
+interface V2Preamble {
+  /** 0 `LOCAL`, 1 `PROXY`. */
+  readonly command: number;
+  readonly family: number;
+  readonly protocol: number;
+  /** Bytes of the address block and TLVs. */
+  readonly length: number;
+  /** The whole header's size. */
+  readonly consumed: number;
+}
+
+/**
+ * Reads and checks a v2 header's first 16 bytes, as far as `buffer` goes.
+ *
+ * @returns The fields, or null while fewer than 16 bytes are there.
+ * @throws {ProxyProtocolError} On a bad signature, version, command, family
+ * or protocol, or a header larger than `maxHeaderBytes`.
+ */
+function v2Preamble(
   buffer: Uint8Array,
   maxHeaderBytes: number,
-): { header: ProxyHeader; consumed: number } | null {
+): V2Preamble | null {
   checkPrefix(buffer, V2_SIGNATURE, "v2 signature");
   if (buffer.length < 13) return null;
   const versionCommand = buffer[12]!;
@@ -367,8 +407,53 @@ function parseV2(
       `header of ${consumed} bytes exceeds maxHeaderBytes (${maxHeaderBytes})`,
     );
   }
+  return { command, family, protocol, length, consumed };
+}
+
+/** The header of a v2 `PROXY` block of `family` 1 (IPv4), 2 (IPv6) or 3 (Unix). */
+function v2Header(block: Uint8Array, family: number): ProxyHeader {
+  const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
+  if (family === 1) {
+    return {
+      version: 2,
+      command: "proxy",
+      transport: "tcp4",
+      source: netAddr(formatIpv4(block, 0), view.getUint16(8)),
+      destination: netAddr(formatIpv4(block, 4), view.getUint16(10)),
+    };
+  }
+  if (family === 2) {
+    return {
+      version: 2,
+      command: "proxy",
+      transport: "tcp6",
+      source: netAddr(formatIpv6(block, 0), view.getUint16(32)),
+      destination: netAddr(formatIpv6(block, 16), view.getUint16(34)),
+    };
+  }
+  return {
+    version: 2,
+    command: "proxy",
+    transport: "unix",
+    source: {
+      transport: "unix",
+      path: unixPath(block.subarray(0, UNIX_PATH_BYTES)),
+    },
+    destination: {
+      transport: "unix",
+      path: unixPath(block.subarray(UNIX_PATH_BYTES, 2 * UNIX_PATH_BYTES)),
+    },
+  };
+}
+
+function parseV2(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): ParsedHeader | null {
+  const preamble = v2Preamble(buffer, maxHeaderBytes);
+  if (preamble === null) return null;
+  const { command, family, protocol, length, consumed } = preamble;
   if (buffer.length < consumed) return null;
-  const block = buffer.subarray(V2_HEADER_BYTES, consumed);
   if (command === 0) {
     // LOCAL: discard the block, addresses and family included.
     return {
@@ -390,41 +475,9 @@ function parseV2(
       `v2 address block of ${length} bytes, ${addressBytes} needed for family ${family}`,
     );
   }
+  const block = buffer.subarray(V2_HEADER_BYTES, consumed);
   checkTlvs(block.subarray(addressBytes));
-  const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
-  let header: ProxyHeader;
-  if (family === 1) {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "tcp4",
-      source: netAddr(formatIpv4(block, 0), view.getUint16(8)),
-      destination: netAddr(formatIpv4(block, 4), view.getUint16(10)),
-    };
-  } else if (family === 2) {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "tcp6",
-      source: netAddr(formatIpv6(block, 0), view.getUint16(32)),
-      destination: netAddr(formatIpv6(block, 16), view.getUint16(34)),
-    };
-  } else {
-    header = {
-      version: 2,
-      command: "proxy",
-      transport: "unix",
-      source: {
-        transport: "unix",
-        path: unixPath(block.subarray(0, UNIX_PATH_BYTES)),
-      },
-      destination: {
-        transport: "unix",
-        path: unixPath(block.subarray(UNIX_PATH_BYTES, 2 * UNIX_PATH_BYTES)),
-      },
-    };
-  }
-  return { header, consumed };
+  return { header: v2Header(block, family), consumed };
 }
 
 /**
@@ -482,6 +535,33 @@ export function parseProxyHeader(
         } starts neither v1 nor v2)`,
       );
   }
+}
+
+/** `buffer` copied into one twice its size, up to `maxHeaderBytes`. */
+function grow(
+  buffer: Uint8Array,
+  maxHeaderBytes: number,
+): Uint8Array<ArrayBuffer> {
+  if (buffer.length >= maxHeaderBytes) {
+    // parseProxyHeader already threw for anything this long; kept as a guard.
+    fail(`header exceeds maxHeaderBytes (${maxHeaderBytes})`);
+  }
+  const grown = new Uint8Array(Math.min(maxHeaderBytes, buffer.length * 2));
+  grown.set(buffer);
+  return grown;
+}
+
+/** One `conn.read()`, or the rejection of `aborted` if that comes first. */
+function readOrAbort(
+  conn: { read(p: Uint8Array): Promise<number | null> },
+  into: Uint8Array,
+  aborted: Promise<never> | undefined,
+): Promise<number | null> {
+  const read = conn.read(into);
+  if (!aborted) return read;
+  // A read left pending by an abort settles when the caller closes conn.
+  read.catch(() => {});
+  return Promise.race([read, aborted]);
 }
 
 /**
@@ -546,26 +626,8 @@ export async function readProxyHeader(
   }
   try {
     while (true) {
-      if (filled === buffer.length) {
-        if (buffer.length >= maxHeaderBytes) {
-          // parseProxyHeader already threw for anything this long; kept as a guard.
-          fail(`header exceeds maxHeaderBytes (${maxHeaderBytes})`);
-        }
-        const grown = new Uint8Array(
-          Math.min(maxHeaderBytes, buffer.length * 2),
-        );
-        grown.set(buffer);
-        buffer = grown;
-      }
-      const read = conn.read(buffer.subarray(filled));
-      let n: number | null;
-      if (aborted) {
-        // A read left pending by an abort settles when the caller closes conn.
-        read.catch(() => {});
-        n = await Promise.race([read, aborted]);
-      } else {
-        n = await read;
-      }
+      if (filled === buffer.length) buffer = grow(buffer, maxHeaderBytes);
+      const n = await readOrAbort(conn, buffer.subarray(filled), aborted);
       if (n === null) {
         fail(
           filled === 0
@@ -724,49 +786,8 @@ export function encodeProxyHeaderV2(
   options?: EncodeProxyHeaderV2Options,
 ): Uint8Array {
   const { local = false, tlvs = [] } = options ?? {};
-  let familyByte = 0x00;
-  let addresses = new Uint8Array(0);
-  if (source === undefined || destination === undefined) {
-    if (!local || source !== destination) {
-      throw new TypeError(
-        "source and destination are required unless local is set (then give both or neither)",
-      );
-    }
-  } else if (source.transport === "unix" || destination.transport === "unix") {
-    if (source.transport !== "unix" || destination.transport !== "unix") {
-      throw new TypeError("source and destination must both be Unix addresses");
-    }
-    familyByte = 0x31;
-    addresses = new Uint8Array(2 * UNIX_PATH_BYTES);
-    addresses.set(unixPathBytes(source, "source"), 0);
-    addresses.set(unixPathBytes(destination, "destination"), UNIX_PATH_BYTES);
-  } else {
-    // Anything but two TCP addresses is refused by pairOf().
-    const s = source as Deno.NetAddr;
-    const d = destination as Deno.NetAddr;
-    const pair = pairOf(s, d);
-    const size = pair.family === "tcp4" ? 4 : 16;
-    familyByte = pair.family === "tcp4" ? 0x11 : 0x21;
-    addresses = new Uint8Array(2 * size + 4);
-    addresses.set(pair.source, 0);
-    addresses.set(pair.destination, size);
-    const view = new DataView(addresses.buffer);
-    view.setUint16(2 * size, s.port);
-    view.setUint16(2 * size + 2, d.port);
-  }
-  let tlvBytes = 0;
-  for (const tlv of tlvs) {
-    if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 255) {
-      throw new RangeError(`TLV type ${tlv.type} is not in 0..255`);
-    }
-    if (tlv.value.length > 0xffff) {
-      throw new RangeError(
-        `TLV value of ${tlv.value.length} bytes is over 65535`,
-      );
-    }
-    tlvBytes += 3 + tlv.value.length;
-  }
-  const length = addresses.length + tlvBytes;
+  const { familyByte, addresses } = v2AddressBlock(source, destination, local);
+  const length = addresses.length + tlvBytes(tlvs);
   if (length > 0xffff) {
     throw new RangeError(`v2 header block of ${length} bytes is over 65535`);
   }
@@ -786,4 +807,68 @@ export function encodeProxyHeaderV2(
     offset += 3 + tlv.value.length;
   }
   return out;
+}
+
+/**
+ * The v2 family byte and address block for two addresses (`UNSPEC` and no
+ * block for none, which only `local` allows).
+ *
+ * @throws {TypeError} When addresses are missing or differ in family.
+ * @throws {RangeError} When a port or a Unix path is out of range.
+ */
+function v2AddressBlock(
+  source: ProxyAddress | undefined,
+  destination: ProxyAddress | undefined,
+  local: boolean,
+): { familyByte: number; addresses: Uint8Array } {
+  if (source === undefined || destination === undefined) {
+    if (!local || source !== destination) {
+      throw new TypeError(
+        "source and destination are required unless local is set (then give both or neither)",
+      );
+    }
+    return { familyByte: 0x00, addresses: new Uint8Array(0) };
+  }
+  if (source.transport === "unix" || destination.transport === "unix") {
+    if (source.transport !== "unix" || destination.transport !== "unix") {
+      throw new TypeError("source and destination must both be Unix addresses");
+    }
+    const addresses = new Uint8Array(2 * UNIX_PATH_BYTES);
+    addresses.set(unixPathBytes(source, "source"), 0);
+    addresses.set(unixPathBytes(destination, "destination"), UNIX_PATH_BYTES);
+    return { familyByte: 0x31, addresses };
+  }
+  // Anything but two TCP addresses is refused by pairOf().
+  const s = source as Deno.NetAddr;
+  const d = destination as Deno.NetAddr;
+  const pair = pairOf(s, d);
+  const size = pair.family === "tcp4" ? 4 : 16;
+  const addresses = new Uint8Array(2 * size + 4);
+  addresses.set(pair.source, 0);
+  addresses.set(pair.destination, size);
+  const view = new DataView(addresses.buffer);
+  view.setUint16(2 * size, s.port);
+  view.setUint16(2 * size + 2, d.port);
+  return { familyByte: pair.family === "tcp4" ? 0x11 : 0x21, addresses };
+}
+
+/**
+ * The bytes `tlvs` take in a v2 header.
+ *
+ * @throws {RangeError} When a type or a value's size is out of range.
+ */
+function tlvBytes(tlvs: readonly ProxyTlv[]): number {
+  let bytes = 0;
+  for (const tlv of tlvs) {
+    if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 255) {
+      throw new RangeError(`TLV type ${tlv.type} is not in 0..255`);
+    }
+    if (tlv.value.length > 0xffff) {
+      throw new RangeError(
+        `TLV value of ${tlv.value.length} bytes is over 65535`,
+      );
+    }
+    bytes += 3 + tlv.value.length;
+  }
+  return bytes;
 }
