@@ -8,7 +8,10 @@ import { after } from "../_timeouts.ts";
 import { abortPromise } from "../_util.ts";
 import { ClosedError, ConnectionClosedError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { drained, type DrainResult } from "./config.ts";
+import { drained, type DrainResult, type SessionConfig } from "./config.ts";
+import type { Pending } from "../_correlation.ts";
+import type { Transport } from "../connection.ts";
+import type { SessionImpl } from "./session.ts";
 import type { HandlerGate } from "./handlers.ts";
 import type { Lifecycle } from "./lifecycle.ts";
 import type { Session } from "./types.ts";
@@ -44,6 +47,34 @@ export interface Draining<T> {
   whenIdle(): Promise<void>;
   closeWrite(): Promise<void>;
   close(reason?: unknown): void;
+}
+
+/** A session's parts as its drain sees them. */
+export function drainingOf<T>(
+  session: SessionImpl<T>,
+  life: Lifecycle,
+  gate: HandlerGate<T>,
+  queue: WriteQueue,
+  conn: Transport,
+  cfg: SessionConfig<T>,
+  idempotent: (entry: Pending) => boolean,
+): Draining<T> {
+  return {
+    session,
+    life,
+    gate,
+    queue,
+    logger: cfg.logger,
+    framed: cfg.dialect.framed,
+    pending: () => session.pendingCount,
+    drainFrame: () => cfg.dialect.drain(),
+    peerDraining: () => cfg.onPeerDrain(session),
+    failPending: (reason) =>
+      cfg.correlator.failOwner(session, reason, idempotent),
+    whenIdle: () => life.whenIdle(),
+    closeWrite: () => conn.closeWrite(),
+    close: (reason) => session.close(reason),
+  };
 }
 
 /** Queues our drain frame (or drain answer), once. */

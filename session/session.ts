@@ -25,8 +25,14 @@ import {
   SlowConsumerError,
 } from "../errors.ts";
 import type { DrainResult, EncodedRequest, SessionConfig } from "./config.ts";
-import { Dispatcher } from "./dispatcher.ts";
-import { drain, type Draining, peerDrained, peerEnded } from "./drain.ts";
+import { Dispatcher, type DispatchOwner } from "./dispatcher.ts";
+import {
+  drain,
+  type Draining,
+  drainingOf,
+  peerDrained,
+  peerEnded,
+} from "./drain.ts";
 import { type GateOwner, HandlerGate } from "./handlers.ts";
 import { Lifecycle } from "./lifecycle.ts";
 import { Outbound, type OutboundOwner } from "./outbound.ts";
@@ -59,8 +65,22 @@ export interface Liveness {
   pinging: boolean;
 }
 
-/** The session implementation shared by client and server. @internal */
-export class SessionImpl<T> implements Session<T>, PendingOwner {
+/**
+ * The session implementation shared by client and server. @internal
+ *
+ * It wires its parts and holds the lifecycle; the parts call back into it
+ * through the small methods at the end ("for the session's parts") rather
+ * than through adapter objects, whose objects and closures every idle
+ * connection would pay for.
+ */
+export class SessionImpl<T>
+  implements
+    Session<T>,
+    PendingOwner,
+    WriteQueueOwner,
+    GateOwner<T>,
+    OutboundOwner,
+    DispatchOwner {
   readonly id: number = nextSessionId++;
   readonly side: "client" | "server";
   readonly localAddr: Deno.Addr;
@@ -480,27 +500,14 @@ export class SessionImpl<T> implements Session<T>, PendingOwner {
   }
 
   #drainParts(): Draining<T> {
-    if (this.#draining !== undefined) return this.#draining;
-    const cfg = this.#cfg;
-    return this.#draining = {
-      session: this,
-      life: this.#life,
-      gate: this.#gate,
-      queue: this.#queue,
-      logger: cfg.logger,
-      framed: cfg.dialect.framed,
-      pending: () => this.pendingCount,
-      drainFrame: () => cfg.dialect.drain(),
-      peerDraining: () => cfg.onPeerDrain(this),
-      failPending: (reason) =>
-        cfg.correlator.failOwner(
-          this,
-          reason,
-          (entry) => this.#rescuer().idempotent(entry),
-        ),
-      whenIdle: () => this.#life.whenIdle(),
-      closeWrite: () => this.#conn.closeWrite(),
-      close: (reason) => this.close(reason),
-    };
+    return this.#draining ??= drainingOf(
+      this,
+      this.#life,
+      this.#gate,
+      this.#queue,
+      this.#conn,
+      this.#cfg,
+      (entry) => this.#rescuer().idempotent(entry),
+    );
   }
 }
