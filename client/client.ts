@@ -51,6 +51,7 @@ export interface ClientSetup<T> {
   logger: Logger;
   /** Milliseconds (`Infinity` = none). */
   connectTimeout: number;
+  drainTimeout: number;
   sessionsPerEndpoint: number;
   leastPending: boolean;
   waitForSession: boolean;
@@ -119,7 +120,10 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         this.#router.remove(session);
         this.#pool.sessionClosed(session);
       },
-      onPeerDrain: (session) => this.#router.remove(session),
+      onPeerDrain: (session) => {
+        this.#router.remove(session);
+        this.#leave(session, setup.drainTimeout);
+      },
     };
     this.#router = new Router({
       leastPending: setup.leastPending,
@@ -315,6 +319,23 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   }
 
   /** The session could not deliver a request: the router sends it again. */
+  /**
+   * The server asked this session to drain and has our answer: finish our
+   * own requests, half-close, and close it ourselves after `ms` if the
+   * server keeps it open (its slot then reconnects).
+   */
+  #leave(session: SessionImpl<T>, ms: number): void {
+    const stop = new AbortController();
+    const cancel = after(
+      ms,
+      () =>
+        stop.abort(
+          new ClosedError("The draining server kept the session open"),
+        ),
+    );
+    void session.drain(stop.signal).finally(cancel);
+  }
+
   #retry(entry: Pending, bytes: Uint8Array): void {
     if (this.#closing !== undefined) {
       return entry.fail(

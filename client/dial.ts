@@ -205,6 +205,9 @@ function resolveDialOptions<T>(
     settings,
     logger,
     connectTimeout,
+    drainTimeout: deadlineMs(
+      timeoutOption(options.drainTimeout ?? 10_000, "drainTimeout"),
+    ),
     sessionsPerEndpoint: countOption(options.sessions ?? 1, "sessions", 1),
     leastPending: options.routing === "least-pending",
     waitForSession: options.waitForSession ?? true,

@@ -94,6 +94,15 @@ export interface DialOptions<T>
    * @default {10000}
    */
   connectTimeout?: number;
+  /**
+   * Milliseconds a session the server asked to drain may stay open once
+   * this client has answered the drain: its own requests finish, it
+   * half-closes, and a server that still does not close it is left, so
+   * the slot reconnects. 0 or `Infinity` = wait for the server.
+   *
+   * @default {10000}
+   */
+  drainTimeout?: number;
   /** Aborts `dial()` (the client is closed). */
   signal?: AbortSignal;
   /**

@@ -55,8 +55,6 @@ export async function readLoop<T>(
       break;
     }
     if (session.isClosed()) return;
-    liveness.lastReadAt = coarseNow();
-    liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
     let batch: unknown[];
@@ -67,6 +65,12 @@ export async function readLoop<T>(
     }
     stats.messagesIn += batch.length;
     counters.messagesIn += batch.length;
+    // Alive means whole messages: bytes that never finish a frame (a peer
+    // trickling, a slowloris) must not keep a session for ever.
+    if (batch.length > 0) {
+      liveness.lastReadAt = coarseNow();
+      liveness.missed = 0;
+    }
     // Replies keep flowing while the handlers are at their limit; only
     // held requests stop the reading.
     let next = dispatchFrom(session, dispatcher, gate, batch, 0);
