@@ -131,6 +131,7 @@ function session(
     handler: () => (message: Uint8Array) => message,
     context: {},
     retry: undefined,
+    replies: side === "server" ? "session" : "endpoint",
     onHandlerError: undefined,
     maxConcurrentHandlers: 64,
     highWaterMark: 100,

@@ -111,6 +111,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       handler: () => this.#handler as Handler<T> | undefined,
       context: { client: this },
       retry: (entry, bytes) => this.#retry(entry, bytes),
+      replies: options.acceptReplies === "any" ? "any" : "endpoint",
       onHandlerError: options.onHandlerError,
       maxConcurrentHandlers: settings.maxConcurrentHandlers,
       highWaterMark: settings.outboundBuffer,

@@ -185,6 +185,7 @@ export class Slot<T> {
   /** Makes the session over a fresh connection and starts it reading. */
   #setUp(conn: Transport): SessionImpl<T> {
     const session = new SessionImpl(conn, this.#host.config);
+    session.endpoint = this.endpoint;
     this.#session = session;
     this.#state = "handshaking";
     this.#host.opened(this, session);

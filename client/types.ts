@@ -103,6 +103,16 @@ export interface DialOptions<T>
    * @default {10000}
    */
   drainTimeout?: number;
+  /**
+   * Which sessions' replies may complete a request: those of any session
+   * to the endpoint it was sent to ("endpoint": hosts that answer on another
+   * link of theirs), or of any session of this client ("any": endpoints
+   * that share one correlation space, such as two front ends of one host).
+   * A reply from elsewhere counts as late (`stats().lateReplies`).
+   *
+   * @default {"endpoint"}
+   */
+  acceptReplies?: "endpoint" | "any";
   /** Aborts `dial()` (the client is closed). */
   signal?: AbortSignal;
   /**

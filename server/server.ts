@@ -136,6 +136,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       handler: () => this.#handler as Handler<T> | undefined,
       context: { server: this },
       retry: undefined,
+      replies: "session",
       onHandlerError: options.onHandlerError,
       maxConcurrentHandlers: settings.session.maxConcurrentHandlers,
       highWaterMark: settings.session.outboundBuffer,

@@ -31,6 +31,12 @@ export interface SessionConfig<T> {
   onHandlerError:
     | ((error: unknown, message: T, session: Session<T>) => T | undefined)
     | undefined;
+  /**
+   * Which sessions' replies may complete a request: only its own session's
+   * (servers), those of any session to the same endpoint (clients, by
+   * default), or any session of the client.
+   */
+  replies: "session" | "endpoint" | "any";
   maxConcurrentHandlers: number;
   highWaterMark: number;
   maxWriteBytes: number;

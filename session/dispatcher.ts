@@ -22,6 +22,8 @@ import type { WriteQueue } from "./write_queue.ts";
 
 /** What the dispatcher needs from its session (the session itself). */
 export interface DispatchOwner extends PendingOwner {
+  /** The endpoint a client session was dialled to. */
+  readonly endpoint: unknown;
   /** The session's number, for logs. */
   readonly id: number;
   /** The peer sent a drain frame. */
@@ -39,8 +41,8 @@ export class Dispatcher<T> {
   readonly #correlator: Correlator;
   readonly #gate: HandlerGate<T>;
   readonly #queue: WriteQueue;
-  /** Server side: a reply counts only on the session that was asked. */
-  readonly #ownReplies: boolean;
+  /** Whose replies count: 0 its own session's, 1 its endpoint's, 2 any. */
+  readonly #replies: number;
   /**
    * Fifo correlation: requests in the order they were written (other
    * dialects share one empty list: nothing is ever added to it).
@@ -61,7 +63,11 @@ export class Dispatcher<T> {
     this.#correlator = cfg.correlator;
     this.#gate = gate;
     this.#queue = queue;
-    this.#ownReplies = cfg.side === "server";
+    this.#replies = cfg.replies === "session"
+      ? 0
+      : cfg.replies === "endpoint"
+      ? 1
+      : 2;
     this.#fifo = cfg.dialect.mode === "fifo" ? [] : NO_FIFO;
   }
 
@@ -165,14 +171,21 @@ export class Dispatcher<T> {
   }
 
   /**
-   * The entry a reply may complete. A client's replies may come back on any
-   * of its sessions (one table for all); a server's table spans all its
-   * clients, so there a reply only counts on the session that was asked —
-   * one client cannot answer a request made to another.
+   * The entry a reply may complete. A client's replies may come back on
+   * another of its sessions to the same endpoint (hosts that answer on
+   * another link), but not from another endpoint, which could otherwise
+   * answer requests it was never sent; a server's table spans all its
+   * clients, so there a reply only counts on the session that was asked.
    */
   #pendingFor(entry: Pending | undefined): Pending | undefined {
-    if (entry === undefined || !this.#ownReplies) return entry;
-    return entry.owner === this.#owner ? entry : undefined;
+    if (entry === undefined) return undefined;
+    const owner = entry.owner;
+    if (owner === this.#owner || this.#replies === 2) return entry;
+    if (this.#replies === 0) return undefined;
+    const endpoint = (owner as { endpoint?: unknown }).endpoint;
+    return endpoint !== undefined && endpoint === this.#owner.endpoint
+      ? entry
+      : undefined;
   }
 
   /** Completes a custom-codec request; the codec may call the reply a failure. */

@@ -87,6 +87,8 @@ export class SessionImpl<T>
   readonly closed: Promise<void>;
   /** Requests sent on this session and not settled yet. */
   pendingCount = 0;
+  /** The endpoint a client session was dialled to (set by its slot). */
+  endpoint: unknown = undefined;
   closeReason: unknown = undefined;
   /** Read and written by the housekeeping tick only. */
   readonly liveness: Liveness = {

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { dial } from "../client/dial.ts";
 import { serve } from "../server/serve.ts";
 import { FrameKind } from "../protocol.ts";
-import { HOST, rawPeer } from "./_loopback.ts";
+import { HOST, pollUntil, rawPeer } from "./_loopback.ts";
 import { withTimeout } from "./_process.ts";
 
 Deno.test("dial() client leaves a server that asked to drain and stays connected after drainTimeout, and reconnects", async () => {
@@ -74,4 +74,46 @@ Deno.test("dial() heartbeat counts whole messages: a server trickling bytes with
     clearInterval(trickle);
   }
   assert.ok(client.stats().reconnects >= 1);
+});
+
+Deno.test("dial() takes a reply only from the endpoint its request went to: another endpoint's forged replies count as late", async () => {
+  const release = Promise.withResolvers<void>();
+  const running = Promise.withResolvers<void>();
+  await using good = serve({
+    hostname: HOST,
+    port: 0,
+    handler: async (payload) => {
+      running.resolve();
+      await release.promise;
+      return payload;
+    },
+  });
+  await using hostile = rawPeer();
+  const accepted = hostile.accept();
+  await using client = await dial(
+    [`${HOST}:${good.port}`, hostile.target],
+    { heartbeat: false },
+  );
+  const forger = await accepted;
+  await pollUntil(() => client.stats().sessions.ready === 2, { interval: 5 });
+  const onGood = client.sessions.find((s) =>
+    (s.remoteAddr as Deno.NetAddr).port === good.port
+  )!;
+  const reply = client.request(new TextEncoder().encode("real"), {
+    session: onGood,
+  });
+  await running.promise;
+  // Ids are sequential: answer every small id with a forged reply.
+  for (let id = 1; id <= 64; id++) {
+    await forger.write({
+      kind: FrameKind.Response,
+      id,
+      payload: new TextEncoder().encode("forged"),
+    });
+  }
+  await pollUntil(() => client.stats().lateReplies >= 64, { interval: 5 });
+  release.resolve();
+  assert.equal(new TextDecoder().decode(await reply), "real");
+  // A peer that would never answer the client's drain at disposal.
+  forger.close();
 });

@@ -35,6 +35,7 @@ function config(
     handler: () => onHandler,
     context: {},
     retry: undefined,
+    replies: side === "server" ? "session" : "any",
     onHandlerError: undefined,
     maxConcurrentHandlers: 64,
     highWaterMark: 100,
