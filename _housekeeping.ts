@@ -67,10 +67,12 @@ export class Housekeeper<T> {
       if (session.state === "closed") continue;
       const silent = now - session.liveness.lastReadAt;
       if (silent >= RELEASE_BUFFERS_AFTER) session.releaseIdleBuffers();
-      if (idleTimeout > 0 && silent >= idleTimeout) {
+      if (
+        idleTimeout > 0 && now - session.liveness.lastMessageAt >= idleTimeout
+      ) {
         session.close(
           new ConnectionClosedError(
-            `Session ${session.id} closed: nothing read for ${idleTimeout} ms (idleTimeout)`,
+            `Session ${session.id} closed: no whole message read for ${idleTimeout} ms (idleTimeout)`,
           ),
         );
         continue;

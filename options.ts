@@ -67,8 +67,9 @@ export interface SessionOptions<
    */
   requestTimeout?: number;
   /**
-   * Close a session that read nothing for this long (ms). 0 or `Infinity`
-   * = never.
+   * Close a session that read no whole message for this long (ms): bytes
+   * that never finish a frame (a peer trickling one) do not count, so a
+   * single message must arrive within it. 0 or `Infinity` = never.
    *
    * @default {0}
    */

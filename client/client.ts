@@ -52,6 +52,7 @@ export interface ClientSetup<T> {
   /** Milliseconds (`Infinity` = none). */
   connectTimeout: number;
   drainTimeout: number;
+  acceptReplies: "endpoint" | "any";
   sessionsPerEndpoint: number;
   leastPending: boolean;
   waitForSession: boolean;
@@ -111,7 +112,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       handler: () => this.#handler as Handler<T> | undefined,
       context: { client: this },
       retry: (entry, bytes) => this.#retry(entry, bytes),
-      replies: options.acceptReplies === "any" ? "any" : "endpoint",
+      replies: setup.acceptReplies,
       onHandlerError: options.onHandlerError,
       maxConcurrentHandlers: settings.maxConcurrentHandlers,
       highWaterMark: settings.outboundBuffer,
@@ -319,24 +320,16 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     });
   }
 
-  /** The session could not deliver a request: the router sends it again. */
   /**
    * The server asked this session to drain and has our answer: finish our
-   * own requests, half-close, and close it ourselves after `ms` if the
-   * server keeps it open (its slot then reconnects).
+   * own requests, half-close, and close it ourselves when the server has
+   * kept it open `ms` after that (its slot then reconnects).
    */
   #leave(session: SessionImpl<T>, ms: number): void {
-    const stop = new AbortController();
-    const cancel = after(
-      ms,
-      () =>
-        stop.abort(
-          new ClosedError("The draining server kept the session open"),
-        ),
-    );
-    void session.drain(stop.signal).finally(cancel);
+    void session.drain(new AbortController().signal, undefined, ms);
   }
 
+  /** The session could not deliver a request: the router sends it again. */
   #retry(entry: Pending, bytes: Uint8Array): void {
     if (this.#closing !== undefined) {
       return entry.fail(

@@ -205,6 +205,7 @@ function resolveDialOptions<T>(
     settings,
     logger,
     connectTimeout,
+    acceptReplies: acceptRepliesOption(options.acceptReplies),
     drainTimeout: deadlineMs(
       timeoutOption(options.drainTimeout ?? 10_000, "drainTimeout"),
     ),
@@ -220,4 +221,16 @@ function resolveDialOptions<T>(
       writeTimeout: settings.writeTimeout,
     },
   };
+}
+
+/** Checks `acceptReplies`. */
+function acceptRepliesOption(
+  value: "endpoint" | "any" | undefined,
+): "endpoint" | "any" {
+  if (value === undefined || value === "endpoint" || value === "any") {
+    return value ?? "endpoint";
+  }
+  throw new TypeError(
+    `Cannot use acceptReplies ${String(value)}: expected "endpoint" or "any"`,
+  );
 }

@@ -45,12 +45,6 @@ export class Router<T> {
   readonly #waiters = new Set<Waiter<T>>();
   #roundRobin = 0;
   #retried = 0;
-  /** The owner of retried requests between two sessions. */
-  readonly #inTransit: PendingOwner = {
-    pendingCount: 0,
-    requestSettled: () => {},
-    unkeyed: () => [],
-  };
 
   constructor(options: RouterOptions) {
     this.#options = options;
@@ -110,7 +104,14 @@ export class Router<T> {
    */
   retry(entry: Pending, bytes: Uint8Array): void {
     const from = entry.owner;
-    entry.move(this.#inTransit);
+    // While it waits it stays its endpoint's: a reply from another session
+    // to that endpoint still completes it (see the dispatcher).
+    entry.move({
+      pendingCount: 0,
+      requestSettled: () => {},
+      unkeyed: () => [],
+      endpoint: (from as { endpoint?: unknown }).endpoint,
+    } as PendingOwner);
     // Bytes from a read or write buffer: a copy of their own while they wait.
     entry.copy = bytes;
     const session = this.pickOther(from);

@@ -185,7 +185,9 @@ export class Slot<T> {
   /** Makes the session over a fresh connection and starts it reading. */
   #setUp(conn: Transport): SessionImpl<T> {
     const session = new SessionImpl(conn, this.#host.config);
-    session.endpoint = this.endpoint;
+    // By name: the same endpoint given twice, or spelt two ways that format
+    // alike, is one endpoint for the replies its sessions may carry.
+    session.endpoint = this.name;
     this.#session = session;
     this.#state = "handshaking";
     this.#host.opened(this, session);

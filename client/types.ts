@@ -95,10 +95,10 @@ export interface DialOptions<T>
    */
   connectTimeout?: number;
   /**
-   * Milliseconds a session the server asked to drain may stay open once
-   * this client has answered the drain: its own requests finish, it
-   * half-closes, and a server that still does not close it is left, so
-   * the slot reconnects. 0 or `Infinity` = wait for the server.
+   * Milliseconds a session the server asked to drain may stay open after
+   * this client finished its own requests on it and half-closed: a server
+   * that still does not close it is left, so the slot reconnects. 0 or
+   * `Infinity` = wait for the server.
    *
    * @default {10000}
    */

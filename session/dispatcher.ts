@@ -63,11 +63,12 @@ export class Dispatcher<T> {
     this.#correlator = cfg.correlator;
     this.#gate = gate;
     this.#queue = queue;
-    this.#replies = cfg.replies === "session"
-      ? 0
+    // Anything but the two wider rules keeps the narrowest.
+    this.#replies = cfg.replies === "any"
+      ? 2
       : cfg.replies === "endpoint"
       ? 1
-      : 2;
+      : 0;
     this.#fifo = cfg.dialect.mode === "fifo" ? [] : NO_FIFO;
   }
 

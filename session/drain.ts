@@ -135,6 +135,7 @@ export async function drain<T>(
   s: Draining<T>,
   signal: AbortSignal,
   onDrain?: (session: Session<T>) => void | Promise<void>,
+  endWithin = Infinity,
 ): Promise<DrainResult> {
   if (!s.life.drain()) return drained();
   const forced = abortPromise(signal);
@@ -157,7 +158,14 @@ export async function drain<T>(
       } catch {
         // The peer may already be gone.
       }
-      await Promise.race([s.life.whenEnded(), forced.promise]);
+      if (!await endedWithin(s, endWithin, forced.promise)) {
+        s.close(
+          new ClosedError(
+            `Session ${s.session.id}: the peer kept the session open ${endWithin} ms after the drain`,
+          ),
+        );
+        return drained();
+      }
     }
     s.close();
     return drained();
@@ -165,6 +173,28 @@ export async function drain<T>(
     return await forceClose(s, signal);
   } finally {
     forced.dispose();
+  }
+}
+
+/**
+ * Whether the peer closes its side (after our half-close) within `ms`;
+ * rejects when the drain is forced first.
+ */
+async function endedWithin<T>(
+  s: Draining<T>,
+  ms: number,
+  forced: Promise<never>,
+): Promise<boolean> {
+  const late = Promise.withResolvers<boolean>();
+  const cancel = after(ms, () => late.resolve(false));
+  try {
+    return await Promise.race([
+      s.life.whenEnded().then(() => true),
+      late.promise,
+      forced,
+    ]);
+  } finally {
+    cancel();
   }
 }
 

@@ -159,11 +159,10 @@ export class HandlerGate<T> {
   }
 
   /** The session closed: nothing held runs, the read loop is let go. */
-  close(reason: unknown): void {
+  close(): void {
     this.#held = NONE_HELD;
     this.#slotWaiter?.resolve();
     this.#slotWaiter = undefined;
-    this.stopHandlers(reason);
   }
 
   /** Aborts the handlers' signal (the peer has gone, or the session closed). */

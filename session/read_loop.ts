@@ -26,7 +26,11 @@ import type { WriteQueue } from "./write_queue.ts";
 export interface ReadLoopSession {
   readonly side: "client" | "server";
   readonly remoteAddr: Deno.Addr;
-  readonly liveness: { lastReadAt: number; missed: number };
+  readonly liveness: {
+    lastReadAt: number;
+    lastMessageAt: number;
+    missed: number;
+  };
   isClosed(): boolean;
   /** The peer ended its side (called once the last batch is dispatched). */
   ended(): void;
@@ -55,6 +59,9 @@ export async function readLoop<T>(
       break;
     }
     if (session.isClosed()) return;
+    const now = coarseNow();
+    liveness.lastReadAt = now;
+    liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
     let batch: unknown[];
@@ -65,12 +72,9 @@ export async function readLoop<T>(
     }
     stats.messagesIn += batch.length;
     counters.messagesIn += batch.length;
-    // Alive means whole messages: bytes that never finish a frame (a peer
+    // Idle means no whole message: bytes that never finish a frame (a peer
     // trickling, a slowloris) must not keep a session for ever.
-    if (batch.length > 0) {
-      liveness.lastReadAt = coarseNow();
-      liveness.missed = 0;
-    }
+    if (batch.length > 0) liveness.lastMessageAt = now;
     // Replies keep flowing while the handlers are at their limit; only
     // held requests stop the reading.
     let next = dispatchFrom(session, dispatcher, gate, batch, 0);

@@ -57,8 +57,13 @@ let nextSessionId = 1;
 
 /** What housekeeping knows of a session's liveness. */
 export interface Liveness {
-  /** `coarseNow()` of the last read. */
+  /** `coarseNow()` of the last read (any bytes: the peer is sending). */
   lastReadAt: number;
+  /**
+   * `coarseNow()` when a read last finished a message: what `idleTimeout`
+   * counts from, so bytes that never finish a frame keep no session.
+   */
+  lastMessageAt: number;
   /** Heartbeats sent without an answer, in a row. */
   missed: number;
   /** A heartbeat is out. */
@@ -93,6 +98,7 @@ export class SessionImpl<T>
   /** Read and written by the housekeeping tick only. */
   readonly liveness: Liveness = {
     lastReadAt: coarseNow(),
+    lastMessageAt: coarseNow(),
     missed: 0,
     pinging: false,
   };
@@ -113,6 +119,9 @@ export class SessionImpl<T>
   readonly #resolveClosed: () => void;
   /** Made when a drain (either side's) or the peer's end first needs it. */
   #draining: Draining<T> | undefined;
+  /** The running drain, and what forces it (see {@linkcode drain}). */
+  #drainRun: Promise<DrainResult> | undefined;
+  #drainForce: AbortController | undefined;
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
@@ -348,8 +357,10 @@ export class SessionImpl<T>
       (entry) => rescue.atClose(entry, error),
     );
     this.#dispatcher.clear();
-    this.#gate.close(reason ?? new ClosedError("Session closed"));
+    this.#gate.close();
     this.#queue.clear(error, rescue.waiting);
+    // Last: an abort listener that sends meets a queue already closed.
+    this.#gate.stopHandlers(reason ?? new ClosedError("Session closed"));
     this.#life.checkIdle();
     this.#cfg.onClose(this);
     this.#resolveClosed();
@@ -376,8 +387,23 @@ export class SessionImpl<T>
   drain(
     signal: AbortSignal,
     onDrain?: (session: Session<T>) => void | Promise<void>,
+    endWithin?: number,
   ): Promise<DrainResult> {
-    return drain(this.#drainParts(), signal, onDrain);
+    // One drain per session: a later caller joins the running one, and its
+    // signal forces it too (the earlier deadline wins).
+    const force = this.#drainForce ??= new AbortController();
+    const link = () => force.abort(signal.reason);
+    if (signal.aborted) link();
+    else signal.addEventListener("abort", link, { once: true });
+    this.#drainRun ??= drain(
+      this.#drainParts(),
+      force.signal,
+      onDrain,
+      endWithin,
+    );
+    return this.#drainRun.finally(() =>
+      signal.removeEventListener("abort", link)
+    );
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

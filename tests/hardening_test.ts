@@ -52,28 +52,29 @@ Deno.test("serve() idleTimeout counts whole messages: a peer trickling a frame o
   assert.equal(server.stats().sessions, 0);
 });
 
-Deno.test("dial() heartbeat counts whole messages: a server trickling bytes without answering pings is left (half-open)", async () => {
+Deno.test("dial() heartbeat keeps a session whose server sends one large reply slowly: bytes arriving are alive", async () => {
   await using peer = rawPeer();
   const first = peer.accept();
   await using client = await dial(peer.target, {
     heartbeat: { interval: 100 },
-    reconnect: { initial: 10, max: 10 },
   });
   const conn = await first;
-  const second = peer.accept();
-  // A response announcing 64 KiB, its payload sent a byte at a time.
-  await conn.conn.write(
-    new Uint8Array([0, 1, 0, 5, FrameKind.Response, 0, 0, 0, 9]),
-  );
-  const trickle = setInterval(() => {
-    conn.conn.write(new Uint8Array([0])).catch(() => {});
-  }, 10);
-  try {
-    await withTimeout(second, 5000, "the reconnect");
-  } finally {
-    clearInterval(trickle);
+  const reply = client.request(new Uint8Array([1]), { timeout: 20_000 });
+  const request = await conn.read();
+  const size = 256 * 1024;
+  const header = new Uint8Array(9);
+  new DataView(header.buffer).setUint32(0, size + 5);
+  header[4] = FrameKind.Response;
+  new DataView(header.buffer).setUint32(5, request!.id);
+  await conn.conn.write(header);
+  // 8 pieces 50 ms apart: the reply takes 4 heartbeat intervals to arrive.
+  const piece = new Uint8Array(size / 8);
+  for (let i = 0; i < 8; i++) {
+    await conn.conn.write(piece);
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  assert.ok(client.stats().reconnects >= 1);
+  assert.equal((await reply).length, size);
+  conn.close();
 });
 
 Deno.test("dial() takes a reply only from the endpoint its request went to: another endpoint's forged replies count as late", async () => {
@@ -116,4 +117,31 @@ Deno.test("dial() takes a reply only from the endpoint its request went to: anot
   assert.equal(new TextDecoder().decode(await reply), "real");
   // A peer that would never answer the client's drain at disposal.
   forger.close();
+});
+
+Deno.test("dial() drainTimeout counts only after the client's own requests: a slow request of a gracefully stopping server completes", async () => {
+  const running = Promise.withResolvers<void>();
+  const finish = Promise.withResolvers<void>();
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    handler: async (payload) => {
+      running.resolve();
+      await finish.promise;
+      return payload;
+    },
+  });
+  await using client = await dial(`${HOST}:${server.port}`, {
+    heartbeat: false,
+    drainTimeout: 50,
+  });
+  const reply = client.request(new Uint8Array([7]), { timeout: 5000 });
+  await running.promise;
+  const report = server.shutdown({ timeout: 5000 });
+  // The client has answered the drain; its request is still running well
+  // past drainTimeout before the handler finishes.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  finish.resolve();
+  assert.deepEqual([...await reply], [7]);
+  assert.equal((await report).forced, 0);
 });
