@@ -13,8 +13,13 @@ const RELEASE_BUFFERS_AFTER = 5000;
 
 /** Liveness settings. */
 export interface LivenessOptions<T> {
-  /** Close a session that read nothing for this long (ms); 0 = never. */
+  /** Close a session that read no whole message for this long (ms); 0 = never. */
   idleTimeout: number;
+  /**
+   * Close a session whose message in progress (bytes arrived since the last
+   * whole one) has not completed for this long (ms); 0 = never.
+   */
+  frameTimeout: number;
   /** Heartbeat interval (ms); 0 = off. */
   heartbeatInterval: number;
   /** Consecutive unanswered heartbeats that close the session. */
@@ -40,6 +45,7 @@ export class Housekeeper<T> {
     this.#options = options;
     const candidates = [
       options.idleTimeout / 4,
+      options.frameTimeout / 4,
       options.heartbeatInterval / 4,
       options.writeTimeout / 4,
     ].filter((ms) => ms > 0);
@@ -62,7 +68,8 @@ export class Housekeeper<T> {
 
   #tick(): void {
     const now = performance.now();
-    const { idleTimeout, heartbeatInterval, writeTimeout } = this.#options;
+    const { idleTimeout, frameTimeout, heartbeatInterval, writeTimeout } =
+      this.#options;
     for (const session of this.#sessions()) {
       if (session.state === "closed") continue;
       const silent = now - session.liveness.lastReadAt;
@@ -73,6 +80,20 @@ export class Housekeeper<T> {
         session.close(
           new ConnectionClosedError(
             `Session ${session.id} closed: no whole message read for ${idleTimeout} ms (idleTimeout)`,
+          ),
+        );
+        continue;
+      }
+      const liveness = session.liveness;
+      if (
+        frameTimeout > 0 && liveness.lastReadAt > liveness.lastMessageAt &&
+        now - liveness.lastMessageAt >= frameTimeout
+      ) {
+        // Bytes keep coming but no message completes: a peer trickling one
+        // frame (slowloris) is not alive, however often it sends a byte.
+        session.close(
+          new ConnectionClosedError(
+            `Session ${session.id} closed: a message has been arriving for over ${frameTimeout} ms (frameTimeout)`,
           ),
         );
         continue;

@@ -75,6 +75,15 @@ export interface SessionOptions<
    */
   idleTimeout?: number;
   /**
+   * Close a session whose message in progress has not completed for this
+   * long (ms) while its bytes keep coming: a peer trickling one frame a
+   * byte at a time (slowloris) is not taken as alive. Raise it for very
+   * large messages on slow links. 0 or `Infinity` = never.
+   *
+   * @default {60000}
+   */
+  frameTimeout?: number;
+  /**
    * A write that does not complete in this long (ms) cuts the session off
    * with `SlowConsumerError`: the peer stopped reading. 0 or `Infinity` =
    * never.
@@ -126,6 +135,8 @@ export interface SessionSettings {
   readonly requestTimeout: number;
   /** See {@linkcode SessionOptions.idleTimeout}; 0 = never. */
   readonly idleTimeout: number;
+  /** See {@linkcode SessionOptions.frameTimeout}; 0 = never. */
+  readonly frameTimeout: number;
   /** See {@linkcode SessionOptions.writeTimeout}; 0 = never. */
   readonly writeTimeout: number;
   /** See {@linkcode SessionOptions.maxConcurrentHandlers}. */
@@ -143,6 +154,7 @@ export const SESSION_DEFAULTS: SessionSettings = Object.freeze({
   correlation: "id",
   requestTimeout: 5000,
   idleTimeout: 0,
+  frameTimeout: 60_000,
   writeTimeout: 30_000,
   maxConcurrentHandlers: 64,
   outboundBuffer: 100,
@@ -180,6 +192,10 @@ export function resolveSessionOptions<T, C extends HandlerContext<T>>(
     idleTimeout: noneAsZero(timeoutOption(
       options.idleTimeout ?? SESSION_DEFAULTS.idleTimeout,
       "idleTimeout",
+    )),
+    frameTimeout: noneAsZero(timeoutOption(
+      options.frameTimeout ?? SESSION_DEFAULTS.frameTimeout,
+      "frameTimeout",
     )),
     writeTimeout: noneAsZero(timeoutOption(
       options.writeTimeout ?? SESSION_DEFAULTS.writeTimeout,

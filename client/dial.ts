@@ -215,6 +215,7 @@ function resolveDialOptions<T>(
     maxWaitingRequests,
     liveness: {
       idleTimeout: settings.idleTimeout,
+      frameTimeout: settings.frameTimeout,
       heartbeatInterval: interval === Infinity ? 0 : interval,
       maxMissed,
       heartbeatMessage: heartbeat?.message,

@@ -147,6 +147,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     };
     this.#housekeeper = new Housekeeper(() => this.#sessions, {
       idleTimeout: settings.session.idleTimeout,
+      frameTimeout: settings.session.frameTimeout,
       heartbeatInterval: 0,
       maxMissed: 2,
       heartbeatMessage: undefined,

@@ -77,6 +77,52 @@ Deno.test("dial() heartbeat keeps a session whose server sends one large reply s
   conn.close();
 });
 
+Deno.test("serve() frameTimeout (on by default) closes a peer trickling one frame, without idleTimeout", async () => {
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    frameTimeout: 200,
+    handler: (payload) => payload,
+  });
+  using conn = await Deno.connect({ hostname: HOST, port: server.port });
+  const trickle = setInterval(() => {
+    conn.write(new Uint8Array([0])).catch(() => {});
+  }, 20);
+  try {
+    // A response-sized header first, then its payload a byte at a time.
+    await conn.write(new Uint8Array([0, 0, 4, 5, FrameKind.Push, 0, 0, 0, 0]));
+    const closed = conn.read(new Uint8Array(16)).catch(() => null);
+    assert.equal(await withTimeout(closed, 5000, "the server's close"), null);
+  } finally {
+    clearInterval(trickle);
+  }
+});
+
+Deno.test("dial() frameTimeout leaves a server that trickles bytes of a reply that never completes", async () => {
+  await using peer = rawPeer();
+  const first = peer.accept();
+  await using client = await dial(peer.target, {
+    heartbeat: { interval: 10_000 },
+    frameTimeout: 200,
+    reconnect: { initial: 10, max: 10 },
+  });
+  const conn = await first;
+  const second = peer.accept();
+  // A response announcing 64 KiB, its payload sent a byte at a time.
+  await conn.conn.write(
+    new Uint8Array([0, 1, 0, 5, FrameKind.Response, 0, 0, 0, 9]),
+  );
+  const trickle = setInterval(() => {
+    conn.conn.write(new Uint8Array([0])).catch(() => {});
+  }, 10);
+  try {
+    await withTimeout(second, 5000, "the reconnect");
+  } finally {
+    clearInterval(trickle);
+  }
+  assert.ok(client.stats().reconnects >= 1);
+});
+
 Deno.test("dial() takes a reply only from the endpoint its request went to: another endpoint's forged replies count as late", async () => {
   const release = Promise.withResolvers<void>();
   const running = Promise.withResolvers<void>();

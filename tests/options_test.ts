@@ -21,6 +21,7 @@ const BAD_VALUES = [-1, -0.5, Number.NaN, -Infinity];
 const SHARED: string[] = [
   "requestTimeout",
   "idleTimeout",
+  "frameTimeout",
   "writeTimeout",
   "maxConcurrentHandlers",
   "outboundBuffer",
@@ -126,6 +127,7 @@ Deno.test("Client.settings and Server.settings report the same defaults for the 
     correlation: "id",
     requestTimeout: 5000,
     idleTimeout: 0,
+    frameTimeout: 60_000,
     writeTimeout: 30_000,
     maxConcurrentHandlers: 64,
     outboundBuffer: 100,
@@ -140,6 +142,7 @@ Deno.test("Client.settings and Server.settings echo the same values for the same
   const shared = {
     requestTimeout: Infinity,
     idleTimeout: 60_000,
+    frameTimeout: Infinity,
     writeTimeout: 0,
     maxConcurrentHandlers: 8,
     outboundBuffer: 10,
