@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { AddressMatcher } from "../transport/_cidr.ts";
 import {
   formatAddr,
   isClosedResource,
@@ -54,6 +55,8 @@ export interface AcceptSettings {
   proxyProtocol: ProxyProtocolOptions | undefined;
   /** Milliseconds to wait for a PROXY header; `Infinity` = no limit. */
   proxyTimeout: number;
+  /** Who may send a PROXY header; `undefined` = anyone. */
+  trustedProxies: AddressMatcher | undefined;
 }
 
 /** The accept loop of one server, and its counts. */
@@ -202,6 +205,16 @@ export class Acceptor {
     const onStop = () => abort.abort(new ClosedError("Server is closed"));
     stopped.addEventListener("abort", onStop, { once: true });
     try {
+      const trusted = this.#settings.trustedProxies;
+      const peer = conn.remoteAddr;
+      if (
+        trusted !== undefined && peer.transport === "tcp" &&
+        !trusted(peer.hostname)
+      ) {
+        throw new ProxyProtocolError(
+          `${remote} is not a trusted proxy (proxyProtocol.trusted)`,
+        );
+      }
       const { header, rest } = await readProxyHeader(conn, {
         signal: abort.signal,
         ...(settings.maxHeaderBytes === undefined
@@ -212,6 +225,7 @@ export class Acceptor {
       const proxy: ProxyInfo = {
         ...(header.source ? { source: header.source } : {}),
         ...(header.destination ? { destination: header.destination } : {}),
+        peer,
       };
       this.#openSafely(conn, prepend(conn, rest), proxy);
     } catch (error) {

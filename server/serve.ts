@@ -5,6 +5,7 @@
  * @module
  */
 
+import { type AddressMatcher, addressMatcher } from "../transport/_cidr.ts";
 import type { Codec } from "../framing/codec.ts";
 import type { TransportListener } from "../connection.ts";
 import { listen } from "../transport/_listen.ts";
@@ -121,6 +122,17 @@ export interface ProxyProtocolOptions {
   timeout?: number;
   /** Largest PROXY header accepted, in bytes (as `readProxyHeader()` takes it). */
   maxHeaderBytes?: number;
+  /**
+   * The proxies allowed to connect: IP addresses or CIDR ranges
+   * (`"10.0.0.0/8"`, `"127.0.0.1"`, `"fd00::/8"`). A connection from any
+   * other address is rejected before its header is read
+   * (`ProxyProtocolError`, logged, `stats().rejected`), so a direct client
+   * cannot claim another client's address. Unix socket peers are local and
+   * always allowed.
+   *
+   * @default any peer (safe only where no one but your proxies can reach the port)
+   */
+  trusted?: readonly string[];
 }
 
 /** A server's correlation: fifo by default when its codec has no ids. */
@@ -206,6 +218,8 @@ export interface ServerSettings {
   proxyProtocol: ProxyProtocolOptions | undefined;
   /** `Infinity` = no limit. */
   proxyTimeout: number;
+  /** Who may send a PROXY header; `undefined` = anyone. */
+  trustedProxies: AddressMatcher | undefined;
 }
 
 function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
@@ -226,6 +240,9 @@ function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
     proxyTimeout: deadlineMs(
       timeoutOption(proxy.timeout ?? 5000, "proxyProtocol.timeout"),
     ),
+    trustedProxies: proxy.trusted === undefined
+      ? undefined
+      : addressMatcher(proxy.trusted),
   };
 }
 

@@ -56,6 +56,8 @@ export interface ProxyInfo {
   readonly source?: Deno.Addr;
   /** The address the original client connected to. */
   readonly destination?: Deno.Addr;
+  /** The connection's own peer: the proxy that sent the header. */
+  readonly peer?: Deno.Addr;
 }
 
 /**
