@@ -320,11 +320,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     });
   }
 
-  /**
-   * The server asked this session to drain and has our answer: finish our
-   * own requests, half-close, and close it ourselves when the server has
-   * kept it open `ms` after that (its slot then reconnects).
-   */
+  /** A draining server's session: finish, half-close, leave after `ms`. */
   #leave(session: SessionImpl<T>, ms: number): void {
     void session.drain(new AbortController().signal, undefined, ms);
   }

@@ -14,7 +14,7 @@ import {
 import { codecDialect, type Dialect } from "../session/dialect.ts";
 import { defaultDialect } from "../_protocol_dialect.ts";
 import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
-import { resolveSessionOptions } from "../options.ts";
+import { resolveSessionOptions, type SessionSettings } from "../options.ts";
 import { after } from "../_timeouts.ts";
 import { safeLogger } from "../logger.ts";
 import { ConnectionError, RetryExhaustedError } from "../errors.ts";
@@ -178,6 +178,32 @@ function resolveDialOptions<T>(
     "maxWaitingRequests",
     0,
   );
+  const liveness = livenessOf(dialect, options, settings);
+  return {
+    endpoints,
+    dialect,
+    options,
+    settings,
+    logger,
+    connectTimeout,
+    acceptReplies: acceptRepliesOption(options.acceptReplies),
+    drainTimeout: deadlineMs(
+      timeoutOption(options.drainTimeout ?? 10_000, "drainTimeout"),
+    ),
+    sessionsPerEndpoint: countOption(options.sessions ?? 1, "sessions", 1),
+    leastPending: options.routing === "least-pending",
+    waitForSession: options.waitForSession ?? true,
+    maxWaitingRequests,
+    liveness,
+  };
+}
+
+/** The client's liveness checks: heartbeat, idle, frame and write limits. */
+function livenessOf<T>(
+  dialect: Dialect<T>,
+  options: DialOptions<T>,
+  settings: SessionSettings,
+): ClientSetup<T>["liveness"] {
   const heartbeat = options.heartbeat === false
     ? undefined
     : options.heartbeat ?? (dialect.framed ? {} : undefined);
@@ -199,28 +225,12 @@ function resolveDialOptions<T>(
     );
   }
   return {
-    endpoints,
-    dialect,
-    options,
-    settings,
-    logger,
-    connectTimeout,
-    acceptReplies: acceptRepliesOption(options.acceptReplies),
-    drainTimeout: deadlineMs(
-      timeoutOption(options.drainTimeout ?? 10_000, "drainTimeout"),
-    ),
-    sessionsPerEndpoint: countOption(options.sessions ?? 1, "sessions", 1),
-    leastPending: options.routing === "least-pending",
-    waitForSession: options.waitForSession ?? true,
-    maxWaitingRequests,
-    liveness: {
-      idleTimeout: settings.idleTimeout,
-      frameTimeout: settings.frameTimeout,
-      heartbeatInterval: interval === Infinity ? 0 : interval,
-      maxMissed,
-      heartbeatMessage: heartbeat?.message,
-      writeTimeout: settings.writeTimeout,
-    },
+    idleTimeout: settings.idleTimeout,
+    frameTimeout: settings.frameTimeout,
+    heartbeatInterval: interval === Infinity ? 0 : interval,
+    maxMissed,
+    heartbeatMessage: heartbeat?.message,
+    writeTimeout: settings.writeTimeout,
   };
 }
 

@@ -47,6 +47,28 @@ export interface Draining<T> {
   whenIdle(): Promise<void>;
   closeWrite(): Promise<void>;
   close(reason?: unknown): void;
+  /** The running drain (see {@linkcode drainOnce}). */
+  run?: Promise<DrainResult>;
+  /** What forces it: every caller's signal. */
+  force?: AbortController;
+}
+
+/**
+ * Runs the session's one drain: a later caller joins the running one, and
+ * its signal forces it too (the earlier deadline wins).
+ */
+export function drainOnce<T>(
+  s: Draining<T>,
+  signal: AbortSignal,
+  onDrain?: (session: Session<T>) => void | Promise<void>,
+  endWithin?: number,
+): Promise<DrainResult> {
+  const force = s.force ??= new AbortController();
+  const link = () => force.abort(signal.reason);
+  if (signal.aborted) link();
+  else signal.addEventListener("abort", link, { once: true });
+  s.run ??= drain(s, force.signal, onDrain, endWithin);
+  return s.run.finally(() => signal.removeEventListener("abort", link));
 }
 
 /** A session's parts as its drain sees them. */

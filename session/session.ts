@@ -27,9 +27,9 @@ import {
 import type { DrainResult, EncodedRequest, SessionConfig } from "./config.ts";
 import { Dispatcher, type DispatchOwner } from "./dispatcher.ts";
 import {
-  drain,
   type Draining,
   drainingOf,
+  drainOnce,
   peerDrained,
   peerEnded,
 } from "./drain.ts";
@@ -119,9 +119,6 @@ export class SessionImpl<T>
   readonly #resolveClosed: () => void;
   /** Made when a drain (either side's) or the peer's end first needs it. */
   #draining: Draining<T> | undefined;
-  /** The running drain, and what forces it (see {@linkcode drain}). */
-  #drainRun: Promise<DrainResult> | undefined;
-  #drainForce: AbortController | undefined;
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
@@ -389,21 +386,7 @@ export class SessionImpl<T>
     onDrain?: (session: Session<T>) => void | Promise<void>,
     endWithin?: number,
   ): Promise<DrainResult> {
-    // One drain per session: a later caller joins the running one, and its
-    // signal forces it too (the earlier deadline wins).
-    const force = this.#drainForce ??= new AbortController();
-    const link = () => force.abort(signal.reason);
-    if (signal.aborted) link();
-    else signal.addEventListener("abort", link, { once: true });
-    this.#drainRun ??= drain(
-      this.#drainParts(),
-      force.signal,
-      onDrain,
-      endWithin,
-    );
-    return this.#drainRun.finally(() =>
-      signal.removeEventListener("abort", link)
-    );
+    return drainOnce(this.#drainParts(), signal, onDrain, endWithin);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
