@@ -153,7 +153,7 @@ export function peerEnded<T>(s: Draining<T>): void {
  *
  * @returns What was cut by the abort (zeros on a clean drain).
  */
-export async function drain<T>(
+async function drain<T>(
   s: Draining<T>,
   signal: AbortSignal,
   onDrain?: (session: Session<T>) => void | Promise<void>,

@@ -40,15 +40,13 @@ Deno.test("serve() idleTimeout counts whole messages: a peer trickling a frame o
   // A header announcing 1 KiB, sent a byte at a time, never finished.
   const bytes = [0, 0, 4, 5, FrameKind.Request, 0, 0, 0, 1];
   let sent = 0;
-  const trickle = setInterval(() => {
-    conn.write(new Uint8Array([bytes[sent++ % bytes.length]!])).catch(() => {});
-  }, 20);
-  try {
-    const closed = conn.read(new Uint8Array(16)).catch(() => null);
-    assert.equal(await withTimeout(closed, 5000, "the server's close"), null);
-  } finally {
-    clearInterval(trickle);
-  }
+  using _trickle = trickle(
+    (byte) => conn.write(byte),
+    20,
+    () => bytes[sent++ % bytes.length]!,
+  );
+  const closed = conn.read(new Uint8Array(16)).catch(() => null);
+  assert.equal(await withTimeout(closed, 5000, "the server's close"), null);
   assert.equal(server.stats().sessions, 0);
 });
 
@@ -85,17 +83,11 @@ Deno.test("serve() frameTimeout (on by default) closes a peer trickling one fram
     handler: (payload) => payload,
   });
   using conn = await Deno.connect({ hostname: HOST, port: server.port });
-  const trickle = setInterval(() => {
-    conn.write(new Uint8Array([0])).catch(() => {});
-  }, 20);
-  try {
-    // A response-sized header first, then its payload a byte at a time.
-    await conn.write(new Uint8Array([0, 0, 4, 5, FrameKind.Push, 0, 0, 0, 0]));
-    const closed = conn.read(new Uint8Array(16)).catch(() => null);
-    assert.equal(await withTimeout(closed, 5000, "the server's close"), null);
-  } finally {
-    clearInterval(trickle);
-  }
+  // A push announcing 1 KiB first, then its payload a byte at a time.
+  await conn.write(new Uint8Array([0, 0, 4, 5, FrameKind.Push, 0, 0, 0, 0]));
+  using _trickle = trickle((byte) => conn.write(byte), 20);
+  const closed = conn.read(new Uint8Array(16)).catch(() => null);
+  assert.equal(await withTimeout(closed, 5000, "the server's close"), null);
 });
 
 Deno.test("dial() frameTimeout leaves a server that trickles bytes of a reply that never completes", async () => {
@@ -112,14 +104,8 @@ Deno.test("dial() frameTimeout leaves a server that trickles bytes of a reply th
   await conn.conn.write(
     new Uint8Array([0, 1, 0, 5, FrameKind.Response, 0, 0, 0, 9]),
   );
-  const trickle = setInterval(() => {
-    conn.conn.write(new Uint8Array([0])).catch(() => {});
-  }, 10);
-  try {
-    await withTimeout(second, 5000, "the reconnect");
-  } finally {
-    clearInterval(trickle);
-  }
+  using _trickle = trickle((byte) => conn.conn.write(byte), 10);
+  await withTimeout(second, 5000, "the reconnect");
   assert.ok(client.stats().reconnects >= 1);
 });
 
@@ -191,3 +177,18 @@ Deno.test("dial() drainTimeout counts only after the client's own requests: a sl
   assert.deepEqual([...await reply], [7]);
   assert.equal((await report).forced, 0);
 });
+
+/**
+ * Writes one byte (`next()`, else 0) every `ms` until disposed: a peer that
+ * keeps a frame arriving without ever finishing it.
+ */
+function trickle(
+  write: (byte: Uint8Array) => Promise<unknown>,
+  ms: number,
+  next: () => number = () => 0,
+): Disposable {
+  const timer = setInterval(() => {
+    write(new Uint8Array([next()])).catch(() => {});
+  }, ms);
+  return { [Symbol.dispose]: () => clearInterval(timer) };
+}

@@ -289,17 +289,8 @@ Deno.test("Client.request({ idempotent: true }) is retried even when it may have
 Deno.test("Client.request() still queued when its session dies is retried on another session", async () => {
   // A peer that answers the connect ping, then reads nothing: the client's
   // writes fill the socket buffers and the rest wait in its queue.
-  await using stuck = rawPeer();
-  await using staying = serveLoopback({ handler: (payload) => payload });
-  const accepted = stuck.accept();
-  const clientPromise = dial(
-    [`${HOST}:${stuck.port}`, `${HOST}:${staying.port}`],
-    { requestTimeout: 10_000, heartbeat: false },
-  );
-  // accept() answers the connect ping.
-  const conn = await accepted;
-  await using client = await clientPromise;
-  await readyCount(client, 2);
+  await using pair = await stuckAndStaying((payload) => payload);
+  const { conn, client } = pair;
   // Round robin: 64 to each; 16 MiB cannot all fit in the loopback socket
   // buffers of the peer that does not read.
   const payload = new Uint8Array(256 * 1024);
@@ -322,6 +313,37 @@ Deno.test("Client.request() still queued when its session dies is retried on ano
   assert.equal(new Set(ok.map((r) => r.ok)).size, ok.length);
 });
 
+/**
+ * A client of two endpoints, both sessions ready: a raw peer that answers
+ * the connect ping and then reads nothing unless told (`conn`), and a
+ * server with `handler`. Disposing closes the client, then the server,
+ * then the peer.
+ */
+async function stuckAndStaying(
+  handler: (payload: Uint8Array) => Uint8Array,
+) {
+  const stuck = rawPeer();
+  const staying = serveLoopback({ handler });
+  const accepted = stuck.accept();
+  const clientPromise = dial(
+    [`${HOST}:${stuck.port}`, `${HOST}:${staying.port}`],
+    { requestTimeout: 10_000, heartbeat: false },
+  );
+  // accept() answers the connect ping.
+  const conn = await accepted;
+  const client = await clientPromise;
+  await readyCount(client, 2);
+  return {
+    conn,
+    client,
+    async [Symbol.asyncDispose]() {
+      await client[Symbol.asyncDispose]();
+      await staying[Symbol.asyncDispose]();
+      await stuck[Symbol.asyncDispose]();
+    },
+  };
+}
+
 async function readyCount(
   client: { stats(): { sessions: Record<string, number> } } & EventTarget,
   n: number,
@@ -334,22 +356,12 @@ async function readyCount(
 }
 
 Deno.test("Client.request() still queued when its peer only half-closes is not sent elsewhere too (no double delivery)", async () => {
-  await using stuck = rawPeer();
   const ranOnStaying = new Set<number>();
-  await using staying = serveLoopback({
-    handler: (payload) => {
-      ranOnStaying.add(payload[0]! * 256 + payload[1]!);
-      return payload.subarray(0, 2);
-    },
+  await using pair = await stuckAndStaying((payload) => {
+    ranOnStaying.add(payload[0]! * 256 + payload[1]!);
+    return payload.subarray(0, 2);
   });
-  const accepted = stuck.accept();
-  const clientPromise = dial(
-    [`${HOST}:${stuck.port}`, `${HOST}:${staying.port}`],
-    { requestTimeout: 10_000, heartbeat: false },
-  );
-  const conn = await accepted;
-  await using client = await clientPromise;
-  await readyCount(client, 2);
+  const { conn, client } = pair;
   const payload = new Uint8Array(256 * 1024);
   const results = Array.from({ length: 128 }, (_, i) => {
     payload[0] = i >> 8;
