@@ -28,6 +28,7 @@
  */
 
 export { Client } from "./client/client.ts";
+export type { ClientStatus } from "./client/client.ts";
 export { dial } from "./client/dial.ts";
 export type {
   ClientEventDetail,
@@ -48,8 +49,11 @@ export type {
   ServerHandler,
   ServerHandlerContext,
   ServerStats,
+  ServerStatus,
 } from "./server/server.ts";
 export { serve, serveMutualTls } from "./server/serve.ts";
+export type { InboundMessage, MessagesOptions } from "./streams/inbound.ts";
+export type { StatusDropped, StatusOptions } from "./streams/status.ts";
 export type {
   ProxyProtocolOptions,
   ServeOptions,

@@ -27,6 +27,18 @@ import {
 import type { Logger } from "../logger.ts";
 import { ClosedError, NoSessionError } from "../errors.ts";
 import { Pool } from "./pool.ts";
+import {
+  type InboundMessage,
+  InboundStreams,
+  type MessagesOptions,
+  scopeOf,
+} from "../streams/inbound.ts";
+import {
+  type StatusDropped,
+  type StatusOptions,
+  statusStream,
+} from "../streams/status.ts";
+import { SendStream } from "../streams/writable.ts";
 import { Router } from "./router.ts";
 import type {
   ClientEventDetail,
@@ -37,6 +49,19 @@ import type {
   CloseOptions,
   DialOptions,
 } from "./types.ts";
+
+/** What `client.status()` yields: events, and what a slow reader lost. */
+export type ClientStatus = ClientEventDetail | StatusDropped;
+
+const STATUS_EVENTS = [
+  "connect",
+  "ready",
+  "disconnect",
+  "reconnecting",
+  "drain",
+  "error",
+  "close",
+] as const;
 
 /** Guards the constructor: only `dial()` makes clients. */
 export const INTERNAL: unique symbol = Symbol("tcpbutler.client");
@@ -71,8 +96,9 @@ export let clientInternals: {
  * A pool of persistent sessions. Make one with {@linkcode dial}.
  *
  * Events (`addEventListener`): `connect`, `ready`, `disconnect`,
- * `reconnecting`, `error`, `close`, each a `CustomEvent` whose `detail` is a
- * {@linkcode ClientEventDetail}.
+ * `reconnecting`, `drain`, `error`, `close`, each a `CustomEvent` whose
+ * `detail` is a {@linkcode ClientEventDetail}; {@linkcode Client.status}
+ * reads them as a stream.
  *
  * @typeParam T The message type (`Uint8Array` payloads with the default protocol).
  */
@@ -88,6 +114,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #closed = Promise.withResolvers<void>();
   #handler: ClientHandler<T> | undefined;
   #closing: Promise<void> | undefined;
+  /** Made by the first messages() call. */
+  #streams: InboundStreams<T> | undefined;
+  #writable: SendStream<T> | undefined;
 
   /**
    * Not for users: {@linkcode dial} makes clients.
@@ -109,7 +138,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       correlator: this.#correlator,
       counters: this.#counters,
       logger,
-      handler: () => this.#handler as Handler<T> | undefined,
+      // An open message stream stands in for the handler (streams/inbound.ts).
+      handler: () =>
+        this.#streams?.handler ?? this.#handler as Handler<T> | undefined,
       context: { client: this },
       retry: (entry, bytes) => this.#retry(entry, bytes),
       replies: setup.acceptReplies,
@@ -124,6 +155,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       },
       onPeerDrain: (session) => {
         this.#router.remove(session);
+        this.#pool.drained(session);
         this.#leave(session, setup.drainTimeout);
       },
     };
@@ -198,6 +230,132 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
 
   set handler(handler: ClientHandler<T> | undefined) {
     this.#handler = handler;
+  }
+
+  /**
+   * The server's pushes and requests as a stream (async-iterable), instead
+   * of the `handler`: while the stream is open it takes every inbound
+   * message (of `options.session` only, with that option), and once it is
+   * cancelled the handler takes them again. Backpressure is the handler's:
+   * each message holds one of its session's `maxConcurrentHandlers` slots
+   * until it is read (a push) or answered with `respond()`/`fail()` (a
+   * request), and past that the session stops reading, so the server's
+   * writes wait. Cancelling lets go: unread requests are answered as failed
+   * handlers (`RemoteError` at the server), unread pushes are dropped
+   * (logged). The stream ends when the client closes (with a session, when
+   * the session closes, or errors with its failure).
+   *
+   * @param options A session to read alone, and a signal.
+   * @returns The stream of inbound messages.
+   * @throws {TypeError} A stream is open for the same sessions already, or
+   * the session is not this client's.
+   *
+   * @example Answer the server's requests
+   * ```ts
+   * import { dial, serve, type Session } from "@tcpbutler/core";
+   * import assert from "node:assert/strict";
+   *
+   * const connected = Promise.withResolvers<Session<Uint8Array>>();
+   * await using server = serve({
+   *   hostname: "127.0.0.1",
+   *   port: 0,
+   *   onConnect: (session) => connected.resolve(session),
+   * });
+   * await using client = await dial(`127.0.0.1:${server.port}`);
+   * const answered = (async () => {
+   *   for await (const inbound of client.messages()) {
+   *     if (inbound.kind === "request") inbound.respond(inbound.message);
+   *   }
+   * })();
+   * const session = await connected.promise;
+   * const reply = await session.request(new TextEncoder().encode("ping"));
+   * assert.equal(new TextDecoder().decode(reply), "ping");
+   * await client.close();
+   * await answered; // the stream ends with the client
+   * ```
+   */
+  messages(options?: MessagesOptions<T>): ReadableStream<InboundMessage<T>> {
+    const session = options?.session;
+    if (session !== undefined && session.state !== "closed") {
+      this.#own(session);
+    }
+    this.#streams ??= new InboundStreams(
+      () => this.#handler as Handler<T> | undefined,
+      this.#config.logger,
+    );
+    return this.#streams.open(
+      scopeOf(session, this.closed),
+      options?.signal,
+    );
+  }
+
+  /**
+   * The client's events as a stream (async-iterable), like nats.js
+   * `status()`: `connect`, `ready`, `disconnect` (with the reason),
+   * `reconnecting` (attempt and delay), `drain` (the server asked a session
+   * to drain), `error`, and `close`, after which it ends. A reader that
+   * falls `buffer` events behind loses the oldest, and reads a
+   * `{ type: "dropped", count }` entry in their place.
+   *
+   * @param options The buffer size and a signal.
+   * @returns The stream of events.
+   * @throws {RangeError} `buffer` is not an integer >= 1.
+   *
+   * @example Watch a client close
+   * ```ts
+   * import { dial, serve } from "@tcpbutler/core";
+   * import assert from "node:assert/strict";
+   *
+   * await using server = serve({ hostname: "127.0.0.1", port: 0 });
+   * const client = await dial(`127.0.0.1:${server.port}`);
+   * const status = client.status();
+   * await client.close();
+   * const types = [];
+   * for await (const event of status) types.push(event.type);
+   * assert.deepEqual(types, ["disconnect", "close"]);
+   * ```
+   */
+  status(options?: StatusOptions): ReadableStream<ClientStatus> {
+    return statusStream<ClientEventDetail>(
+      this,
+      STATUS_EVENTS,
+      "close",
+      this.closed,
+      options,
+    );
+  }
+
+  /**
+   * Fire-and-forget sends as a stream, for `pipeTo()`: each write is a
+   * {@linkcode Client.send}, and resolves while fewer than `outboundBuffer`
+   * of the stream's messages wait to be written, so a slow server makes
+   * writes wait. `close()` resolves once all were written; a failed send
+   * errors the stream with its error (`ClosedError` once the client
+   * closed). The same stream until it is closed or errored, then a new one.
+   *
+   * @example Pipe messages to the server
+   * ```ts
+   * import { dial, serve } from "@tcpbutler/core";
+   * import assert from "node:assert/strict";
+   *
+   * let pushes = 0;
+   * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: () => void pushes++ });
+   * await using client = await dial(`127.0.0.1:${server.port}`);
+   * const messages = ["a", "b", "c"].map((text) => new TextEncoder().encode(text));
+   * await ReadableStream.from(messages).pipeTo(client.writable);
+   * await client.close();
+   * await server.shutdown();
+   * assert.equal(pushes, 3);
+   * ```
+   */
+  get writable(): WritableStream<T> {
+    if (this.#writable?.open !== true) {
+      this.#writable = new SendStream(
+        (message) => this.send(message),
+        this.#settings.outboundBuffer,
+      );
+    }
+    return this.#writable.stream;
   }
 
   /**

@@ -140,6 +140,16 @@ export class Pool<T> implements SlotHost<T> {
     await Promise.all(this.#slots.map((slot) => slot.done));
   }
 
+  /** The server asked a session to drain: say so. */
+  drained(session: SessionImpl<T>): void {
+    const slot = this.#slots.find((s) => s.session === session);
+    this.#emit({
+      type: "drain",
+      endpoint: slot?.name ?? formatEndpointOf(session),
+      session: session.id,
+    });
+  }
+
   /** A session closed: forget it, and say so. */
   sessionClosed(session: SessionImpl<T>): void {
     this.#sessions.delete(session);

@@ -244,5 +244,6 @@ export type ClientEventDetail =
   | { type: "ready"; endpoint: string; session: number }
   | { type: "disconnect"; endpoint: string; session: number; reason: unknown }
   | { type: "reconnecting"; endpoint: string; attempt: number; delay: number }
+  | { type: "drain"; endpoint: string; session: number }
   | { type: "error"; endpoint: string; error: unknown }
   | { type: "close" };

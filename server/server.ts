@@ -29,6 +29,17 @@ import {
 import { type Logger, safeLogger } from "../logger.ts";
 import { ClosedError } from "../errors.ts";
 import { Acceptor } from "./accept.ts";
+import {
+  type InboundMessage,
+  InboundStreams,
+  type MessagesOptions,
+  scopeOf,
+} from "../streams/inbound.ts";
+import {
+  type StatusDropped,
+  type StatusOptions,
+  statusStream,
+} from "../streams/status.ts";
 import type { ServeOptions, ServerSettings } from "./serve.ts";
 import {
   runShutdown,
@@ -74,6 +85,11 @@ export type ServerEventDetail =
   | { type: "error"; error: unknown; remote?: string }
   | { type: "shutdown"; report: ShutdownReport };
 
+/** What `server.status()` yields: events, and what a slow reader lost. */
+export type ServerStatus = ServerEventDetail | StatusDropped;
+
+const STATUS_EVENTS = ["connect", "disconnect", "error", "shutdown"] as const;
+
 /** Guards the constructor: only this module makes servers. */
 const INTERNAL: unique symbol = Symbol("tcpbutler.server");
 
@@ -102,6 +118,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #logger: Logger;
   readonly #finished = Promise.withResolvers<ShutdownReport>();
   #handler: ServerHandler<T> | undefined;
+  /** Made by the first messages() call. */
+  #streams: InboundStreams<T> | undefined;
   #shutdown: Promise<ShutdownReport> | undefined;
   #forceNow: AbortController | undefined;
 
@@ -133,7 +151,9 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       correlator: this.#correlator,
       counters: this.#counters,
       logger: this.#logger,
-      handler: () => this.#handler as Handler<T> | undefined,
+      // An open message stream stands in for the handler (streams/inbound.ts).
+      handler: () =>
+        this.#streams?.handler ?? this.#handler as Handler<T> | undefined,
       context: { server: this },
       retry: undefined,
       replies: "session",
@@ -222,6 +242,86 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
 
   set handler(handler: ServerHandler<T> | undefined) {
     this.#handler = handler;
+  }
+
+  /**
+   * Clients' requests and pushes as a stream (async-iterable), instead of
+   * the `handler`: one session's with `options.session`, else every
+   * session's that has no stream of its own. While a stream is open it
+   * takes those messages; once it is cancelled the handler takes them
+   * again. Backpressure is the handler's: each message holds one of its
+   * session's `maxConcurrentHandlers` slots until it is read (a push) or
+   * answered with `respond()`/`fail()` (a request), and past that the
+   * session stops reading that client. Cancelling lets go: unread requests
+   * are answered as failed handlers (`RemoteError` at the client), unread
+   * pushes are dropped (logged). A session's stream ends when the session
+   * closes, or errors with its failure (bad input, a slow consumer); the
+   * server-wide one ends when the server has shut down.
+   *
+   * @param options A session to read alone, and a signal.
+   * @returns The stream of inbound messages.
+   * @throws {TypeError} A stream is open for the same sessions already, or
+   * the session is not this server's.
+   *
+   * @example One stream per session
+   * ```ts
+   * import { dial, serve, type Session } from "@tcpbutler/core";
+   * import assert from "node:assert/strict";
+   *
+   * await using server = serve({
+   *   hostname: "127.0.0.1",
+   *   port: 0,
+   *   onConnect: (session: Session<Uint8Array>) => {
+   *     void (async () => {
+   *       for await (const inbound of server.messages({ session })) {
+   *         inbound.respond(inbound.message); // echo
+   *       }
+   *     })();
+   *   },
+   * });
+   * await using client = await dial(`127.0.0.1:${server.port}`);
+   * const reply = await client.request(new TextEncoder().encode("hi"));
+   * assert.equal(new TextDecoder().decode(reply), "hi");
+   * ```
+   */
+  messages(options?: MessagesOptions<T>): ReadableStream<InboundMessage<T>> {
+    const session = options?.session;
+    if (
+      session !== undefined && session.state !== "closed" &&
+      !this.#sessions.has(session as SessionImpl<T>)
+    ) {
+      throw new TypeError(
+        "Cannot read messages: the session does not belong to this server",
+      );
+    }
+    this.#streams ??= new InboundStreams(
+      () => this.#handler as Handler<T> | undefined,
+      this.#logger,
+    );
+    return this.#streams.open(
+      scopeOf(session, this.#finished.promise),
+      options?.signal,
+    );
+  }
+
+  /**
+   * The server's events as a stream (async-iterable): `connect`,
+   * `disconnect`, `error`, and `shutdown` (with the report), after which it
+   * ends. A reader that falls `buffer` events behind loses the oldest, and
+   * reads a `{ type: "dropped", count }` entry in their place.
+   *
+   * @param options The buffer size and a signal.
+   * @returns The stream of events.
+   * @throws {RangeError} `buffer` is not an integer >= 1.
+   */
+  status(options?: StatusOptions): ReadableStream<ServerStatus> {
+    return statusStream<ServerEventDetail>(
+      this,
+      STATUS_EVENTS,
+      "shutdown",
+      this.#finished.promise,
+      options,
+    );
   }
 
   /**
