@@ -31,7 +31,6 @@ import {
   type InboundMessage,
   InboundStreams,
   type MessagesOptions,
-  scopeOf,
 } from "../streams/inbound.ts";
 import {
   type StatusDropped,
@@ -114,7 +113,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #closed = Promise.withResolvers<void>();
   #handler: ClientHandler<T> | undefined;
   #closing: Promise<void> | undefined;
-  /** Made by the first messages() call. */
+  /** Made on first use. */
   #streams: InboundStreams<T> | undefined;
   #writable: SendStream<T> | undefined;
 
@@ -233,127 +232,50 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   }
 
   /**
-   * The server's pushes and requests as a stream (async-iterable), instead
-   * of the `handler`: while the stream is open it takes every inbound
-   * message (of `options.session` only, with that option), and once it is
-   * cancelled the handler takes them again. Backpressure is the handler's:
-   * each message holds one of its session's `maxConcurrentHandlers` slots
-   * until it is read (a push) or answered with `respond()`/`fail()` (a
-   * request), and past that the session stops reading, so the server's
-   * writes wait. Cancelling lets go: unread requests are answered as failed
-   * handlers (`RemoteError` at the server), unread pushes are dropped
-   * (logged). The stream ends when the client closes (with a session, when
-   * the session closes, or errors with its failure).
+   * The server's pushes and requests as a stream that stands in for the
+   * `handler` while open; each holds a handler slot of its session until
+   * read (a push) or answered (a request: {@linkcode InboundMessage}), so a
+   * slow reader pauses the server. Ends when the client (or the session
+   * given) closes. See the README's "Streams".
    *
    * @param options A session to read alone, and a signal.
    * @returns The stream of inbound messages.
-   * @throws {TypeError} A stream is open for the same sessions already, or
-   * the session is not this client's.
-   *
-   * @example Answer the server's requests
-   * ```ts
-   * import { dial, serve, type Session } from "@tcpbutler/core";
-   * import assert from "node:assert/strict";
-   *
-   * const connected = Promise.withResolvers<Session<Uint8Array>>();
-   * await using server = serve({
-   *   hostname: "127.0.0.1",
-   *   port: 0,
-   *   onConnect: (session) => connected.resolve(session),
-   * });
-   * await using client = await dial(`127.0.0.1:${server.port}`);
-   * const answered = (async () => {
-   *   for await (const inbound of client.messages()) {
-   *     if (inbound.kind === "request") inbound.respond(inbound.message);
-   *   }
-   * })();
-   * const session = await connected.promise;
-   * const reply = await session.request(new TextEncoder().encode("ping"));
-   * assert.equal(new TextDecoder().decode(reply), "ping");
-   * await client.close();
-   * await answered; // the stream ends with the client
-   * ```
+   * @throws {TypeError} One is open for the same sessions, or the session
+   * is not this client's.
    */
   messages(options?: MessagesOptions<T>): ReadableStream<InboundMessage<T>> {
     const session = options?.session;
     if (session !== undefined && session.state !== "closed") {
       this.#own(session);
     }
-    this.#streams ??= new InboundStreams(
-      () => this.#handler as Handler<T> | undefined,
-      this.#config.logger,
-    );
-    return this.#streams.open(
-      scopeOf(session, this.closed),
-      options?.signal,
-    );
+    const handler = () => this.#handler as Handler<T> | undefined;
+    this.#streams ??= new InboundStreams(handler, this.#config.logger);
+    return this.#streams.open(options, this.closed);
   }
 
   /**
-   * The client's events as a stream (async-iterable), like nats.js
-   * `status()`: `connect`, `ready`, `disconnect` (with the reason),
-   * `reconnecting` (attempt and delay), `drain` (the server asked a session
-   * to drain), `error`, and `close`, after which it ends. A reader that
-   * falls `buffer` events behind loses the oldest, and reads a
-   * `{ type: "dropped", count }` entry in their place.
+   * The client's events (see {@linkcode ClientEventDetail}) as a stream,
+   * like nats.js `status()`; it ends after `close`. A reader `buffer`
+   * events behind loses the oldest, counted in a `dropped` entry.
    *
    * @param options The buffer size and a signal.
    * @returns The stream of events.
    * @throws {RangeError} `buffer` is not an integer >= 1.
-   *
-   * @example Watch a client close
-   * ```ts
-   * import { dial, serve } from "@tcpbutler/core";
-   * import assert from "node:assert/strict";
-   *
-   * await using server = serve({ hostname: "127.0.0.1", port: 0 });
-   * const client = await dial(`127.0.0.1:${server.port}`);
-   * const status = client.status();
-   * await client.close();
-   * const types = [];
-   * for await (const event of status) types.push(event.type);
-   * assert.deepEqual(types, ["disconnect", "close"]);
-   * ```
    */
   status(options?: StatusOptions): ReadableStream<ClientStatus> {
-    return statusStream<ClientEventDetail>(
-      this,
-      STATUS_EVENTS,
-      "close",
-      this.closed,
-      options,
-    );
+    return statusStream(this, STATUS_EVENTS, "close", this.closed, options);
   }
 
   /**
-   * Fire-and-forget sends as a stream, for `pipeTo()`: each write is a
-   * {@linkcode Client.send}, and resolves while fewer than `outboundBuffer`
-   * of the stream's messages wait to be written, so a slow server makes
-   * writes wait. `close()` resolves once all were written; a failed send
-   * errors the stream with its error (`ClosedError` once the client
-   * closed). The same stream until it is closed or errored, then a new one.
-   *
-   * @example Pipe messages to the server
-   * ```ts
-   * import { dial, serve } from "@tcpbutler/core";
-   * import assert from "node:assert/strict";
-   *
-   * let pushes = 0;
-   * await using server = serve({ hostname: "127.0.0.1", port: 0, handler: () => void pushes++ });
-   * await using client = await dial(`127.0.0.1:${server.port}`);
-   * const messages = ["a", "b", "c"].map((text) => new TextEncoder().encode(text));
-   * await ReadableStream.from(messages).pipeTo(client.writable);
-   * await client.close();
-   * await server.shutdown();
-   * assert.equal(pushes, 3);
-   * ```
+   * Fire-and-forget sends ({@linkcode Client.send}) as a stream, for
+   * `pipeTo()`: a write resolves while fewer than `outboundBuffer` of its
+   * messages wait to be written; a failed send errors it. The same stream
+   * until it is closed or errored, then a new one.
    */
   get writable(): WritableStream<T> {
+    const window = this.#settings.outboundBuffer;
     if (this.#writable?.open !== true) {
-      this.#writable = new SendStream(
-        (message) => this.send(message),
-        this.#settings.outboundBuffer,
-      );
+      this.#writable = new SendStream((message) => this.send(message), window);
     }
     return this.#writable.stream;
   }

@@ -33,7 +33,6 @@ import {
   type InboundMessage,
   InboundStreams,
   type MessagesOptions,
-  scopeOf,
 } from "../streams/inbound.ts";
 import {
   type StatusDropped,
@@ -298,10 +297,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       () => this.#handler as Handler<T> | undefined,
       this.#logger,
     );
-    return this.#streams.open(
-      scopeOf(session, this.#finished.promise),
-      options?.signal,
-    );
+    return this.#streams.open(options, this.#finished.promise);
   }
 
   /**

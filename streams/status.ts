@@ -51,69 +51,104 @@ export function statusStream<D extends { type: string }>(
       `Cannot open status stream: buffer must be an integer >= 1, got ${max}`,
     );
   }
-  const signal = options?.signal;
-  const queue: D[] = [];
-  let dropped = 0;
-  let ended = false;
-  let wanted = false;
-  let controller!: ReadableStreamDefaultController<D | StatusDropped>;
-  const stop = () => {
-    for (const type of types) target.removeEventListener(type, listener);
-    signal?.removeEventListener("abort", onAbort);
+  return new StatusSource<D>(target, types, last, max, options?.signal)
+    .open(closed);
+}
+
+/** The listener behind a status stream, and its bounded queue. */
+class StatusSource<D extends { type: string }> {
+  readonly #target: EventTarget;
+  readonly #types: readonly string[];
+  readonly #last: string;
+  readonly #max: number;
+  readonly #signal: AbortSignal | undefined;
+  readonly #queue: D[] = [];
+  #dropped = 0;
+  #ended = false;
+  /** A read is pending and nothing was there to give it. */
+  #wanted = false;
+  #controller!: ReadableStreamDefaultController<D | StatusDropped>;
+  readonly #listener = (event: Event) => this.#event(event);
+  readonly #onAbort = () => {
+    this.#stop();
+    this.#controller.error(this.#signal!.reason);
   };
-  const next = (): D | StatusDropped | undefined => {
-    if (dropped > 0) {
-      const entry: StatusDropped = { type: "dropped", count: dropped };
-      dropped = 0;
-      return entry;
-    }
-    return queue.shift();
-  };
-  const end = () => {
-    ended = true;
-    stop();
-    if (wanted) {
-      wanted = false;
-      controller.close();
-    }
-  };
-  const listener = (event: Event) => {
+
+  constructor(
+    target: EventTarget,
+    types: readonly string[],
+    last: string,
+    max: number,
+    signal: AbortSignal | undefined,
+  ) {
+    this.#target = target;
+    this.#types = types;
+    this.#last = last;
+    this.#max = max;
+    this.#signal = signal;
+  }
+
+  open(closed: Promise<unknown>): ReadableStream<D | StatusDropped> {
+    return new ReadableStream<D | StatusDropped>({
+      start: (controller) => {
+        this.#controller = controller;
+        const signal = this.#signal;
+        if (signal?.aborted) return controller.error(signal.reason);
+        for (const type of this.#types) {
+          this.#target.addEventListener(type, this.#listener);
+        }
+        signal?.addEventListener("abort", this.#onAbort, { once: true });
+        closed.then(() => this.#end());
+      },
+      pull: (controller) => {
+        const entry = this.#next();
+        if (entry !== undefined) controller.enqueue(entry);
+        else if (this.#ended) controller.close();
+        else this.#wanted = true;
+      },
+      cancel: () => this.#stop(),
+    }, { highWaterMark: 0 });
+  }
+
+  #event(event: Event): void {
     const detail = (event as CustomEvent<D>).detail;
-    if (wanted) {
-      wanted = false;
-      controller.enqueue(detail);
+    const queue = this.#queue;
+    if (this.#wanted) {
+      this.#wanted = false;
+      this.#controller.enqueue(detail);
     } else {
-      if (queue.length >= max) {
+      if (queue.length >= this.#max) {
         queue.shift();
-        dropped++;
+        this.#dropped++;
       }
       queue.push(detail);
     }
-    if (event.type === last) end();
-  };
-  const onAbort = () => {
-    stop();
-    controller.error(signal!.reason);
-  };
-  return new ReadableStream<D | StatusDropped>({
-    start(c) {
-      controller = c;
-      if (signal?.aborted) return c.error(signal.reason);
-      for (const type of types) target.addEventListener(type, listener);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      closed.then(() => {
-        if (!ended) end();
-      });
-    },
-    pull(c) {
-      const entry = next();
-      if (entry === undefined) {
-        if (ended) c.close();
-        else wanted = true;
-        return;
-      }
-      c.enqueue(entry);
-    },
-    cancel: stop,
-  }, { highWaterMark: 0 });
+    if (event.type === this.#last) this.#end();
+  }
+
+  /** The next entry for the reader: a count of the dropped goes first. */
+  #next(): D | StatusDropped | undefined {
+    const dropped = this.#dropped;
+    if (dropped === 0) return this.#queue.shift();
+    this.#dropped = 0;
+    return { type: "dropped", count: dropped };
+  }
+
+  /** No more events come: the reader gets what is queued, then the end. */
+  #end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#stop();
+    if (this.#wanted) {
+      this.#wanted = false;
+      this.#controller.close();
+    }
+  }
+
+  #stop(): void {
+    for (const type of this.#types) {
+      this.#target.removeEventListener(type, this.#listener);
+    }
+    this.#signal?.removeEventListener("abort", this.#onAbort);
+  }
 }
