@@ -54,15 +54,15 @@ import type {
  */
 export interface InboundMessage<T> {
   /**
- * The message (the payload with the default protocol). A view into the
- * session's read buffer: copy it (`slice()`) to keep it for long.
+   * The message (the payload with the default protocol). A view into the
+   * session's read buffer: copy it (`slice()`) to keep it for long.
    */
   readonly message: T;
   /** What it is: `"request"`, `"push"` or a custom codec's `"message"`. */
   readonly kind: MessageKind;
   /**
- * Whether an answer is owed: true for requests and custom-codec
- * messages, which hold their handler slot until `respond()` or `fail()`.
+   * Whether an answer is owed: true for requests and custom-codec
+   * messages, which hold their handler slot until `respond()` or `fail()`.
    */
   readonly expectsReply: boolean;
   /** The session it came in on. */
@@ -70,21 +70,21 @@ export interface InboundMessage<T> {
   /** Aborted when the session closes (or its peer has gone). */
   readonly signal: AbortSignal;
   /**
- * Answers a request: `reply` is sent back (with the default protocol an
- * empty response without one; a custom codec's message sends nothing
- * without one). Frees the message's handler slot. Does nothing for a push.
- *
- * @param reply The reply.
- * @throws {TypeError} The message was answered already.
+   * Answers a request: `reply` is sent back (with the default protocol an
+   * empty response without one; a custom codec's message sends nothing
+   * without one). Frees the message's handler slot. Does nothing for a push.
+   *
+   * @param reply The reply.
+   * @throws {TypeError} The message was answered already.
    */
   respond(reply?: T): void;
   /**
- * Answers a request as a failed handler: with the default protocol an
- * error reply (the requester gets `RemoteError` with the message); with
- * a custom codec what `onHandlerError` maps it to. Does nothing for a push.
- *
- * @param error Why it failed.
- * @throws {TypeError} The message was answered already.
+   * Answers a request as a failed handler: with the default protocol an
+   * error reply (the requester gets `RemoteError` with the message); with
+   * a custom codec what `onHandlerError` maps it to. Does nothing for a push.
+   *
+   * @param error Why it failed.
+   * @throws {TypeError} The message was answered already.
    */
   fail(error: unknown): void;
 }
@@ -96,10 +96,10 @@ export interface InboundMessage<T> {
  */
 export interface MessagesOptions<T> {
   /**
- * Only this session's messages (from `client.sessions` or
- * `server.sessions`). The stream ends when the session closes; it errors
- * with the session's close reason when that was a failure other than a
- * closed connection (bad input, a slow consumer).
+   * Only this session's messages (from `client.sessions` or
+   * `server.sessions`). The stream ends when the session closes; it errors
+   * with the session's close reason when that was a failure other than a
+   * closed connection (bad input, a slow consumer).
    */
   session?: Session<T>;
   /** Aborts the stream: it errors with `signal.reason` and lets go, as `cancel()`. */
@@ -234,8 +234,8 @@ class InboundSource<T> {
   }
 
   /**
- * Its owner closed: no more messages come; those waiting are still read,
- * then the stream closes (or errors with `error`).
+   * Its owner closed: no more messages come; those waiting are still read,
+   * then the stream closes (or errors with `error`).
    */
   end(error: unknown): void {
     if (this.#released || this.#ending !== OPEN) return;
@@ -264,9 +264,9 @@ class InboundSource<T> {
   }
 
   /**
- * The consumer let go (cancel or abort): messages go to the handler again,
- * and those never read free their slots — an unread request is answered
- * as a failed handler, an unread push is dropped (and logged).
+   * The consumer let go (cancel or abort): messages go to the handler again,
+   * and those never read free their slots — an unread request is answered
+   * as a failed handler, an unread push is dropped (and logged).
    */
   #release(reason: unknown): void {
     if (this.#released) return;
@@ -313,8 +313,8 @@ interface Scope {
  */
 export class InboundStreams<T> {
   /**
- * What the owner's sessions call while a stream is open (undefined while
- * none is: they call the `handler` option directly).
+   * What the owner's sessions call while a stream is open (undefined while
+   * none is: they call the `handler` option directly).
    */
   handler: Handler<T> | undefined;
   readonly #fallback: () => Handler<T> | undefined;
@@ -332,8 +332,8 @@ export class InboundStreams<T> {
   };
 
   /**
- * @param fallback The `handler` option's current value.
- * @param logger For pushes dropped by a cancelled stream.
+   * @param fallback The `handler` option's current value.
+   * @param logger For pushes dropped by a cancelled stream.
    */
   constructor(fallback: () => Handler<T> | undefined, logger: Logger) {
     this.#fallback = fallback;
@@ -341,10 +341,10 @@ export class InboundStreams<T> {
   }
 
   /**
- * Opens a stream of `options.session`'s messages (until it closes), or of
- * every session's (until `ownerClosed`).
- *
- * @throws {TypeError} One is open for it already.
+   * Opens a stream of `options.session`'s messages (until it closes), or of
+   * every session's (until `ownerClosed`).
+   *
+   * @throws {TypeError} One is open for it already.
    */
   open(
     options: MessagesOptions<T> | undefined,
