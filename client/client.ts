@@ -249,8 +249,9 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       this.#own(session);
     }
     const handler = () => this.#handler as Handler<T> | undefined;
-    this.#streams ??= new InboundStreams(handler, this.#config.logger);
-    return this.#streams.open(options, this.closed);
+    const logger = this.#config.logger;
+    this.#streams ??= new InboundStreams(handler, logger, this.closed);
+    return this.#streams.open(options);
   }
 
   /**

@@ -296,8 +296,9 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.#streams ??= new InboundStreams(
       () => this.#handler as Handler<T> | undefined,
       this.#logger,
+      this.#finished.promise,
     );
-    return this.#streams.open(options, this.#finished.promise);
+    return this.#streams.open(options);
   }
 
   /**

@@ -199,7 +199,10 @@ class InboundSource<T> {
   }
 
   /** The handler's part: hands the message over, or keeps it until read. */
-  handle(message: T, context: HandlerContext<T>): Promise<T | undefined> {
+  handle(
+    message: T,
+    context: HandlerContext<T>,
+  ): Promise<T | undefined> | undefined {
     const answer = context.expectsReply
       ? Promise.withResolvers<T | undefined>()
       : undefined;
@@ -207,7 +210,8 @@ class InboundSource<T> {
     if (this.#wanted) {
       this.#wanted = false;
       this.#controller.enqueue(delivery);
-      return answer?.promise ?? Promise.resolve(undefined);
+      // A push read at once frees its slot at once.
+      return answer?.promise;
     }
     let taken: (() => void) | undefined;
     let promise: Promise<T | undefined>;
@@ -296,14 +300,6 @@ class InboundSource<T> {
   }
 }
 
-/** When a stream ends. */
-interface Scope {
-  /** Resolves when no more messages can come. */
-  closed: Promise<unknown>;
-  /** Why, once `closed` resolved: undefined to close, else the error. */
-  error: () => unknown;
-}
-
 /**
  * The message streams of a client or server: at most one for all its
  * sessions and one per session. While any is open, {@linkcode handler} is
@@ -321,6 +317,9 @@ export class InboundStreams<T> {
   readonly #logger: Logger;
   #all: InboundSource<T> | undefined;
   readonly #bySession = new Map<Session<T>, InboundSource<T>>();
+  #ownerClosed = false;
+  /** Sessions whose close ends their stream (each watched once). */
+  readonly #watched = new WeakSet<Session<T>>();
   readonly #route: Handler<T> = (message, context) => {
     const source = this.#bySession.get(context.session) ?? this.#all;
     if (source !== undefined) return source.handle(message, context);
@@ -334,25 +333,33 @@ export class InboundStreams<T> {
   /**
    * @param fallback The `handler` option's current value.
    * @param logger For pushes dropped by a cancelled stream.
+   * @param ownerClosed Resolves once the client or server has closed: the
+   * stream of every session's messages ends then.
    */
-  constructor(fallback: () => Handler<T> | undefined, logger: Logger) {
+  constructor(
+    fallback: () => Handler<T> | undefined,
+    logger: Logger,
+    ownerClosed: Promise<unknown>,
+  ) {
     this.#fallback = fallback;
     this.#logger = logger;
+    ownerClosed.then(() => {
+      this.#ownerClosed = true;
+      this.#all?.end(undefined);
+    });
   }
 
   /**
    * Opens a stream of `options.session`'s messages (until it closes), or of
-   * every session's (until `ownerClosed`).
+   * every session's (until the owner closes).
    *
    * @throws {TypeError} One is open for it already.
    */
   open(
     options: MessagesOptions<T> | undefined,
-    ownerClosed: Promise<unknown>,
   ): ReadableStream<InboundMessage<T>> {
     const session = options?.session;
     const signal = options?.signal;
-    const scope = scopeOf(session, ownerClosed);
     if (session === undefined ? this.#all : this.#bySession.get(session)) {
       throw new TypeError(
         session === undefined
@@ -378,8 +385,19 @@ export class InboundStreams<T> {
     else this.#bySession.set(session, source);
     this.#update();
     signal?.addEventListener("abort", onAbort, { once: true });
-    scope.closed.then(() => source.end(scope.error()));
+    if (session !== undefined) this.#watch(session);
+    else if (this.#ownerClosed) source.end(undefined);
     return source.stream;
+  }
+
+  /** Ends `session`'s stream when it closes (at once if it has). */
+  #watch(session: Session<T>): void {
+    const end = () =>
+      this.#bySession.get(session)?.end(sessionEndError(session.closeReason));
+    if (session.state === "closed") return end();
+    if (this.#watched.has(session)) return;
+    this.#watched.add(session);
+    session.closed.then(end);
   }
 
   #update(): void {
@@ -397,18 +415,4 @@ export function sessionEndError(reason: unknown): unknown {
   return reason === undefined || reason instanceof ConnectionClosedError
     ? undefined
     : reason;
-}
-
-/** When a stream of `session`'s messages (or every session's) ends. */
-function scopeOf<T>(
-  session: Session<T> | undefined,
-  ownerClosed: Promise<unknown>,
-): Scope {
-  if (session === undefined) {
-    return { closed: ownerClosed, error: () => undefined };
-  }
-  return {
-    closed: session.closed,
-    error: () => sessionEndError(session.closeReason),
-  };
 }

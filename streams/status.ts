@@ -51,8 +51,42 @@ export function statusStream<D extends { type: string }>(
       `Cannot open status stream: buffer must be an integer >= 1, got ${max}`,
     );
   }
-  return new StatusSource<D>(target, types, last, max, options?.signal)
-    .open(closed);
+  const source = new StatusSource<D>(
+    target,
+    types,
+    last,
+    max,
+    options?.signal,
+    hubOf(target, closed),
+  );
+  return source.open();
+}
+
+/** The status streams of one client or server that are still listening. */
+interface Hub {
+  /** The owner has closed: no more events come. */
+  ended: boolean;
+  live: Set<{ end(): void }>;
+}
+
+const hubs = new WeakMap<EventTarget, Hub>();
+
+/**
+ * The hub of `target`'s status streams, which ends them all once `closed`
+ * resolves: one reaction on `closed` per owner, however many streams are
+ * opened and cancelled before it closes.
+ */
+function hubOf(target: EventTarget, closed: Promise<unknown>): Hub {
+  let hub = hubs.get(target);
+  if (hub === undefined) {
+    const made: Hub = hub = { ended: false, live: new Set() };
+    hubs.set(target, made);
+    closed.then(() => {
+      made.ended = true;
+      for (const source of made.live) source.end();
+    });
+  }
+  return hub;
 }
 
 /** The listener behind a status stream, and its bounded queue. */
@@ -62,6 +96,7 @@ class StatusSource<D extends { type: string }> {
   readonly #last: string;
   readonly #max: number;
   readonly #signal: AbortSignal | undefined;
+  readonly #hub: Hub;
   readonly #queue: D[] = [];
   #dropped = 0;
   #ended = false;
@@ -80,15 +115,17 @@ class StatusSource<D extends { type: string }> {
     last: string,
     max: number,
     signal: AbortSignal | undefined,
+    hub: Hub,
   ) {
     this.#target = target;
     this.#types = types;
     this.#last = last;
     this.#max = max;
     this.#signal = signal;
+    this.#hub = hub;
   }
 
-  open(closed: Promise<unknown>): ReadableStream<D | StatusDropped> {
+  open(): ReadableStream<D | StatusDropped> {
     return new ReadableStream<D | StatusDropped>({
       start: (controller) => {
         this.#controller = controller;
@@ -98,7 +135,8 @@ class StatusSource<D extends { type: string }> {
           this.#target.addEventListener(type, this.#listener);
         }
         signal?.addEventListener("abort", this.#onAbort, { once: true });
-        closed.then(() => this.#end());
+        if (this.#hub.ended) this.end();
+        else this.#hub.live.add(this);
       },
       pull: (controller) => {
         const entry = this.#next();
@@ -123,7 +161,7 @@ class StatusSource<D extends { type: string }> {
       }
       queue.push(detail);
     }
-    if (event.type === this.#last) this.#end();
+    if (event.type === this.#last) this.end();
   }
 
   /** The next entry for the reader: a count of the dropped goes first. */
@@ -135,7 +173,7 @@ class StatusSource<D extends { type: string }> {
   }
 
   /** No more events come: the reader gets what is queued, then the end. */
-  #end(): void {
+  end(): void {
     if (this.#ended) return;
     this.#ended = true;
     this.#stop();
@@ -146,6 +184,7 @@ class StatusSource<D extends { type: string }> {
   }
 
   #stop(): void {
+    this.#hub.live.delete(this);
     for (const type of this.#types) {
       this.#target.removeEventListener(type, this.#listener);
     }

@@ -14,8 +14,10 @@ import {
   FrameTooLargeError,
   type InboundMessage,
   RemoteError,
+  serve,
   type Session,
 } from "../mod.ts";
+import { lengthPrefixed } from "../framing/mod.ts";
 import type { SessionImpl } from "../session/session.ts";
 import {
   dec,
@@ -390,4 +392,43 @@ Deno.test("Client.writable: a failed send errors the stream; a fresh one is hand
   assert.notEqual(second, first);
   await ReadableStream.from([enc("ok")]).pipeTo(second);
   assert.notEqual(client.writable, second); // closed by pipeTo
+});
+
+Deno.test("Server.messages() with a fifo custom codec: a message holds its slot until respond(), replies keep request order", async () => {
+  const codec = lengthPrefixed({ headerBytes: 2 });
+  await using server = serve({ hostname: HOST, port: 0, codec });
+  const reader = server.messages().getReader();
+  await using client = await dial(`${HOST}:${server.port}`, codec, {
+    correlation: "fifo",
+    heartbeat: false,
+  });
+  const first = client.request(enc("one"));
+  const second = client.request(enc("two"));
+  const a = (await reader.read()).value!;
+  const b = (await reader.read()).value!;
+  assert.equal(a.kind, "message");
+  assert.equal(a.expectsReply, true);
+  const session = server.sessions[0]!;
+  assert.equal(session.stats().handlersRunning, 2);
+  b.respond(enc(`re ${dec(b.message)}`)); // answered first, sent second
+  a.respond(enc(`re ${dec(a.message)}`));
+  assert.equal(dec(await first), "re one");
+  assert.equal(dec(await second), "re two");
+  assert.equal(session.stats().handlersRunning, 0);
+  await reader.cancel();
+});
+
+Deno.test("messages() opened after its client, server or session closed ends at once", async () => {
+  const { server, session: connected } = serverWithSession();
+  const client = await dial(`${HOST}:${server.port}`);
+  const session = await connected;
+  const early = client.messages(); // makes the client's streams
+  await early.cancel();
+  await client.close();
+  await session.closed;
+  assert.deepEqual(await Array.fromAsync(client.messages()), []);
+  assert.deepEqual(await Array.fromAsync(server.messages({ session })), []);
+  await server.shutdown();
+  assert.deepEqual(await Array.fromAsync(server.messages()), []);
+  assert.deepEqual(await Array.fromAsync(server.status()), []);
 });
