@@ -432,3 +432,28 @@ Deno.test("messages() opened after its client, server or session closed ends at 
   assert.deepEqual(await Array.fromAsync(server.messages()), []);
   assert.deepEqual(await Array.fromAsync(server.status()), []);
 });
+
+Deno.test("Client.messages({ session }) takes that session's messages only; the handler keeps the others", async () => {
+  await using server = serveLoopback();
+  const handled: string[] = [];
+  await using client = await dial(`${HOST}:${server.port}`, {
+    sessions: 2,
+    handler: (message) => void handled.push(dec(message)),
+  });
+  await pollUntil(() => server.sessions.length === 2);
+  const mine = client.sessions[0]!;
+  const other = client.sessions[1]!;
+  const reader = client.messages({ session: mine }).getReader();
+  const serverSideOf = (session: Session<Uint8Array>) =>
+    server.sessions.find((s) =>
+      portOf(s.remoteAddr) === portOf(session.localAddr)
+    )!;
+  await serverSideOf(other).send(enc("to the handler"));
+  await serverSideOf(mine).send(enc("to the stream"));
+  const { value } = await reader.read();
+  assert.equal(dec(value!.message), "to the stream");
+  assert.equal(value!.session, mine);
+  await pollUntil(() => handled.length === 1);
+  assert.deepEqual(handled, ["to the handler"]);
+  await reader.cancel();
+});
