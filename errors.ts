@@ -333,6 +333,32 @@ export class ClosedError extends Error {
 }
 
 /**
+ * A client's endpoint discovery failed: the source threw, gave something
+ * other than a list, gave an empty list, or listed a bad endpoint. The
+ * client keeps the endpoints it has. `cause` holds the source's error.
+ *
+ * @example Usage
+ * ```ts
+ * import { DiscoveryError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new DiscoveryError("no endpoint").name, "DiscoveryError");
+ * ```
+ */
+export class DiscoveryError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What went wrong.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "DiscoveryError";
+  }
+}
+
+/**
  * Reconnecting stopped: the `shouldReconnect` condition said no, or
  * `maxAttempts` was reached. `cause` holds the last connection error.
  *

@@ -40,9 +40,19 @@ export type {
   CloseOptions,
   DialOptions,
   DialTarget,
+  EjectionOptions,
+  EndpointStats,
   HeartbeatOptions,
   ReconnectOptions,
 } from "./client/types.ts";
+export { dnsEndpoints } from "./client/discovery.ts";
+export type {
+  Discovery,
+  DnsEndpointsOptions,
+  EndpointList,
+  EndpointSource,
+} from "./client/discovery.ts";
+export type { AddressFamily } from "./transport/resolve.ts";
 export { Server } from "./server/server.ts";
 export type {
   ServerEventDetail,
@@ -126,6 +136,7 @@ export {
   ClosedError,
   ConnectionClosedError,
   ConnectionError,
+  DiscoveryError,
   DuplicateIdError,
   FrameTooLargeError,
   isRetryableError,

@@ -38,7 +38,9 @@ import {
   statusStream,
 } from "../streams/status.ts";
 import { SendStream } from "../streams/writable.ts";
-import { Router } from "./router.ts";
+import { type EjectionSettings, Fleet } from "./fleet.ts";
+import { type EndpointSource, runDiscovery, sourceName } from "./discovery.ts";
+import { Router, type Routing } from "./router.ts";
 import type {
   ClientEventDetail,
   ClientHandler,
@@ -68,6 +70,10 @@ export const INTERNAL: unique symbol = Symbol("tcpbutler.client");
 /** A client's options, checked and resolved by `dial()`. */
 export interface ClientSetup<T> {
   endpoints: Endpoint[];
+  /** Where endpoints come from when they change; `endpoints` is empty then. */
+  source: EndpointSource | undefined;
+  /** Outlier ejection; `undefined` = off. */
+  ejection: EjectionSettings | undefined;
   dialect: Dialect<T>;
   /** The user's options, for what needs no resolving (hooks, TLS). */
   options: DialOptions<T>;
@@ -78,7 +84,7 @@ export interface ClientSetup<T> {
   drainTimeout: number;
   acceptReplies: "endpoint" | "any";
   sessionsPerEndpoint: number;
-  leastPending: boolean;
+  routing: Routing;
   waitForSession: boolean;
   maxWaitingRequests: number;
   liveness: LivenessOptions<T>;
@@ -108,6 +114,11 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #counters: Counters = newCounters();
   readonly #router: Router<T>;
   readonly #pool: Pool<T>;
+  readonly #fleet: Fleet<T>;
+  readonly #source: EndpointSource | undefined;
+  readonly #discovery = { updates: 0, errors: 0 };
+  readonly #stopDiscovery = new AbortController();
+  #discovering: Promise<void> = Promise.resolve();
   readonly #config: SessionConfig<T>;
   readonly #housekeeper: Housekeeper<T>;
   readonly #closed = Promise.withResolvers<void>();
@@ -159,15 +170,26 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       },
     };
     this.#router = new Router({
-      leastPending: setup.leastPending,
+      routing: setup.routing,
       waitForSession: setup.waitForSession,
       maxWaitingRequests: setup.maxWaitingRequests,
       timeouts: this.#correlator.timeouts,
       gaveUp: () => this.#pool.allStopped(),
       lastError: () => this.#pool.lastError(),
     });
+    this.#fleet = new Fleet<T>({
+      router: this.#router,
+      logger,
+      emit: (detail) => this.#emit(detail),
+      drainTimeout: setup.drainTimeout,
+      add: (endpoint) => this.#pool.addEndpoint(endpoint),
+      remove: (name, timeout) => this.#pool.removeEndpoint(name, timeout),
+      readySessions: (name) => this.#pool.readySessions(name),
+    }, setup.ejection);
+    this.#source = setup.source;
     this.#pool = new Pool({
-      endpoints: setup.endpoints,
+      endpoints: [],
+      fleet: this.#fleet,
       sessionsPerEndpoint: setup.sessionsPerEndpoint,
       connectTimeout: setup.connectTimeout,
       framed: dialect.framed,
@@ -181,6 +203,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       () => this.#pool.sessions,
       setup.liveness,
     );
+    this.#fleet.update(setup.endpoints);
   }
 
   static {
@@ -197,6 +220,30 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   #start(): void {
     this.#housekeeper.start();
     this.#pool.start();
+    const source = this.#source;
+    if (source === undefined) return;
+    const name = sourceName(source);
+    this.#discovering = runDiscovery(source, {
+      update: (list) => {
+        const { added, removed } = this.#fleet.update(list);
+        this.#discovery.updates++;
+        if (added.length > 0 || removed.length > 0) {
+          this.#config.logger.info("Endpoints changed", {
+            source: name,
+            added,
+            removed,
+          });
+        }
+      },
+      failed: (error) => {
+        this.#discovery.errors++;
+        this.#config.logger.warn("Endpoint discovery failed", {
+          source: name,
+          error,
+        });
+        this.#emit({ type: "error", endpoint: name, error });
+      },
+    }, this.#stopDiscovery.signal);
   }
 
   /** The sessions currently open (ready, handshaking or draining). */
@@ -330,13 +377,14 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       // The common call: no options object to allocate and read.
       const session = this.#router.pick();
       if (session !== undefined) {
-        return session.requestOn(
+        const reply = session.requestOn(
           message,
           undefined,
           undefined,
           false,
           Retry.Unprocessed,
         );
+        return this.#fleet.watching ? this.#fleet.watch(session, reply) : reply;
       }
       options = {};
     }
@@ -355,13 +403,14 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       if (options.session !== undefined) {
         return session.request(message, options);
       }
-      return session.requestOn(
+      const reply = session.requestOn(
         message,
         callTimeoutMs,
         options.signal,
         false,
         retry,
       );
+      return this.#fleet.watching ? this.#fleet.watch(session, reply) : reply;
     }
     if (options.session !== undefined) {
       return Promise.reject(
@@ -505,6 +554,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       timeouts: this.#correlator.timedOut,
       reconnects: this.#pool.reconnects,
       retried: this.#router.retried,
+      endpoints: this.#fleet.stats(),
+      discovery: { ...this.#discovery },
     };
   }
 
@@ -529,6 +580,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   }
 
   async #close(timeout: number): Promise<void> {
+    this.#stopDiscovery.abort(new ClosedError("Client is closed"));
+    this.#fleet.close();
     this.#pool.close();
     const grace = new AbortController();
     const cancelTimer = after(
@@ -540,6 +593,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         [...this.#pool.sessions].map((session) => session.drain(grace.signal)),
       );
       await this.#pool.done();
+      await this.#discovering;
     } finally {
       cancelTimer();
       this.#housekeeper.stop();

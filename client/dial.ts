@@ -25,6 +25,13 @@ import {
   INTERNAL,
 } from "./client.ts";
 import type { DialOptions, DialTarget } from "./types.ts";
+import {
+  type EndpointSource,
+  isEndpointSource,
+  sourceName,
+} from "./discovery.ts";
+import { ejectionSettings } from "./fleet.ts";
+import type { Routing } from "./router.ts";
 
 /**
  * Connects a client speaking the default protocol (`Uint8Array` payloads).
@@ -88,8 +95,13 @@ export async function dial<T>(
   const options = (isCodec ? maybeOptions : codecOrOptions) as
     | DialOptions<T>
     | undefined ?? {};
-  const targets = Array.isArray(target) ? target : [target];
-  if (targets.length === 0) {
+  const source = isEndpointSource(target) ? target : undefined;
+  const targets = source !== undefined
+    ? []
+    : Array.isArray(target)
+    ? target
+    : [target];
+  if (source === undefined && targets.length === 0) {
     throw new TypeError("Cannot dial: no endpoint given");
   }
   const endpoints = targets.map((t) => parseEndpoint(t as string | Endpoint));
@@ -97,7 +109,10 @@ export async function dial<T>(
     isCodec ? codecOrOptions as Codec<T> : undefined,
     options,
   );
-  const setup = resolveDialOptions(endpoints, dialect, options);
+  const setup = resolveDialOptions(endpoints, source, dialect, options);
+  const where = source !== undefined
+    ? sourceName(source)
+    : endpoints.map(formatEndpoint).join(", ");
   const client = new Client<T>(INTERNAL, setup);
   clientInternals.start(client);
   const timeout = setup.connectTimeout;
@@ -107,9 +122,7 @@ export async function dial<T>(
     () =>
       failed.reject(
         new ConnectionError(
-          `Cannot connect to ${
-            endpoints.map(formatEndpoint).join(", ")
-          }: no session ready within ${timeout} ms`,
+          `Cannot connect to ${where}: no session ready within ${timeout} ms`,
           { cause: clientInternals.lastError(client) },
         ),
       ),
@@ -125,9 +138,7 @@ export async function dial<T>(
     await client.close({ timeout: 0 });
     if (error instanceof RetryExhaustedError) {
       throw new ConnectionError(
-        `Cannot connect to ${
-          endpoints.map(formatEndpoint).join(", ")
-        }: ${error.message}`,
+        `Cannot connect to ${where}: ${error.message}`,
         { cause: error },
       );
     }
@@ -164,6 +175,7 @@ function dialectOf<T>(
  */
 function resolveDialOptions<T>(
   endpoints: Endpoint[],
+  source: EndpointSource | undefined,
   dialect: Dialect<T>,
   options: DialOptions<T>,
 ): ClientSetup<T> {
@@ -181,6 +193,8 @@ function resolveDialOptions<T>(
   const liveness = livenessOf(dialect, options, settings);
   return {
     endpoints,
+    source,
+    ejection: ejectionSettings(options.ejection),
     dialect,
     options,
     settings,
@@ -191,7 +205,7 @@ function resolveDialOptions<T>(
       timeoutOption(options.drainTimeout ?? 10_000, "drainTimeout"),
     ),
     sessionsPerEndpoint: countOption(options.sessions ?? 1, "sessions", 1),
-    leastPending: options.routing === "least-pending",
+    routing: routingOption(options.routing, source !== undefined),
     waitForSession: options.waitForSession ?? true,
     maxWaitingRequests,
     liveness,
@@ -243,5 +257,21 @@ function acceptRepliesOption(
   }
   throw new TypeError(
     `Cannot use acceptReplies ${String(value)}: expected "endpoint" or "any"`,
+  );
+}
+
+/** Checks `routing`; a discovered fleet balances by the power of two choices. */
+function routingOption(
+  value: Routing | undefined,
+  discovered: boolean,
+): Routing {
+  if (value === undefined) return discovered ? "p2c" : "round-robin";
+  if (value === "round-robin" || value === "least-pending" || value === "p2c") {
+    return value;
+  }
+  throw new TypeError(
+    `Cannot use routing ${
+      String(value)
+    }: expected "round-robin", "least-pending" or "p2c"`,
   );
 }

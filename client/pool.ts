@@ -16,13 +16,30 @@ import {
   type ProtocolMismatchError,
   type RetryExhaustedError,
 } from "../errors.ts";
+import { after } from "../_timeouts.ts";
 import type { Router } from "./router.ts";
 import { Slot, type SlotHost } from "./slot.ts";
 import type { ClientEventDetail, DialOptions } from "./types.ts";
 
+/**
+ * What the pool asks of the client's fleet (`fleet.ts`): whether an
+ * endpoint takes requests, and what happened to its connections.
+ */
+export interface PoolFleet {
+  /** Whether requests may go to the endpoint (false while it is ejected). */
+  routable(name: string): boolean;
+  /** A session to the endpoint became ready. */
+  connected(name: string): void;
+  /** A connection attempt to the endpoint failed. */
+  connectFailed(name: string): void;
+  /** Milliseconds the endpoint is to be left alone (ejected). */
+  holdOff(name: string): number;
+}
+
 /** What the pool is made of. */
 export interface PoolOptions<T> {
   endpoints: readonly Endpoint[];
+  fleet: PoolFleet;
   sessionsPerEndpoint: number;
   /** Milliseconds (`Infinity` = none). */
   connectTimeout: number;
@@ -55,6 +72,9 @@ export class Pool<T> implements SlotHost<T> {
   readonly #firstReady = Promise.withResolvers<void>();
   readonly #router: Router<T>;
   readonly #emit: (detail: ClientEventDetail) => void;
+  readonly #fleet: PoolFleet;
+  readonly #sessionsPerEndpoint: number;
+  #started = false;
   #reconnects = 0;
 
   constructor(options: PoolOptions<T>) {
@@ -67,12 +87,66 @@ export class Pool<T> implements SlotHost<T> {
     this.reconnect = options.options.reconnect ?? {};
     this.#router = options.router;
     this.#emit = options.emit;
+    this.#fleet = options.fleet;
+    this.#sessionsPerEndpoint = options.sessionsPerEndpoint;
     this.#firstReady.promise.catch(() => {});
-    for (const endpoint of options.endpoints) {
-      for (let i = 0; i < options.sessionsPerEndpoint; i++) {
-        this.#slots.push(new Slot(endpoint, this));
+    for (const endpoint of options.endpoints) this.addEndpoint(endpoint);
+  }
+
+  /**
+   * Adds `sessionsPerEndpoint` slots for `endpoint` (started at once if the
+   * pool is).
+   */
+  addEndpoint(endpoint: Endpoint): void {
+    for (let i = 0; i < this.#sessionsPerEndpoint; i++) {
+      const slot = new Slot(endpoint, this);
+      this.#slots.push(slot);
+      if (this.#started) slot.start();
+    }
+  }
+
+  /**
+   * Retires the slots of the endpoint named `name`: they stop connecting,
+   * their sessions take no new requests and drain (in-flight requests
+   * complete), closed at the latest after `timeout` ms.
+   *
+   * @returns Resolves once every session of the endpoint has closed.
+   */
+  async removeEndpoint(name: string, timeout: number): Promise<void> {
+    const leaving = this.#slots.filter((slot) => slot.name === name);
+    const reason = new ClosedError(`Endpoint ${name} left the fleet`);
+    const grace = new AbortController();
+    const cancelTimer = after(timeout, () => grace.abort(reason));
+    try {
+      await Promise.all(leaving.map(async (slot) => {
+        const session = slot.session;
+        slot.retire(reason);
+        if (session !== undefined) {
+          this.#router.remove(session);
+          await session.drain(grace.signal);
+        }
+        await slot.done;
+      }));
+    } finally {
+      cancelTimer();
+      for (const slot of leaving) {
+        const i = this.#slots.indexOf(slot);
+        if (i >= 0) this.#slots.splice(i, 1);
       }
     }
+  }
+
+  /** The sessions to the endpoint named `name` that passed their handshake. */
+  readySessions(name: string): SessionImpl<T>[] {
+    const ready: SessionImpl<T>[] = [];
+    for (const slot of this.#slots) {
+      const session = slot.session;
+      if (
+        slot.name === name && slot.state === "ready" && session !== undefined &&
+        session.state === "ready"
+      ) ready.push(session);
+    }
+    return ready;
   }
 
   /** Aborts when the pool closes: the slots stop. */
@@ -105,9 +179,13 @@ export class Pool<T> implements SlotHost<T> {
     return n;
   }
 
-  /** Whether every slot gave up reconnecting. */
+  /**
+   * Whether every slot gave up reconnecting. A pool without slots (its
+   * discovery has found nothing yet) has not: endpoints may come.
+   */
   allStopped(): boolean {
-    return this.#slots.every((slot) => slot.state === "stopped");
+    return this.#slots.length > 0 &&
+      this.#slots.every((slot) => slot.state === "stopped");
   }
 
   /** Why the first slot that failed last failed, if one did. */
@@ -120,6 +198,7 @@ export class Pool<T> implements SlotHost<T> {
 
   /** Starts the slots. */
   start(): void {
+    this.#started = true;
     for (const slot of this.#slots) slot.start();
   }
 
@@ -172,10 +251,16 @@ export class Pool<T> implements SlotHost<T> {
   }
 
   ready(slot: Slot<T>, session: SessionImpl<T>): void {
-    this.#router.add(session);
+    this.#fleet.connected(slot.name);
+    // An ejected endpoint's session waits for the endpoint's return.
+    if (this.#fleet.routable(slot.name)) this.#router.add(session);
     this.#emit({ type: "ready", endpoint: slot.name, session: session.id });
     this.#firstReady.resolve();
     this.#router.wake();
+  }
+
+  holdOff(slot: Slot<T>): number {
+    return this.#fleet.holdOff(slot.name);
   }
 
   failed(
@@ -183,6 +268,7 @@ export class Pool<T> implements SlotHost<T> {
     error: unknown,
     mismatch: ProtocolMismatchError | undefined,
   ): void {
+    this.#fleet.connectFailed(slot.name);
     this.#emit({ type: "error", endpoint: slot.name, error });
     if (mismatch !== undefined) this.#firstReady.reject(mismatch);
   }

@@ -9,11 +9,15 @@ import type { Pending, PendingOwner } from "../_correlation.ts";
 import type { Timed, Timeouts } from "../_timeouts.ts";
 import type { SessionImpl } from "../session/session.ts";
 import { NoSessionError } from "../errors.ts";
+import { pickOfTwo } from "./balance.ts";
+
+/** How requests pick a ready session (see `DialOptions.routing`). */
+export type Routing = "round-robin" | "least-pending" | "p2c";
 
 /** What the router is told once, when the client is made. */
 export interface RouterOptions {
-  /** Route to the session with the fewest pending requests, not in turn. */
-  leastPending: boolean;
+  /** How requests pick a ready session. */
+  routing: Routing;
   /** Whether a request waits for a session when none is ready (the default of each call). */
   waitForSession: boolean;
   /** Requests that may wait at once. */
@@ -65,6 +69,11 @@ export class Router<T> {
     this.#ready.push(session);
   }
 
+  /** Whether requests are routed to `session` now. */
+  has(session: SessionImpl<T>): boolean {
+    return this.#ready.includes(session);
+  }
+
   /** Stops routing to `session` (it drains or closed); no-op if not routed. */
   remove(session: SessionImpl<T>): void {
     const i = this.#ready.indexOf(session);
@@ -77,7 +86,9 @@ export class Router<T> {
     const n = ready.length;
     if (n === 0) return undefined;
     if (n === 1) return ready[0];
-    if (this.#options.leastPending) {
+    const routing = this.#options.routing;
+    if (routing === "p2c") return pickOfTwo(ready);
+    if (routing === "least-pending") {
       let best = ready[0]!;
       for (let i = 1; i < n; i++) {
         const s = ready[i]!;

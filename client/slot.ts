@@ -72,6 +72,11 @@ export interface SlotHost<T> {
     error: unknown,
     mismatch: ProtocolMismatchError | undefined,
   ): void;
+  /**
+   * Milliseconds the slot's endpoint is to be left alone (it is ejected as
+   * an outlier); the next attempt waits at least this long.
+   */
+  holdOff?(slot: Slot<T>): number;
   /** The slot waits `delay` ms before its next attempt. */
   reconnecting(slot: Slot<T>, attempt: number, delay: number): void;
   /** The slot gave up reconnecting. */
@@ -88,6 +93,10 @@ export class Slot<T> {
   /** The endpoint as events and logs name it. */
   readonly name: string;
   readonly #host: SlotHost<T>;
+  /** Aborted by {@linkcode retire}: this slot alone stops. */
+  readonly #retire = new AbortController();
+  /** Aborts when the client closes or the slot is retired. */
+  readonly #stop: AbortSignal;
   #state: SlotState = "idle";
   #session: SessionImpl<T> | undefined;
   #lastError: unknown;
@@ -97,6 +106,18 @@ export class Slot<T> {
     this.endpoint = endpoint;
     this.name = formatEndpoint(endpoint);
     this.#host = host;
+    this.#stop = AbortSignal.any([host.stop, this.#retire.signal]);
+  }
+
+  /**
+   * Stops this slot for good (its endpoint left the fleet): an attempt
+   * under way is aborted, no new one starts. A ready session is not
+   * touched: whoever retires the slot drains it.
+   *
+   * @param reason Why, as the abort reason of the attempt under way.
+   */
+  retire(reason: unknown): void {
+    this.#retire.abort(reason);
   }
 
   /** Where the slot is in its life. */
@@ -133,7 +154,8 @@ export class Slot<T> {
   }
 
   async #run(): Promise<void> {
-    const { stop, reconnect } = this.#host;
+    const stop = this.#stop;
+    const reconnect = this.#host.reconnect;
     const backoff = exponentialBackoff(reconnect);
     const stableAfter = reconnect.stableAfter ?? 1000;
     let failures = 0;
@@ -159,7 +181,11 @@ export class Slot<T> {
    * failed. Resolves with when the session became ready, 0 if it never did.
    */
   async #attempt(): Promise<number> {
-    const attempt = attemptSignal(this.#host, this.name);
+    const attempt = attemptSignal(
+      this.#stop,
+      this.#host.connectTimeout,
+      this.name,
+    );
     let conn: Transport | undefined;
     let session: SessionImpl<T> | undefined;
     let readyAt = 0;
@@ -266,7 +292,7 @@ export class Slot<T> {
     this.#lastError = error;
     if (session !== undefined) session.close(error);
     else closeQuietly(conn); // the session could not be made (a codec's decoder() threw)
-    if (this.#host.stop.aborted) return;
+    if (this.#stop.aborted) return;
     // A peer that speaks another protocol is a configuration error, not a
     // network fault: dial() fails with it at once, and once the client is
     // up it is logged as an error while the slot backs off.
@@ -315,9 +341,10 @@ export class Slot<T> {
 
   /** Waits `wait` ms before the next attempt; false if the client closed meanwhile. */
   async #backOff(wait: number, attempt: number): Promise<boolean> {
+    wait = Math.max(wait, this.#host.holdOff?.(this) ?? 0);
     this.#host.reconnecting(this, attempt, wait);
     try {
-      await delay(wait, { signal: this.#host.stop });
+      await delay(wait, { signal: this.#stop });
       return true;
     } catch {
       return false;
@@ -330,10 +357,10 @@ export class Slot<T> {
  * client closes. `end()` lets go of both (idempotent).
  */
 function attemptSignal(
-  host: { readonly stop: AbortSignal; readonly connectTimeout: number },
+  stop: AbortSignal,
+  connectTimeout: number,
   name: string,
 ): { signal: AbortSignal; end(): void } {
-  const { stop, connectTimeout } = host;
   const attempt = new AbortController();
   const cancelTimer = after(
     connectTimeout,

@@ -18,9 +18,75 @@ import type {
 } from "../session/types.ts";
 import type { BackoffOptions } from "../backoff.ts";
 import type { Client } from "./client.ts";
+import type { EndpointSource } from "./discovery.ts";
 
-/** Where to connect: `"host:port"`, `"unix:/path"`, an endpoint object, or a list of them. */
-export type DialTarget = string | Endpoint | ReadonlyArray<string | Endpoint>;
+/**
+ * Where to connect: `"host:port"`, `"unix:/path"`, an endpoint object, a
+ * list of them, or a source that finds them and tells when they change
+ * (DNS through `dnsEndpoints()`, a `Discovery` of your own, an async
+ * iterable of lists).
+ */
+export type DialTarget =
+  | string
+  | Endpoint
+  | ReadonlyArray<string | Endpoint>
+  | EndpointSource;
+
+/** Outlier ejection settings (`DialOptions.ejection`). */
+export interface EjectionOptions {
+  /**
+   * Failures in a row that eject an endpoint: connection attempts that
+   * failed, or requests that timed out or lost their session (a
+   * `RemoteError` is an answer, not a failure). An integer >= 1.
+   *
+   * @default {5}
+   */
+  consecutiveFailures?: number;
+  /**
+   * Milliseconds of the first ejection; each ejection that follows within
+   * `maxTime` of the endpoint's return lasts twice the last.
+   *
+   * @default {1000}
+   */
+  baseTime?: number;
+  /**
+   * Longest ejection, in milliseconds.
+   *
+   * @default {30000}
+   */
+  maxTime?: number;
+  /**
+   * The most endpoints, in percent of the fleet, that may be ejected at
+   * once; one endpoint always stays, whatever this says.
+   *
+   * @default {50}
+   */
+  maxPercent?: number;
+}
+
+/** One endpoint of a client, in `stats().endpoints`. */
+export interface EndpointStats {
+  /** The endpoint, as `"host:port"` or `"unix:/path"`. */
+  endpoint: string;
+  /**
+   * `"active"` takes requests; `"ejected"` is left alone for a while after
+   * failing too often; `"draining"` left the fleet and finishes its
+   * in-flight requests.
+   */
+  state: "active" | "ejected" | "draining";
+  /** Its sessions that are ready. */
+  ready: number;
+  /** Requests pending on those sessions. */
+  pending: number;
+  /** Connection attempts that failed in a row. */
+  connectFailures: number;
+  /** Requests that failed in a row (timed out or lost their session). */
+  requestFailures: number;
+  /** Times it was ejected. */
+  ejections: number;
+  /** Milliseconds of ejection left (0 unless ejected). */
+  ejectedFor: number;
+}
 
 /** Heartbeat settings. */
 export interface HeartbeatOptions<T> {
@@ -116,12 +182,23 @@ export interface DialOptions<T>
   /** Aborts `dial()` (the client is closed). */
   signal?: AbortSignal;
   /**
-   * How requests pick a session: in turn, or the one with the fewest
-   * pending requests.
+   * How requests pick a ready session: in turn (`"round-robin"`), the one
+   * with the fewest pending requests (`"least-pending"`, a scan of every
+   * session), or the power of two choices (`"p2c"`: of two sessions drawn
+   * at random, the one with fewer pending requests — cheap at any fleet
+   * size, and a slow endpoint loses most draws).
    *
-   * @default {"round-robin"}
+   * @default {"round-robin"} for endpoints given as a list, `"p2c"` for a discovered fleet
    */
-  routing?: "round-robin" | "least-pending";
+  routing?: "round-robin" | "least-pending" | "p2c";
+  /**
+   * Outlier ejection: an endpoint that keeps failing takes no requests for
+   * a while, and its slots wait as long before they try again. It needs a
+   * second endpoint to send requests to. `false` turns it off.
+   *
+   * @default {{}} (on, with the defaults of {@linkcode EjectionOptions})
+   */
+  ejection?: EjectionOptions | false;
   /**
    * Whether a request made while no session is ready waits for one (until
    * its own deadline) instead of failing at once with `NoSessionError`.
@@ -236,6 +313,10 @@ export interface ClientStats extends Counters {
    * deliver them unprocessed (or, `idempotent`, at all).
    */
   retried: number;
+  /** Each endpoint: its state, sessions, pending requests and failures. */
+  endpoints: EndpointStats[];
+  /** Endpoint discovery: lists applied, and failures (lists kept). */
+  discovery: { updates: number; errors: number };
 }
 
 /** Detail of client events (`event.detail` of a `CustomEvent`). */
@@ -246,4 +327,13 @@ export type ClientEventDetail =
   | { type: "reconnecting"; endpoint: string; attempt: number; delay: number }
   | { type: "drain"; endpoint: string; session: number }
   | { type: "error"; endpoint: string; error: unknown }
+  | { type: "endpoint-added"; endpoint: string }
+  | { type: "endpoint-removed"; endpoint: string }
+  | {
+    type: "endpoint-ejected";
+    endpoint: string;
+    failures: number;
+    duration: number;
+  }
+  | { type: "endpoint-returned"; endpoint: string }
   | { type: "close" };
