@@ -41,6 +41,11 @@ export interface AcceptHost {
   ): Promise<void>;
   /** Dispatches a server event. */
   emit(detail: ServerEventDetail): void;
+  /**
+   * Whether the server is leaving (`shutdown({ leaveFor })`): the proxy's
+   * own connections (health checks) are closed unanswered.
+   */
+  isLeaving(): boolean;
   /** The server's counters (a bad PROXY header counts as a protocol error). */
   readonly counters: Counters;
   /** The server's logger. */
@@ -71,6 +76,7 @@ export class Acceptor {
   #accepted = 0;
   #refused = 0;
   #rejected = 0;
+  #healthChecksFailed = 0;
 
   constructor(
     listener: TransportListener,
@@ -95,6 +101,11 @@ export class Acceptor {
   /** Connections closed for a bad PROXY header, a failed open or `onConnect`. */
   get rejected(): number {
     return this.#rejected;
+  }
+
+  /** The proxy's own connections closed unanswered while leaving. */
+  get healthChecksFailed(): number {
+    return this.#healthChecksFailed;
   }
 
   /** Counts a connection the server rejected after opening it (`onConnect` failed). */
@@ -222,6 +233,14 @@ export class Acceptor {
           : { maxHeaderBytes: settings.maxHeaderBytes }),
       });
       if (stopped.aborted) throw stopped.reason;
+      if (header.transport === "unknown" && this.#host.isLeaving()) {
+        // No client behind it: the proxy's own connection, a health check.
+        // Failing it is how a leaving server asks the proxy to stop
+        // sending new connections here.
+        this.#healthChecksFailed++;
+        closeQuietly(conn);
+        return;
+      }
       const proxy: ProxyInfo = {
         ...(header.source ? { source: header.source } : {}),
         ...(header.destination ? { destination: header.destination } : {}),

@@ -28,6 +28,7 @@ import {
 } from "../session/types.ts";
 import { type Logger, safeLogger } from "../logger.ts";
 import { ClosedError } from "../errors.ts";
+import { delay } from "../backoff.ts";
 import { Acceptor } from "./accept.ts";
 import {
   type InboundMessage,
@@ -75,6 +76,12 @@ export interface ServerStats extends Counters {
   refused: number;
   /** Connections closed for a bad PROXY header or failed `onConnect`. */
   rejected: number;
+  /**
+   * Connections from the proxy itself (a PROXY header with no client
+   * address: health checks) closed unanswered while the server was leaving
+   * (`shutdown({ leaveFor })`).
+   */
+  healthChecksFailed: number;
 }
 
 /** Detail of server events (`event.detail` of a `CustomEvent`). */
@@ -120,6 +127,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   /** Made by the first messages() call. */
   #streams: InboundStreams<T> | undefined;
   #shutdown: Promise<ShutdownReport> | undefined;
+  #leaving = false;
   #forceNow: AbortController | undefined;
 
   /**
@@ -176,6 +184,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       sessionCount: () => this.#sessions.size,
       open: (conn, transport, proxy) => this.#open(conn, transport, proxy),
       emit: (detail) => this.#emit(detail),
+      isLeaving: () => this.#leaving,
       counters: this.#counters,
       logger: this.#logger,
     });
@@ -334,6 +343,14 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     return this.#finished.promise;
   }
 
+  /**
+   * Whether the server is leaving: a shutdown with `leaveFor` has begun and
+   * the server still serves, but fails its load balancer's health checks.
+   */
+  get isLeaving(): boolean {
+    return this.#leaving;
+  }
+
   /** Whether a shutdown has begun. */
   get isClosed(): boolean {
     return this.#shutdown !== undefined;
@@ -368,6 +385,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       accepted: this.#acceptor.accepted,
       refused: this.#acceptor.refused,
       rejected: this.#acceptor.rejected,
+      healthChecksFailed: this.#acceptor.healthChecksFailed,
     };
   }
 
@@ -442,6 +460,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     options ??= {};
     try {
       timeoutOption(options.timeout ?? 10_000, "timeout");
+      timeoutOption(options.leaveFor ?? 0, "leaveFor");
     } catch (error) {
       return Promise.reject(error);
     }
@@ -449,10 +468,10 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     return this.#shutdown;
   }
 
-  #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
-    // Set before runShutdown() first awaits, so close() right after
-    // shutdown() finds it.
+  async #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
+    // Set before the first await, so close() right after shutdown() finds it.
     const force = this.#forceNow = new AbortController();
+    await this.#leave(options, force.signal);
     return runShutdown(
       {
         acceptor: this.#acceptor,
@@ -471,6 +490,24 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       this.#finished.resolve(report);
       return report;
     });
+  }
+
+  /**
+   * The leaving phase of a shutdown (`leaveFor`): keep serving, fail the
+   * proxy's health checks, until the time is up or the shutdown is forced.
+   */
+  async #leave(options: ShutdownOptions, force: AbortSignal): Promise<void> {
+    const leaveFor = options.leaveFor ?? 0;
+    if (leaveFor === 0 || force.aborted) return;
+    this.#leaving = true;
+    this.#logger.info("Leaving: failing health checks before shutdown", {
+      leaveFor,
+    });
+    const signal = options.signal === undefined
+      ? force
+      : AbortSignal.any([force, options.signal]);
+    await delay(leaveFor, { signal }).catch(() => {});
+    this.#leaving = false;
   }
 
   /**

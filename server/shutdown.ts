@@ -27,6 +27,18 @@ export interface ShutdownOptions {
   timeout?: number;
   /** Aborting forces the shutdown at once. */
   signal?: AbortSignal;
+  /**
+   * Milliseconds to keep serving first, while failing the health checks of
+   * the load balancer in front (connections whose PROXY header carries no
+   * client address — HAProxy's checks with `send-proxy-v2` — are closed
+   * unanswered), so it stops sending new connections here before the
+   * listener closes. Set it to at least the balancer's `fall × inter` plus
+   * one `inter`. Not part of `timeout`; the signal or `close()` cuts it
+   * short. 0 = no leaving phase.
+   *
+   * @default {0}
+   */
+  leaveFor?: number;
 }
 
 /** A session that a shutdown forced shut, and why. */

@@ -12,7 +12,8 @@
  * connecting, a bounded number of times, to a second frontend (declared
  * last, so bound last) that rejects every connection: probing the real
  * frontend would make HAProxy open backend connections the test would see.
- * No health checks, so the backend sees only the test's own connections.
+ * No health checks unless asked for (`check`), so by default the backend
+ * sees only the test's own connections.
  *
  * @module
  */
@@ -69,8 +70,17 @@ export function haproxyTestName(name: string): string {
 
 /** Options of {@linkcode startHaproxy}. */
 export interface StartHaproxyOptions {
-  /** The port on 127.0.0.1 HAProxy forwards to. */
-  backendPort: number;
+  /** The port on 127.0.0.1 HAProxy forwards to (or `backendPorts`). */
+  backendPort?: number;
+  /** Several backend ports on 127.0.0.1, balanced round-robin. */
+  backendPorts?: readonly number[];
+  /**
+   * Health checks in the default protocol (a ping that must get its pong),
+   * every `inter` ms; `fall` failures mark a backend down, `rise` successes
+   * up again. With `sendProxy: "v2"` each check carries a PROXY v2 `LOCAL`
+   * header.
+   */
+  check?: { inter: number; fall: number; rise: number };
   /** The PROXY protocol version HAProxy sends to the backend. */
   sendProxy: "v1" | "v2";
   /**
@@ -166,6 +176,8 @@ function haproxyConfig(
   options: StartHaproxyOptions,
 ): string {
   const sendProxy = options.sendProxy === "v2" ? "send-proxy-v2" : "send-proxy";
+  const ports = options.backendPorts ?? [options.backendPort!];
+  const check = options.check;
   return [
     "global",
     "  noreuseport",
@@ -182,7 +194,15 @@ function haproxyConfig(
     "  default_backend be",
     "",
     "backend be",
-    `  server s1 127.0.0.1:${options.backendPort} ${sendProxy}`,
+    "  balance roundrobin",
+    ...(check === undefined ? [] : HEALTH_CHECK),
+    ...ports.map((port, i) =>
+      `  server s${i + 1} 127.0.0.1:${port} ${sendProxy}${
+        check === undefined
+          ? ""
+          : ` check inter ${check.inter} fall ${check.fall} rise ${check.rise}`
+      }`
+    ),
     "",
     "# Readiness probe: accepts (in the kernel) and closes; no backend.",
     "frontend probe",
@@ -191,6 +211,16 @@ function haproxyConfig(
     "",
   ].join("\n");
 }
+
+/**
+ * A health check in the default protocol: a ping frame (length 5, kind 5,
+ * id 1), and its pong (kind 6, same id) expected back.
+ */
+export const HEALTH_CHECK: readonly string[] = [
+  "  option tcp-check",
+  "  tcp-check send-binary 000000050500000001",
+  "  tcp-check expect min-recv 9 rbinary ^000000050600000001",
+];
 
 const MAX_OUTPUT = 64 * 1024;
 
