@@ -64,6 +64,14 @@ export type {
 export { serve, serveMutualTls } from "./server/serve.ts";
 export type { InboundMessage, MessagesOptions } from "./streams/inbound.ts";
 export type { StatusDropped, StatusOptions } from "./streams/status.ts";
+export { serveWorkers, WorkerServer } from "./server/workers.ts";
+export type {
+  ServeWorkersOptions,
+  WorkerServerEventDetail,
+  WorkerServerStats,
+} from "./server/workers.ts";
+export { listenReusePort } from "./transport/reuse_port.ts";
+export type { ListenReusePortOptions } from "./transport/reuse_port.ts";
 export type {
   ProxyProtocolOptions,
   ServeOptions,

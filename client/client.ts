@@ -39,7 +39,7 @@ import {
 } from "../streams/status.ts";
 import { SendStream } from "../streams/writable.ts";
 import { type EjectionSettings, Fleet } from "./fleet.ts";
-import { type EndpointSource, runDiscovery, sourceName } from "./discovery.ts";
+import type { EndpointSource } from "./discovery.ts";
 import { Router, type Routing } from "./router.ts";
 import type {
   ClientEventDetail,
@@ -115,10 +115,6 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #router: Router<T>;
   readonly #pool: Pool<T>;
   readonly #fleet: Fleet<T>;
-  readonly #source: EndpointSource | undefined;
-  readonly #discovery = { updates: 0, errors: 0 };
-  readonly #stopDiscovery = new AbortController();
-  #discovering: Promise<void> = Promise.resolve();
   readonly #config: SessionConfig<T>;
   readonly #housekeeper: Housekeeper<T>;
   readonly #closed = Promise.withResolvers<void>();
@@ -177,18 +173,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       gaveUp: () => this.#pool.allStopped(),
       lastError: () => this.#pool.lastError(),
     });
-    this.#fleet = new Fleet<T>({
-      router: this.#router,
-      logger,
-      emit: (detail) => this.#emit(detail),
-      drainTimeout: setup.drainTimeout,
-      add: (endpoint) => this.#pool.addEndpoint(endpoint),
-      remove: (name, timeout) => this.#pool.removeEndpoint(name, timeout),
-      readySessions: (name) => this.#pool.readySessions(name),
-    }, setup.ejection);
-    this.#source = setup.source;
+    this.#fleet = this.#makeFleet(setup);
     this.#pool = new Pool({
-      endpoints: [],
       fleet: this.#fleet,
       sessionsPerEndpoint: setup.sessionsPerEndpoint,
       connectTimeout: setup.connectTimeout,
@@ -216,34 +202,28 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     };
   }
 
+  /** The fleet: its endpoints' slots live in the pool, its routes in the router. */
+  #makeFleet(setup: ClientSetup<T>): Fleet<T> {
+    return new Fleet<T>(
+      {
+        router: this.#router,
+        logger: setup.logger,
+        emit: (detail) => this.#emit(detail),
+        drainTimeout: setup.drainTimeout,
+        add: (endpoint) => this.#pool.addEndpoint(endpoint),
+        remove: (name, timeout) => this.#pool.removeEndpoint(name, timeout),
+        readySessions: (name) => this.#pool.readySessions(name),
+      },
+      setup.ejection,
+      setup.source,
+    );
+  }
+
   /** Starts the liveness checks and the slots. */
   #start(): void {
     this.#housekeeper.start();
     this.#pool.start();
-    const source = this.#source;
-    if (source === undefined) return;
-    const name = sourceName(source);
-    this.#discovering = runDiscovery(source, {
-      update: (list) => {
-        const { added, removed } = this.#fleet.update(list);
-        this.#discovery.updates++;
-        if (added.length > 0 || removed.length > 0) {
-          this.#config.logger.info("Endpoints changed", {
-            source: name,
-            added,
-            removed,
-          });
-        }
-      },
-      failed: (error) => {
-        this.#discovery.errors++;
-        this.#config.logger.warn("Endpoint discovery failed", {
-          source: name,
-          error,
-        });
-        this.#emit({ type: "error", endpoint: name, error });
-      },
-    }, this.#stopDiscovery.signal);
+    this.#fleet.start();
   }
 
   /** The sessions currently open (ready, handshaking or draining). */
@@ -555,7 +535,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       reconnects: this.#pool.reconnects,
       retried: this.#router.retried,
       endpoints: this.#fleet.stats(),
-      discovery: { ...this.#discovery },
+      discovery: this.#fleet.discovery,
     };
   }
 
@@ -580,8 +560,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   }
 
   async #close(timeout: number): Promise<void> {
-    this.#stopDiscovery.abort(new ClosedError("Client is closed"));
-    this.#fleet.close();
+    const discovering = this.#fleet.close();
     this.#pool.close();
     const grace = new AbortController();
     const cancelTimer = after(
@@ -593,7 +572,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         [...this.#pool.sessions].map((session) => session.drain(grace.signal)),
       );
       await this.#pool.done();
-      await this.#discovering;
+      await discovering;
     } finally {
       cancelTimer();
       this.#housekeeper.stop();

@@ -95,24 +95,12 @@ export async function dial<T>(
   const options = (isCodec ? maybeOptions : codecOrOptions) as
     | DialOptions<T>
     | undefined ?? {};
-  const source = isEndpointSource(target) ? target : undefined;
-  const targets = source !== undefined
-    ? []
-    : Array.isArray(target)
-    ? target
-    : [target];
-  if (source === undefined && targets.length === 0) {
-    throw new TypeError("Cannot dial: no endpoint given");
-  }
-  const endpoints = targets.map((t) => parseEndpoint(t as string | Endpoint));
+  const { source, endpoints, where } = targetOf(target);
   const dialect = dialectOf(
     isCodec ? codecOrOptions as Codec<T> : undefined,
     options,
   );
   const setup = resolveDialOptions(endpoints, source, dialect, options);
-  const where = source !== undefined
-    ? sourceName(source)
-    : endpoints.map(formatEndpoint).join(", ");
   const client = new Client<T>(INTERNAL, setup);
   clientInternals.start(client);
   const timeout = setup.connectTimeout;
@@ -147,6 +135,31 @@ export async function dial<T>(
     cancelTimer();
     signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/**
+ * The endpoints of a dial target, or its source; and how errors name it.
+ *
+ * @throws {TypeError} No endpoint, or a bad one.
+ */
+function targetOf(target: DialTarget): {
+  source: EndpointSource | undefined;
+  endpoints: Endpoint[];
+  where: string;
+} {
+  if (isEndpointSource(target)) {
+    return { source: target, endpoints: [], where: sourceName(target) };
+  }
+  const targets = Array.isArray(target) ? target : [target];
+  if (targets.length === 0) {
+    throw new TypeError("Cannot dial: no endpoint given");
+  }
+  const endpoints = targets.map((t) => parseEndpoint(t as string | Endpoint));
+  return {
+    source: undefined,
+    endpoints,
+    where: endpoints.map(formatEndpoint).join(", "),
+  };
 }
 
 /** How the client speaks: a custom codec, or the default protocol. */

@@ -16,11 +16,12 @@ import {
   parseEndpoint,
 } from "../transport/connect.ts";
 import type { SessionImpl } from "../session/session.ts";
-import { ConnectionClosedError, TimeoutError } from "../errors.ts";
+import { ClosedError, ConnectionClosedError, TimeoutError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { countOption, timeoutOption } from "../_util.ts";
 import { after } from "../_timeouts.ts";
 import type { PoolFleet } from "./pool.ts";
+import { type EndpointSource, runDiscovery, sourceName } from "./discovery.ts";
 import type { Router } from "./router.ts";
 import type {
   ClientEventDetail,
@@ -109,12 +110,22 @@ interface Member {
 export class Fleet<T> implements PoolFleet {
   readonly #host: FleetHost<T>;
   readonly #ejection: EjectionSettings | undefined;
+  readonly #source: EndpointSource | undefined;
   readonly #members = new Map<string, Member>();
+  readonly #stopDiscovery = new AbortController();
+  #discovering: Promise<void> = Promise.resolve();
+  #updates = 0;
+  #discoveryErrors = 0;
   #closed = false;
 
-  constructor(host: FleetHost<T>, ejection: EjectionSettings | undefined) {
+  constructor(
+    host: FleetHost<T>,
+    ejection: EjectionSettings | undefined,
+    source: EndpointSource | undefined,
+  ) {
     this.#host = host;
     this.#ejection = ejection;
+    this.#source = source;
   }
 
   /**
@@ -326,10 +337,46 @@ export class Fleet<T> implements PoolFleet {
     return stats;
   }
 
-  /** Stops the ejection timers (the client closes). */
-  close(): void {
+  /** Lists applied from discovery, and discovery failures. */
+  get discovery(): { updates: number; errors: number } {
+    return { updates: this.#updates, errors: this.#discoveryErrors };
+  }
+
+  /**
+   * Follows the endpoint source, if there is one, until {@linkcode close}:
+   * each list it gives is applied.
+   */
+  start(): void {
+    const source = this.#source;
+    if (source === undefined) return;
+    const name = sourceName(source);
+    const { logger, emit } = this.#host;
+    this.#discovering = runDiscovery(source, {
+      update: (list) => {
+        const { added, removed } = this.update(list);
+        this.#updates++;
+        if (added.length > 0 || removed.length > 0) {
+          logger.info("Endpoints changed", { source: name, added, removed });
+        }
+      },
+      failed: (error) => {
+        this.#discoveryErrors++;
+        logger.warn("Endpoint discovery failed", { source: name, error });
+        emit({ type: "error", endpoint: name, error });
+      },
+    }, this.#stopDiscovery.signal);
+  }
+
+  /**
+   * Stops discovery and the ejection timers (the client closes).
+   *
+   * @returns Resolves once the discovery loop has stopped.
+   */
+  close(): Promise<void> {
     this.#closed = true;
+    this.#stopDiscovery.abort(new ClosedError("Client is closed"));
     for (const member of this.#members.values()) member.cancelReturn?.();
+    return this.#discovering;
   }
 }
 

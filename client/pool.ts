@@ -38,7 +38,7 @@ export interface PoolFleet {
 
 /** What the pool is made of. */
 export interface PoolOptions<T> {
-  endpoints: readonly Endpoint[];
+  /** Adds and removes endpoints (through {@linkcode Pool.addEndpoint}). */
   fleet: PoolFleet;
   sessionsPerEndpoint: number;
   /** Milliseconds (`Infinity` = none). */
@@ -90,7 +90,6 @@ export class Pool<T> implements SlotHost<T> {
     this.#fleet = options.fleet;
     this.#sessionsPerEndpoint = options.sessionsPerEndpoint;
     this.#firstReady.promise.catch(() => {});
-    for (const endpoint of options.endpoints) this.addEndpoint(endpoint);
   }
 
   /**

@@ -14,7 +14,10 @@ import {
   type TransportListener,
 } from "../connection.ts";
 import { noDelay, prepend } from "../transport/_conn.ts";
-import { readProxyHeader } from "../transport/proxy_protocol.ts";
+import {
+  type ProxyHeader,
+  readProxyHeader,
+} from "../transport/proxy_protocol.ts";
 import { after } from "../_timeouts.ts";
 import { ClosedError, ProxyProtocolError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -233,14 +236,7 @@ export class Acceptor {
           : { maxHeaderBytes: settings.maxHeaderBytes }),
       });
       if (stopped.aborted) throw stopped.reason;
-      if (header.transport === "unknown" && this.#host.isLeaving()) {
-        // No client behind it: the proxy's own connection, a health check.
-        // Failing it is how a leaving server asks the proxy to stop
-        // sending new connections here.
-        this.#healthChecksFailed++;
-        closeQuietly(conn);
-        return;
-      }
+      if (this.#failedCheck(header, conn)) return;
       const proxy: ProxyInfo = {
         ...(header.source ? { source: header.source } : {}),
         ...(header.destination ? { destination: header.destination } : {}),
@@ -261,6 +257,20 @@ export class Acceptor {
       cancelTimer();
       stopped.removeEventListener("abort", onStop);
     }
+  }
+
+  /**
+   * Whether `conn` is a health check to fail: the proxy's own connection
+   * (no client behind its header) while the server is leaving. Failing it
+   * asks the proxy to stop sending new connections here. Closes it if so.
+   */
+  #failedCheck(header: ProxyHeader, conn: Transport): boolean {
+    if (header.transport !== "unknown" || !this.#host.isLeaving()) {
+      return false;
+    }
+    this.#healthChecksFailed++;
+    closeQuietly(conn);
+    return true;
   }
 
   /** Opens a session; a failure (a codec whose decoder() throws) closes only that connection. */
