@@ -67,6 +67,7 @@ export type { StatusDropped, StatusOptions } from "./streams/status.ts";
 export { serveWorkers, WorkerServer } from "./server/workers.ts";
 export type {
   ServeWorkersOptions,
+  WorkerServeOptions,
   WorkerServerEventDetail,
   WorkerServerStats,
 } from "./server/workers.ts";

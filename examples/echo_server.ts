@@ -5,7 +5,11 @@
  * Flags: `--hostname` (127.0.0.1), `--port` (9000), `--cert`/`--key` (TLS,
  * PEM files), `--ca` (PEM file: require client certificates, mTLS),
  * `--log-format text|json`, `--log-level debug|info|warn|error`,
- * `--shutdown-timeout` (ms). SIGINT or SIGTERM shuts it down gracefully.
+ * `--shutdown-timeout` (ms), `--proxy-protocol` (expect a PROXY v1/v2
+ * header on each connection), `--leave-for` (ms of failing the proxy's
+ * health checks before shutting down), `--workers N` (N worker threads on
+ * one port, `SO_REUSEPORT`; 0 = one per core). SIGINT or SIGTERM shuts it
+ * down gracefully.
  *
  * @module
  */
@@ -17,8 +21,10 @@ import {
   serve,
   serveMutualTls,
   type Server,
-  type ServerHandler,
+  serveWorkers,
+  type WorkerServer,
 } from "../mod.ts";
+import { handler } from "./echo_handler.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -31,6 +37,9 @@ const { values } = parseArgs({
     "log-format": { type: "string", default: "text" },
     "log-level": { type: "string", default: "info" },
     "shutdown-timeout": { type: "string", default: "10000" },
+    "proxy-protocol": { type: "boolean", default: false },
+    "leave-for": { type: "string", default: "0" },
+    workers: { type: "string" },
   },
 });
 
@@ -40,21 +49,26 @@ const logger = consoleLogger({
   level: values["log-level"] as LogLevel,
 });
 
-// A request's reply is its payload; a push (no reply owed) is echoed with an
-// explicit push back.
-const handler: ServerHandler<Uint8Array> = (payload, { kind, session }) => {
-  if (kind === "request") return payload;
-  void session.send(payload).catch(() => {});
-};
 const base = {
   hostname: values.hostname,
   port: Number(values.port),
   logger,
   handler,
+  proxyProtocol: values["proxy-protocol"],
 };
 
-let server: Server<Uint8Array>;
-if (values.cert !== undefined && values.key !== undefined) {
+let server: Server<Uint8Array> | WorkerServer;
+if (values.workers !== undefined) {
+  const workers = Number(values.workers);
+  server = await serveWorkers({
+    module: new URL("./echo_handler.ts", import.meta.url),
+    hostname: base.hostname,
+    port: base.port,
+    logger,
+    serveOptions: { proxyProtocol: base.proxyProtocol },
+    ...(workers === 0 ? {} : { workers }),
+  });
+} else if (values.cert !== undefined && values.key !== undefined) {
   const tls = {
     cert: await Deno.readTextFile(values.cert),
     key: await Deno.readTextFile(values.key),
@@ -77,11 +91,17 @@ logger.info("Echo server listening", {
   port: addr.port,
   tls: values.cert !== undefined,
   mtls: values.ca !== undefined,
+  workers: values.workers === undefined
+    ? 1
+    : (await (server as WorkerServer).stats()).workers,
 });
 
 const stop = () => {
   logger.info("Signal received, shutting down", {});
-  server.shutdown({ timeout: Number(values["shutdown-timeout"]) });
+  server.shutdown({
+    timeout: Number(values["shutdown-timeout"]),
+    leaveFor: Number(values["leave-for"]),
+  });
 };
 Deno.addSignalListener("SIGINT", stop);
 Deno.addSignalListener("SIGTERM", stop);

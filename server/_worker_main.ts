@@ -42,6 +42,7 @@ async function start(
     });
     const options: ServeOptions<unknown> = {
       ...(module.options as ServeOptions<unknown> | undefined),
+      ...message.options,
       listener,
       handler: module.handler as ServerHandler<unknown>,
     };

@@ -10,7 +10,14 @@ import type { ShutdownReport } from "./shutdown.ts";
 
 /** What the parent tells a worker. */
 export type ToWorker =
-  | { type: "start"; module: string; hostname: string; port: number }
+  | {
+    type: "start";
+    module: string;
+    hostname: string;
+    port: number;
+    /** Plain-data serve() options, over the module's own. */
+    options: Record<string, unknown>;
+  }
   | { type: "stats"; id: number }
   | { type: "shutdown"; timeout: number; leaveFor: number };
 

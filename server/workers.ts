@@ -20,9 +20,31 @@ import { type BackoffOptions, delay, exponentialBackoff } from "../backoff.ts";
 import { countOption, timeoutOption } from "../_util.ts";
 import { after } from "../_timeouts.ts";
 import type { ServerStats } from "./server.ts";
+import type { ServeOptions } from "./serve.ts";
 import { newCounters } from "../session/types.ts";
 import type { ShutdownOptions, ShutdownReport } from "./shutdown.ts";
 import type { FromWorker, ToWorker } from "./_worker_messages.ts";
+
+/**
+ * What {@linkcode serveWorkers} hands each worker's `serve()` as data (the
+ * options that cross a thread: numbers, strings, flags). Functions and
+ * objects with behaviour (codec, logger, hooks) come from the module's
+ * `options` export; these override it.
+ */
+export type WorkerServeOptions = Pick<
+  ServeOptions<unknown>,
+  | "maxConnections"
+  | "proxyProtocol"
+  | "correlation"
+  | "requestTimeout"
+  | "idleTimeout"
+  | "frameTimeout"
+  | "writeTimeout"
+  | "maxConcurrentHandlers"
+  | "outboundBuffer"
+  | "maxWriteBytes"
+  | "maxFrameBytes"
+>;
 
 /** Options of {@linkcode serveWorkers}. */
 export interface ServeWorkersOptions {
@@ -51,6 +73,8 @@ export interface ServeWorkersOptions {
    * @default {9000}
    */
   port?: number;
+  /** Options of each worker's `serve()`, as data (see {@linkcode WorkerServeOptions}). */
+  serveOptions?: WorkerServeOptions;
   /** Logs worker starts, crashes and restarts. */
   logger?: Logger;
   /** Aborting it shuts the workers down gracefully. */
@@ -235,6 +259,7 @@ export class WorkerServer extends EventTarget implements AsyncDisposable {
       module: options.module,
       hostname: options.hostname ?? "0.0.0.0",
       port: this.#addr.port,
+      options: options.serveOptions ?? {},
     });
     const timeout = options.startTimeout ?? 10_000;
     const cancel = after(timeout, () =>

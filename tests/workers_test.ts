@@ -12,6 +12,7 @@ import {
   type WorkerServerEventDetail,
 } from "../server/workers.ts";
 import { dec, enc, EventLog, HOST } from "./_loopback.ts";
+import { startProcess } from "./_process.ts";
 
 const MODULE = new URL("./_worker_handler.ts", import.meta.url);
 
@@ -97,4 +98,29 @@ Deno.test("serveWorkers() rejects a module without a handler, and a bad worker c
     serveWorkers({ module: MODULE, workers: 0, hostname: HOST, port: 0 }),
     RangeError,
   );
+});
+
+Deno.test("examples/echo_server.ts --workers 2 (deno task serve --workers 2) serves from two workers and shuts down on SIGTERM", async () => {
+  await using child = await startProcess([
+    "deno",
+    "run",
+    "--allow-net",
+    "--allow-read",
+    new URL("../examples/echo_server.ts", import.meta.url).pathname,
+    "--port",
+    "0",
+    "--workers",
+    "2",
+    "--log-level",
+    "error",
+  ]);
+  const port = Number(child.match.groups!.port);
+  await using client = await dial(`${HOST}:${port}`, { sessions: 4 });
+  assert.equal(dec(await client.request(enc("hello"))), "hello");
+  await client.close();
+  const status = await child.kill("SIGTERM");
+  assert.equal(status.code, 0);
+  const report = child.stdoutLines.find((line) => line.startsWith("shutdown "));
+  assert.ok(report !== undefined, child.stderrLines.join("\n"));
+  assert.equal(JSON.parse(report.slice(9)).forced, 0);
 });
