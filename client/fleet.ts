@@ -166,8 +166,11 @@ export class Fleet<T> implements PoolFleet {
       }
     }
     for (const [name, endpoint] of wanted) {
-      if (this.#members.get(name)?.state === "draining") continue;
-      if (this.#members.has(name)) continue;
+      // One still draining from an earlier removal is replaced: its old
+      // sessions finish, new slots start at once.
+      if (
+        this.#members.has(name) && this.#members.get(name)!.state !== "draining"
+      ) continue;
       added.push(name);
       this.#members.set(name, newMember(endpoint));
       this.#host.add(endpoint);

@@ -383,3 +383,48 @@ Deno.test("dial() ejects an endpoint whose connections keep failing, holds its s
     "active",
   );
 });
+
+Deno.test("dial() with an endpoint source takes back an endpoint listed again while it still drains", async () => {
+  const release = Promise.withResolvers<void>();
+  const held = Promise.withResolvers<void>();
+  const a = serveLoopback({
+    handler: async (payload) => {
+      if (dec(payload) === "hold") {
+        held.resolve();
+        await release.promise;
+      }
+      return payload;
+    },
+  });
+  const b = serveLoopback({ handler: (p) => p });
+  const feed = new Feed();
+  feed.push([at(a)]);
+  try {
+    await using client = await dial(feed);
+    using log = events(client);
+    const hold = client.request(enc("hold"));
+    await held.promise;
+    feed.push([at(b)]);
+    await log.next("endpoint-removed");
+    assert.equal(
+      client.stats().endpoints.find((e) => e.endpoint === at(a))?.state,
+      "draining",
+    );
+    feed.push([at(a), at(b)]);
+    await log.next("endpoint-added", {
+      filter: (d) => d.type === "endpoint-added" && d.endpoint === at(a),
+    });
+    await log.next("ready", {
+      filter: (d) => d.type === "ready" && d.endpoint === at(a),
+    });
+    assert.equal(
+      client.stats().endpoints.find((e) => e.endpoint === at(a))?.state,
+      "active",
+    );
+    release.resolve();
+    assert.equal(dec(await hold), "hold");
+  } finally {
+    release.resolve();
+    await closeAll([a, b]);
+  }
+});
