@@ -26,6 +26,7 @@ import {
 } from "./client.ts";
 import type { DialOptions, DialTarget } from "./types.ts";
 import {
+  checkSource,
   type EndpointSource,
   isEndpointSource,
   sourceName,
@@ -148,6 +149,7 @@ function targetOf(target: DialTarget): {
   where: string;
 } {
   if (isEndpointSource(target)) {
+    checkSource(target);
     return { source: target, endpoints: [], where: sourceName(target) };
   }
   const targets = Array.isArray(target) ? target : [target];

@@ -126,6 +126,15 @@ export function dnsEndpoints(
   };
 }
 
+/**
+ * Checks an endpoint source before the client starts following it.
+ *
+ * @throws {RangeError} A discovery's interval is out of range.
+ */
+export function checkSource(source: EndpointSource): void {
+  if ("discover" in source) intervalOption(source.interval);
+}
+
 /** Whether a dial target is an endpoint source rather than endpoints. */
 export function isEndpointSource(target: unknown): target is EndpointSource {
   if (typeof target !== "object" || target === null) return false;
@@ -245,8 +254,10 @@ function offer(list: EndpointList, host: DiscoveryHost): void {
 /**
  * Checks a discovery interval: milliseconds >= 1 (finite; a source that
  * never changes is a fixed list).
+ *
+ * @throws {RangeError} Out of range.
  */
-function intervalOption(value: number | undefined): number {
+export function intervalOption(value: number | undefined): number {
   value ??= 10_000;
   if (typeof value !== "number" || !(value >= 1) || value === Infinity) {
     throw new RangeError(

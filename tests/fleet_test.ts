@@ -428,3 +428,19 @@ Deno.test("dial() with an endpoint source takes back an endpoint listed again wh
     await closeAll([a, b]);
   }
 });
+
+Deno.test("dial() and dnsEndpoints() reject bad discovery settings with RangeError", async () => {
+  const discover = () => ["127.0.0.1:1"];
+  await assert.rejects(dial({ discover, interval: 0 }), RangeError);
+  await assert.rejects(dial({ discover, interval: Infinity }), RangeError);
+  assert.throws(() => dnsEndpoints("x", { port: 0 }), RangeError);
+  assert.throws(() => dnsEndpoints("x", { port: 70000 }), RangeError);
+  await assert.rejects(
+    dial("127.0.0.1:1", { ejection: { maxPercent: 120 } }),
+    RangeError,
+  );
+  await assert.rejects(
+    dial("127.0.0.1:1", { routing: "random" as "p2c" }),
+    TypeError,
+  );
+});
