@@ -101,9 +101,11 @@ export let clientInternals: {
  * A pool of persistent sessions. Make one with {@linkcode dial}.
  *
  * Events (`addEventListener`): `connect`, `ready`, `disconnect`,
- * `reconnecting`, `drain`, `error`, `close`, each a `CustomEvent` whose
- * `detail` is a {@linkcode ClientEventDetail}; {@linkcode Client.status}
- * reads them as a stream.
+ * `reconnecting`, `drain`, `error`, `close`, and for its fleet
+ * `endpoint-added`, `endpoint-removed`, `endpoint-ejected`,
+ * `endpoint-returned`; each a `CustomEvent` whose `detail` is a
+ * {@linkcode ClientEventDetail}; {@linkcode Client.status} reads them as a
+ * stream.
  *
  * @typeParam T The message type (`Uint8Array` payloads with the default protocol).
  */
