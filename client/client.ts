@@ -215,6 +215,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         add: (endpoint) => this.#pool.addEndpoint(endpoint),
         remove: (name, timeout) => this.#pool.removeEndpoint(name, timeout),
         readySessions: (name) => this.#pool.readySessions(name),
+        sessions: () => this.#pool.sessions,
       },
       setup.ejection,
       setup.source,

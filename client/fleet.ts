@@ -84,6 +84,8 @@ export interface FleetHost<T> {
   remove(name: string, timeout: number): Promise<void>;
   /** The ready sessions of an endpoint. */
   readySessions(name: string): SessionImpl<T>[];
+  /** Every open session (each knows its endpoint). */
+  sessions(): Iterable<SessionImpl<T>>;
 }
 
 /** One endpoint of the fleet and its health. */
@@ -319,15 +321,23 @@ export class Fleet<T> implements PoolFleet {
   /** Each endpoint's state, sessions and failures. */
   stats(): EndpointStats[] {
     const now = performance.now();
+    const open = new Map<unknown, { ready: number; pending: number }>();
+    for (const session of this.#host.sessions()) {
+      let entry = open.get(session.endpoint);
+      if (entry === undefined) {
+        entry = { ready: 0, pending: 0 };
+        open.set(session.endpoint, entry);
+      }
+      if (session.state === "ready") entry.ready++;
+      entry.pending += session.pendingCount;
+    }
     const stats: EndpointStats[] = [];
     for (const [name, member] of this.#members) {
-      let pending = 0;
-      const ready = this.#host.readySessions(name);
-      for (const session of ready) pending += session.pendingCount;
+      const { ready, pending } = open.get(name) ?? { ready: 0, pending: 0 };
       stats.push({
         endpoint: name,
         state: member.state,
-        ready: ready.length,
+        ready,
         pending,
         connectFailures: member.connectFailures,
         requestFailures: member.requestFailures,

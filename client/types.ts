@@ -76,7 +76,7 @@ export interface EndpointStats {
   state: "active" | "ejected" | "draining";
   /** Its sessions that are ready. */
   ready: number;
-  /** Requests pending on those sessions. */
+  /** Requests pending on its open sessions (draining ones included). */
   pending: number;
   /** Connection attempts that failed in a row. */
   connectFailures: number;
