@@ -61,6 +61,10 @@ const STATUS_EVENTS = [
   "reconnecting",
   "drain",
   "error",
+  "endpoint-added",
+  "endpoint-removed",
+  "endpoint-ejected",
+  "endpoint-returned",
   "close",
 ] as const;
 

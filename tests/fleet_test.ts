@@ -402,6 +402,7 @@ Deno.test("dial() with an endpoint source takes back an endpoint listed again wh
   try {
     await using client = await dial(feed);
     using log = events(client);
+    const status = client.status()[Symbol.asyncIterator]();
     const hold = client.request(enc("hold"));
     await held.promise;
     feed.push([at(b)]);
@@ -423,6 +424,19 @@ Deno.test("dial() with an endpoint source takes back an endpoint listed again wh
     );
     release.resolve();
     assert.equal(dec(await hold), "hold");
+    // status() streams the fleet's events too.
+    const seen: string[] = [];
+    while (!seen.includes("endpoint-added")) {
+      const next = await status.next();
+      if (next.done) break;
+      seen.push(next.value.type);
+    }
+    assert.deepEqual(
+      seen.filter((type) => type.startsWith("endpoint-")),
+      // The first endpoint-added came before status() was opened.
+      ["endpoint-removed", "endpoint-added"],
+    );
+    await status.return?.();
   } finally {
     release.resolve();
     await closeAll([a, b]);
