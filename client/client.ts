@@ -38,7 +38,7 @@ import {
   statusStream,
 } from "../streams/status.ts";
 import { SendStream } from "../streams/writable.ts";
-import { type EjectionSettings, Fleet } from "./fleet.ts";
+import type { EjectionSettings, Fleet } from "./fleet.ts";
 import type { EndpointSource } from "./discovery.ts";
 import { Router, type Routing } from "./router.ts";
 import type {
@@ -179,23 +179,17 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       gaveUp: () => this.#pool.allStopped(),
       lastError: () => this.#pool.lastError(),
     });
-    this.#fleet = this.#makeFleet(setup);
     this.#pool = new Pool({
-      fleet: this.#fleet,
-      sessionsPerEndpoint: setup.sessionsPerEndpoint,
-      connectTimeout: setup.connectTimeout,
-      framed: dialect.framed,
-      options,
+      setup,
       config: this.#config,
-      logger,
       router: this.#router,
       emit: (detail) => this.#emit(detail),
     });
+    this.#fleet = this.#pool.fleet;
     this.#housekeeper = new Housekeeper(
       () => this.#pool.sessions,
       setup.liveness,
     );
-    this.#fleet.update(setup.endpoints);
   }
 
   static {
@@ -208,29 +202,10 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     };
   }
 
-  /** The fleet: its endpoints' slots live in the pool, its routes in the router. */
-  #makeFleet(setup: ClientSetup<T>): Fleet<T> {
-    return new Fleet<T>(
-      {
-        router: this.#router,
-        logger: setup.logger,
-        emit: (detail) => this.#emit(detail),
-        drainTimeout: setup.drainTimeout,
-        add: (endpoint) => this.#pool.addEndpoint(endpoint),
-        remove: (name, timeout) => this.#pool.removeEndpoint(name, timeout),
-        readySessions: (name) => this.#pool.readySessions(name),
-        sessions: () => this.#pool.sessions,
-      },
-      setup.ejection,
-      setup.source,
-    );
-  }
-
   /** Starts the liveness checks and the slots. */
   #start(): void {
     this.#housekeeper.start();
     this.#pool.start();
-    this.#fleet.start();
   }
 
   /** The sessions currently open (ready, handshaking or draining). */

@@ -19,7 +19,9 @@ import {
 import { after } from "../_timeouts.ts";
 import type { Router } from "./router.ts";
 import { Slot, type SlotHost } from "./slot.ts";
-import type { ClientEventDetail, DialOptions } from "./types.ts";
+import type { ClientEventDetail } from "./types.ts";
+import type { ClientSetup } from "./client.ts";
+import { Fleet } from "./fleet.ts";
 
 /**
  * What the pool asks of the client's fleet (`fleet.ts`): whether an
@@ -38,16 +40,9 @@ export interface PoolFleet {
 
 /** What the pool is made of. */
 export interface PoolOptions<T> {
-  /** Adds and removes endpoints (through {@linkcode Pool.addEndpoint}). */
-  fleet: PoolFleet;
-  sessionsPerEndpoint: number;
-  /** Milliseconds (`Infinity` = none). */
-  connectTimeout: number;
-  framed: boolean;
-  /** The user's options: `tls`, `onConnect`, `reconnect`. */
-  options: DialOptions<T>;
+  /** The client's resolved options. */
+  setup: ClientSetup<T>;
   config: SessionConfig<T>;
-  logger: Logger;
   router: Router<T>;
   emit(detail: ClientEventDetail): void;
 }
@@ -65,6 +60,8 @@ export class Pool<T> implements SlotHost<T> {
   readonly framed: boolean;
   readonly onConnect: SlotHost<T>["onConnect"];
   readonly reconnect: SlotHost<T>["reconnect"];
+  /** The endpoints, their health, and where they come from. */
+  readonly fleet: Fleet<T>;
   readonly #stop = new AbortController();
   readonly #slots: Slot<T>[] = [];
   /** Sessions open (handshaking, ready or draining). */
@@ -72,24 +69,38 @@ export class Pool<T> implements SlotHost<T> {
   readonly #firstReady = Promise.withResolvers<void>();
   readonly #router: Router<T>;
   readonly #emit: (detail: ClientEventDetail) => void;
-  readonly #fleet: PoolFleet;
   readonly #sessionsPerEndpoint: number;
   #started = false;
   #reconnects = 0;
 
   constructor(options: PoolOptions<T>) {
+    const { setup, router, emit } = options;
     this.config = options.config;
-    this.logger = options.logger;
-    this.tls = options.options.tls;
-    this.connectTimeout = options.connectTimeout;
-    this.framed = options.framed;
-    this.onConnect = options.options.onConnect;
-    this.reconnect = options.options.reconnect ?? {};
-    this.#router = options.router;
-    this.#emit = options.emit;
-    this.#fleet = options.fleet;
-    this.#sessionsPerEndpoint = options.sessionsPerEndpoint;
+    this.logger = setup.logger;
+    this.tls = setup.options.tls;
+    this.connectTimeout = setup.connectTimeout;
+    this.framed = setup.dialect.framed;
+    this.onConnect = setup.options.onConnect;
+    this.reconnect = setup.options.reconnect ?? {};
+    this.#router = router;
+    this.#emit = emit;
+    this.#sessionsPerEndpoint = setup.sessionsPerEndpoint;
     this.#firstReady.promise.catch(() => {});
+    this.fleet = new Fleet<T>(
+      {
+        router,
+        logger: setup.logger,
+        emit,
+        drainTimeout: setup.drainTimeout,
+        add: (endpoint) => this.addEndpoint(endpoint),
+        remove: (name, timeout) => this.removeEndpoint(name, timeout),
+        readySessions: (name) => this.readySessions(name),
+        sessions: () => this.#sessions,
+      },
+      setup.ejection,
+      setup.source,
+    );
+    this.fleet.update(setup.endpoints);
   }
 
   /**
@@ -199,6 +210,7 @@ export class Pool<T> implements SlotHost<T> {
   start(): void {
     this.#started = true;
     for (const slot of this.#slots) slot.start();
+    this.fleet.start();
   }
 
   /**
@@ -250,16 +262,16 @@ export class Pool<T> implements SlotHost<T> {
   }
 
   ready(slot: Slot<T>, session: SessionImpl<T>): void {
-    this.#fleet.connected(slot.name);
+    this.fleet.connected(slot.name);
     // An ejected endpoint's session waits for the endpoint's return.
-    if (this.#fleet.routable(slot.name)) this.#router.add(session);
+    if (this.fleet.routable(slot.name)) this.#router.add(session);
     this.#emit({ type: "ready", endpoint: slot.name, session: session.id });
     this.#firstReady.resolve();
     this.#router.wake();
   }
 
   holdOff(slot: Slot<T>): number {
-    return this.#fleet.holdOff(slot.name);
+    return this.fleet.holdOff(slot.name);
   }
 
   failed(
@@ -267,7 +279,7 @@ export class Pool<T> implements SlotHost<T> {
     error: unknown,
     mismatch: ProtocolMismatchError | undefined,
   ): void {
-    this.#fleet.connectFailed(slot.name);
+    this.fleet.connectFailed(slot.name);
     this.#emit({ type: "error", endpoint: slot.name, error });
     if (mismatch !== undefined) this.#firstReady.reject(mismatch);
   }
