@@ -76,6 +76,14 @@ export class ConnectionClosedError extends Error {
  */
 export class ProtocolError extends Error {
   /**
+   * Messages decoded before the bad bytes, in the same `decode()` call
+   * (empty when there were none). A session handles them before it closes,
+   * so the outcome does not depend on where reads split the stream. Custom
+   * decoders that throw in the middle of a chunk set it to the messages
+   * they completed first; without it those messages are lost.
+   */
+  decoded: unknown[] = [];
+  /**
    * Creates the error.
    *
    * @param message What was wrong with the bytes.
@@ -442,6 +450,33 @@ export class SlowConsumerError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "SlowConsumerError";
+  }
+}
+
+/**
+ * The server's memory budget (`serve({ memoryBudget })`) stayed exhausted,
+ * and this session was among those buffering the most: its reading was
+ * paused, and it was cut off once the budget had been over for
+ * `memoryBudgetGrace`. Other sessions are not affected.
+ *
+ * @example Usage
+ * ```ts
+ * import { MemoryBudgetError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new MemoryBudgetError("over").name, "MemoryBudgetError");
+ * ```
+ */
+export class MemoryBudgetError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message Who was cut, and how much it held.
+   * @param options `cause`, if any.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "MemoryBudgetError";
   }
 }
 

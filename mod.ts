@@ -149,6 +149,7 @@ export {
   DuplicateIdError,
   FrameTooLargeError,
   isRetryableError,
+  MemoryBudgetError,
   NoSessionError,
   ProtocolError,
   ProtocolMismatchError,

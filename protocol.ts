@@ -14,7 +14,7 @@
  */
 
 import type { Codec, FrameDecoder } from "./framing/codec.ts";
-import { PartialFrame, readU32BE } from "./framing/_buffer.ts";
+import { PartialFrame, readU32BE, withDecoded } from "./framing/_buffer.ts";
 import { FrameTooLargeError, ProtocolError } from "./errors.ts";
 
 /** The kinds of frame of the default protocol, by their wire value. */
@@ -191,11 +191,21 @@ class DefaultDecoder implements FrameDecoder<Frame> {
 
   decode(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
+    try {
+      this.#decodeInto(chunk, frames);
+    } catch (error) {
+      throw withDecoded(error, frames);
+    }
+    return frames;
+  }
+
+  /** The body of decode(): messages go into `frames` (kept when it throws). */
+  #decodeInto(chunk: Uint8Array, frames: Frame[]): void {
     const partial = this.#partial;
     let pos = 0;
     if (partial !== undefined && partial.active) {
       pos = partial.feed(chunk, 0);
-      if (pos < 0) return frames;
+      if (pos < 0) return;
       frames.push(toFrame(partial.take()));
     }
     const end = chunk.length;
@@ -233,7 +243,6 @@ class DefaultDecoder implements FrameDecoder<Frame> {
         (header, at) => afterLength(readU32BE(header, at), max),
       )).feed(chunk, pos);
     }
-    return frames;
   }
 
   end(): void {

@@ -1,5 +1,7 @@
 // Internal helpers shared by the framing codecs. Not exported from mod.ts.
 
+import { ProtocolError } from "../errors.ts";
+
 /** The default `maxFrameBytes` of every framing codec: 8 MiB. */
 export const DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024;
 
@@ -54,6 +56,22 @@ export function markerOption(value: unknown, name: string): Uint8Array {
 export function readU32BE(bytes: Uint8Array, at: number): number {
   return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) |
     (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+/**
+ * Gives a decoder's error the messages that the failing `decode` call
+ * completed before the bad bytes (see `ProtocolError.decoded`), so that they
+ * are not lost with the error.
+ *
+ * @param error What the decoding threw.
+ * @param decoded The messages completed so far in that call.
+ * @returns `error`.
+ */
+export function withDecoded(error: unknown, decoded: unknown[]): unknown {
+  if (decoded.length > 0 && error instanceof ProtocolError) {
+    error.decoded = decoded;
+  }
+  return error;
 }
 
 const EMPTY = new Uint8Array(0);

@@ -23,7 +23,10 @@ export interface FrameDecoder<T> {
    *
    * @param chunk The next bytes of the stream. Owned by the decoder from now on.
    * @returns The completed messages, in order; often empty.
-   * @throws {ProtocolError} When the bytes break the framing.
+   * @throws {ProtocolError} When the bytes break the framing. Messages the
+   * chunk completed before the bad bytes go in the error's `decoded`
+   * (`ProtocolError.decoded`), so that they are still handled:
+   * the built-in decoders do so, and a custom decoder should too.
    * @throws {FrameTooLargeError} When a frame announces more than the limit.
    */
   decode(chunk: Uint8Array): T[];
@@ -99,7 +102,9 @@ export interface Codec<T> {
  * one stream chunk per message), so a decoder works on any byte stream: a
  * file, a pipe, `conn.readable`. Empty batches are not emitted. At the end of
  * the input it calls the decoder's `end()`, so a stream that stops inside a
- * frame errors with `ProtocolError`.
+ * frame errors with `ProtocolError`. When a chunk holds bad bytes, the
+ * messages before them (the error's `decoded`) are emitted first, then the
+ * stream errors.
  *
  * @typeParam T The message type.
  * @param decoder A fresh decoder (or a codec, whose `decoder()` is called).
@@ -125,12 +130,27 @@ export function decoderStream<T>(
   const state: FrameDecoder<T> = "decode" in decoder
     ? decoder
     : decoder.decoder();
+  // Set when a chunk held bad bytes after some messages: those are emitted
+  // first, the error with the next chunk or the end (erroring at once would
+  // drop a batch that is still queued).
+  let failed: { error: unknown } | undefined;
   return new TransformStream<Uint8Array, T[]>({
     transform(chunk, controller) {
-      const batch = state.decode(chunk);
+      if (failed !== undefined) throw failed.error;
+      let batch: T[];
+      try {
+        batch = state.decode(chunk);
+      } catch (error) {
+        const decoded = (error as { decoded?: unknown } | null)?.decoded;
+        if (!Array.isArray(decoded) || decoded.length === 0) throw error;
+        failed = { error };
+        controller.enqueue(decoded as T[]);
+        return;
+      }
       if (batch.length > 0) controller.enqueue(batch);
     },
     flush() {
+      if (failed !== undefined) throw failed.error;
       state.end?.();
     },
   });

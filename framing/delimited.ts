@@ -12,6 +12,7 @@ import {
   markerOption,
   maxFrameBytesOption,
   PartialBytes,
+  withDecoded,
 } from "./_buffer.ts";
 
 /** Options of {@linkcode delimited}. */
@@ -72,6 +73,16 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
 
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
+    try {
+      this.#decodeInto(chunk, out);
+    } catch (error) {
+      throw withDecoded(error, out);
+    }
+    return out;
+  }
+
+  /** The body of decode(): messages go into `out` (kept when it throws). */
+  #decodeInto(chunk: Uint8Array, out: Uint8Array[]): void {
     let pos = 0;
     if (this.#partial.length > 0 || this.#startRead > 0) {
       pos = this.#resume(chunk, out);
@@ -85,12 +96,12 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
     while (pos < length) {
       if (!this.#inside) {
         pos = this.#readStart(chunk, pos, 0);
-        if (pos === length) return out;
+        if (pos === length) return;
       }
       const end = indexOfBytes(chunk, delimiter, pos);
       if (end < 0) {
         this.#keep(chunk, pos);
-        return out;
+        return;
       }
       if (end - pos > this.#max) {
         throw new FrameTooLargeError(this.#max, end - pos);
@@ -99,7 +110,6 @@ class DelimitedDecoder implements FrameDecoder<Uint8Array> {
       pos = end + delimiter.length;
       if (start !== undefined) this.#inside = false;
     }
-    return out;
   }
 
   end(): void {

@@ -7,7 +7,12 @@
 
 import { FrameTooLargeError, ProtocolError } from "../errors.ts";
 import type { Codec, CorrelationId, FrameDecoder } from "./codec.ts";
-import { maxFrameBytesOption, PartialFrame, readU32BE } from "./_buffer.ts";
+import {
+  maxFrameBytesOption,
+  PartialFrame,
+  readU32BE,
+  withDecoded,
+} from "./_buffer.ts";
 
 /** Options of {@linkcode lengthPrefixed}. */
 export interface LengthPrefixedOptions {
@@ -248,11 +253,21 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
   // of a call per frame (to read the field or to cut the message).
   decode(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
+    try {
+      this.#decodeInto(chunk, out);
+    } catch (error) {
+      throw withDecoded(error, out);
+    }
+    return out;
+  }
+
+  /** The body of decode(): messages go into `out` (kept when it throws). */
+  #decodeInto(chunk: Uint8Array, out: Uint8Array[]): void {
     const partial = this.#partial;
     let pos = 0;
     if (partial.active) {
       pos = partial.feed(chunk, 0);
-      if (pos < 0) return out;
+      if (pos < 0) return;
       out.push(partial.take());
     }
     const config = this.#config;
@@ -304,7 +319,6 @@ class LengthPrefixedDecoder implements FrameDecoder<Uint8Array> {
       }
     }
     if (pos < length) partial.feed(chunk, pos);
-    return out;
   }
 
   end(): void {

@@ -9,7 +9,7 @@
 
 import { FrameTooLargeError, ProtocolError, RemoteError } from "../errors.ts";
 import type { Codec, FrameDecoder } from "./codec.ts";
-import { maxFrameBytesOption, PartialBytes } from "./_buffer.ts";
+import { maxFrameBytesOption, PartialBytes, withDecoded } from "./_buffer.ts";
 
 /**
  * A RESP2 value, as decoded and as encoded:
@@ -310,6 +310,16 @@ class RespDecoder implements FrameDecoder<RespValue> {
 
   decode(chunk: Uint8Array): RespValue[] {
     const out: RespValue[] = [];
+    try {
+      this.#decodeInto(chunk, out);
+    } catch (error) {
+      throw withDecoded(error, out);
+    }
+    return out;
+  }
+
+  /** The body of decode(): messages go into `out` (kept when it throws). */
+  #decodeInto(chunk: Uint8Array, out: RespValue[]): void {
     const length = chunk.length;
     let pos = 0;
     if (this.#line.length > 0) pos = this.#resumeLine(chunk, out);
@@ -318,14 +328,13 @@ class RespDecoder implements FrameDecoder<RespValue> {
       const cr = chunk.indexOf(CR, pos + 1);
       if (cr < 0 || cr + 1 === length) {
         this.#startLine(chunk, pos);
-        return out;
+        return;
       }
       if (chunk[cr + 1] !== LF) throw missingCrlf("a header line");
       const size = this.#header(chunk, pos, cr, out);
       pos = cr + 2;
       if (size >= 0) pos = this.#body(chunk, pos, size, out);
     }
-    return out;
   }
 
   end(): void {

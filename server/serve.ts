@@ -102,6 +102,25 @@ export interface ServeOptions<T>
    */
   maxConnections?: number;
   /**
+   * Bytes all sessions together may buffer: frames in progress, decoded
+   * requests waiting for a handler slot, replies queued for peers that do
+   * not read. Past it, the sessions buffering the most stop reading (TCP
+   * pushes back on their peers); those still paused after
+   * `memoryBudgetGrace` while it stays exceeded are cut off with
+   * `MemoryBudgetError` (logged, counted in `stats().budgetCuts`), biggest
+   * first. At least `maxFrameBytes`. 0 or `Infinity` = no budget.
+   *
+   * @default {268435456}
+   */
+  memoryBudget?: number;
+  /**
+   * Milliseconds a session paused by the memory budget is given before it
+   * may be cut off, while the budget stays exceeded.
+   *
+   * @default {2000}
+   */
+  memoryBudgetGrace?: number;
+  /**
    * Expect a PROXY protocol (v1 or v2) header on every connection; the
    * session's `remoteAddr` is then the original client's. A connection
    * without a valid header is closed.
@@ -214,6 +233,10 @@ function isListener<T>(
 export interface ServerSettings {
   session: SessionSettings;
   maxConnections: number;
+  /** Bytes; `Infinity` = no budget. */
+  memoryBudget: number;
+  /** Milliseconds. */
+  memoryBudgetGrace: number;
   /** The PROXY header expected on each connection; `undefined` = none. */
   proxyProtocol: ProxyProtocolOptions | undefined;
   /** `Infinity` = no limit. */
@@ -222,18 +245,41 @@ export interface ServerSettings {
   trustedProxies: AddressMatcher | undefined;
 }
 
+/** The default `memoryBudget`: 256 MiB. */
+const DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024;
+
+/** Checks `memoryBudget`; `Infinity` for none. */
+function memoryBudgetOption(value: number, maxFrameBytes: number): number {
+  if (value === 0 || value === Infinity) return Infinity;
+  if (!Number.isSafeInteger(value) || value < maxFrameBytes) {
+    throw new RangeError(
+      `Cannot use memoryBudget ${
+        String(value)
+      }: expected an integer >= maxFrameBytes (${maxFrameBytes}), or 0 or Infinity for none`,
+    );
+  }
+  return value;
+}
+
 function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
   const proxy = typeof options.proxyProtocol === "object"
     ? options.proxyProtocol
     : {};
+  const session = resolveSessionOptions(options);
   return {
-    session: {
-      ...resolveSessionOptions(options),
-      correlation: serverCorrelation(options),
-    },
+    session: { ...session, correlation: serverCorrelation(options) },
     maxConnections: countOption(
       options.maxConnections ?? 10_000,
       "maxConnections",
+      1,
+    ),
+    memoryBudget: memoryBudgetOption(
+      options.memoryBudget ?? DEFAULT_MEMORY_BUDGET,
+      session.maxFrameBytes,
+    ),
+    memoryBudgetGrace: countOption(
+      options.memoryBudgetGrace ?? 2000,
+      "memoryBudgetGrace",
       1,
     ),
     proxyProtocol: options.proxyProtocol ? proxy : undefined,

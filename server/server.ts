@@ -18,6 +18,7 @@ import { Housekeeper } from "../_housekeeping.ts";
 import { deadlineMs, timeoutOption } from "../_util.ts";
 import type { SessionSettings } from "../options.ts";
 import { type SessionConfig, SessionImpl } from "../session/session.ts";
+import { MemoryBudget } from "../session/budget.ts";
 import {
   type Counters,
   type Handler,
@@ -82,7 +83,26 @@ export interface ServerStats extends Counters {
    * (`shutdown({ leaveFor })`).
    */
   healthChecksFailed: number;
+  /**
+   * Bytes the sessions buffer now, as counted by the memory budget
+   * (`memoryBudget`): frames in progress, decoded requests waiting for a
+   * handler slot, queued writes. 0 without a budget.
+   */
+  bufferedBytes: number;
+  /** The most {@linkcode ServerStats.bufferedBytes} has been. */
+  bufferedPeak: number;
+  /** Times the memory budget paused a session's reading. */
+  budgetPauses: number;
+  /** Sessions cut off by the memory budget (`MemoryBudgetError`). */
+  budgetCuts: number;
 }
+
+const NO_BUDGET = Object.freeze({
+  bufferedBytes: 0,
+  bufferedPeak: 0,
+  budgetPauses: 0,
+  budgetCuts: 0,
+});
 
 /** Detail of server events (`event.detail` of a `CustomEvent`). */
 export type ServerEventDetail =
@@ -121,6 +141,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #correlator = new Correlator();
   readonly #counters: Counters = newCounters();
   readonly #housekeeper: Housekeeper<T>;
+  readonly #budget: MemoryBudget | undefined;
   readonly #logger: Logger;
   readonly #finished = Promise.withResolvers<ShutdownReport>();
   #handler: ServerHandler<T> | undefined;
@@ -152,6 +173,13 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.#handler = options.handler;
     this.#logger = safeLogger(options.logger);
     this.#finished.promise.catch(() => {});
+    this.#budget = settings.memoryBudget === Infinity
+      ? undefined
+      : new MemoryBudget(
+        settings.memoryBudget,
+        settings.memoryBudgetGrace,
+        this.#logger,
+      );
     this.#config = {
       side: "server",
       dialect,
@@ -169,6 +197,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       highWaterMark: settings.session.outboundBuffer,
       maxWriteBytes: settings.session.maxWriteBytes,
       requestTimeout: deadlineMs(settings.session.requestTimeout),
+      ...(this.#budget === undefined ? {} : { budget: this.#budget }),
       onClose: (session) => this.#sessionClosed(session),
       onPeerDrain: () => {},
     };
@@ -386,6 +415,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       refused: this.#acceptor.refused,
       rejected: this.#acceptor.rejected,
       healthChecksFailed: this.#acceptor.healthChecksFailed,
+      ...(this.#budget?.stats() ?? NO_BUDGET),
     };
   }
 
@@ -481,6 +511,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
         stopTimers: () => {
           this.#housekeeper.stop();
           this.#correlator.close();
+          this.#budget?.close();
         },
       },
       options,

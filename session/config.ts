@@ -9,6 +9,7 @@ import type { CorrelationId } from "../framing/codec.ts";
 import type { Correlator, Pending } from "../_correlation.ts";
 import type { Dialect } from "./dialect.ts";
 import type { Logger } from "../logger.ts";
+import type { MemoryBudget } from "./budget.ts";
 import type { Counters, Handler, Session } from "./types.ts";
 import type { SessionImpl } from "./session.ts";
 
@@ -41,6 +42,8 @@ export interface SessionConfig<T> {
   highWaterMark: number;
   maxWriteBytes: number;
   requestTimeout: number;
+  /** The server's memory budget, shared by its sessions (none on clients). */
+  budget?: MemoryBudget;
   /** Called once when the session has closed. */
   onClose(session: SessionImpl<T>): void;
   /** Called when the peer asked us to stop sending requests. */

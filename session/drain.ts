@@ -144,6 +144,35 @@ export function peerEnded<T>(s: Draining<T>): void {
   );
 }
 
+/** How long handlers get to answer what came before a peer's bad bytes. */
+const BAD_INPUT_GRACE_MS = 5000;
+
+/**
+ * The peer sent bad bytes, and reading has stopped. What it sent before
+ * them is still handled: handlers finish and their answers are written
+ * (for at most {@linkcode BAD_INPUT_GRACE_MS}), then the session closes
+ * with `reason`. No new request of ours goes out on it, and those pending
+ * fail at once (no reply can be read).
+ */
+export function finishThenClose<T>(s: Draining<T>, reason: unknown): void {
+  // Nothing owed: close at once, as any failure does.
+  if (s.gate.idle && s.queue.idle) return s.close(reason);
+  if (!s.life.drain()) return;
+  s.failPending(
+    reason instanceof ConnectionClosedError
+      ? reason
+      : new ConnectionClosedError(
+        `Session ${s.session.id} closed: the peer sent bad input`,
+        { cause: reason },
+      ),
+  );
+  const cancel = after(BAD_INPUT_GRACE_MS, () => s.close(reason));
+  s.whenIdle().then(() => {
+    cancel();
+    s.close(reason);
+  });
+}
+
 /**
  * Graceful close: stop taking requests, tell the peer (drain frame, or the
  * `onDrain` hook), let handlers finish and replies flush, wait for our own

@@ -22,6 +22,17 @@ import type { SlabReader } from "./reader.ts";
 import type { Counters } from "./types.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
+/**
+ * The most bytes decoded at once: a larger read is decoded in slices, each
+ * dispatched before the next is decoded, so a session whose reading pauses
+ * mid-read (its handlers are at their limit, or the memory budget is
+ * exceeded) holds at most one slice's messages decoded, the rest as bytes.
+ */
+const DECODE_SLICE_BYTES = 64 * 1024;
+
+/** The estimated cost of a decoded message beyond its wire bytes (objects, views). */
+const MESSAGE_OVERHEAD_BYTES = 128;
+
 /** The session, as the loop sees it. */
 export interface ReadLoopSession {
   readonly side: "client" | "server";
@@ -34,6 +45,22 @@ export interface ReadLoopSession {
   isClosed(): boolean;
   /** The peer ended its side (called once the last batch is dispatched). */
   ended(): void;
+  /**
+   * The peer sent bad bytes (the error the decoder threw); the messages
+   * before them have been dispatched. Reading has stopped.
+   */
+  badInput(error: unknown): void;
+  /**
+   * What the read side buffers now, for the memory budget: `partial` bytes
+   * of a message in progress, `undispatched` decoded messages not yet
+   * dispatched, each estimated at `perMessage` bytes. Returns a promise to
+   * wait on when the budget paused this session's reading.
+   */
+  buffered(
+    partial: number,
+    undispatched: number,
+    perMessage: number,
+  ): Promise<void> | undefined;
 }
 
 /**
@@ -52,10 +79,16 @@ export async function readLoop<T>(
   stats: { messagesIn: number; bytesIn: number },
 ): Promise<void> {
   const liveness = session.liveness;
+  /** Bytes fed to the decoder since it last completed a message. */
+  let partial = 0;
   for (;;) {
     const chunk = await reader.read();
     if (chunk === null) {
-      decoder.end?.();
+      try {
+        decoder.end?.();
+      } catch (error) {
+        return session.badInput(error);
+      }
       break;
     }
     if (session.isClosed()) return;
@@ -64,30 +97,63 @@ export async function readLoop<T>(
     liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
-    let batch: unknown[];
-    try {
-      batch = decoder.decode(chunk);
-    } catch (error) {
-      throw firstBytesError(session, stats, chunk, error);
+    for (let start = 0; start < chunk.length;) {
+      const end = Math.min(chunk.length, start + DECODE_SLICE_BYTES);
+      const slice = end - start === chunk.length
+        ? chunk
+        : chunk.subarray(start, end);
+      start = end;
+      let batch: unknown[];
+      let bad: { error: unknown } | undefined;
+      try {
+        batch = decoder.decode(slice);
+      } catch (error) {
+        batch = decodedBefore(error);
+        bad = { error: badBytes(session, stats, chunk, slice, batch, error) };
+      }
+      const count = batch.length;
+      stats.messagesIn += count;
+      counters.messagesIn += count;
+      // Idle means no whole message: bytes that never finish a frame (a
+      // peer trickling, a slowloris) must not keep a session for ever.
+      let perMessage = 0;
+      if (count > 0) {
+        liveness.lastMessageAt = now;
+        perMessage = (partial + slice.length) / count + MESSAGE_OVERHEAD_BYTES;
+        partial = 0;
+      } else {
+        partial += slice.length;
+      }
+      // Replies keep flowing while the handlers are at their limit; only
+      // held requests stop the reading.
+      let next = dispatchFrom(session, dispatcher, gate, batch, 0);
+      while (next >= 0) {
+        const budget = session.buffered(partial, count - next, perMessage);
+        while (gate.readingPaused()) await gate.slotFree();
+        if (budget !== undefined) await budget;
+        next = dispatchFrom(session, dispatcher, gate, batch, next);
+      }
+      if (session.isClosed()) return;
+      if (bad !== undefined) return session.badInput(bad.error);
+      const budget = session.buffered(partial, 0, perMessage);
+      if (budget !== undefined) await budget;
+      if (session.isClosed()) return;
     }
-    stats.messagesIn += batch.length;
-    counters.messagesIn += batch.length;
-    // Idle means no whole message: bytes that never finish a frame (a peer
-    // trickling, a slowloris) must not keep a session for ever.
-    if (batch.length > 0) liveness.lastMessageAt = now;
-    // Replies keep flowing while the handlers are at their limit; only
-    // held requests stop the reading.
-    let next = dispatchFrom(session, dispatcher, gate, batch, 0);
-    while (next >= 0) {
-      while (gate.readingPaused()) await gate.slotFree();
-      next = dispatchFrom(session, dispatcher, gate, batch, next);
-    }
-    if (session.isClosed()) return;
     // Backpressure from our own write side: a peer that does not read
     // our replies stops being read.
     if (queue.full) await queue.room();
   }
   session.ended();
+}
+
+/**
+ * The messages a decoder's error says it completed before the bad bytes
+ * (see `ProtocolError.decoded`): they are still handled, so that where
+ * reads split the stream does not change what runs.
+ */
+function decodedBefore(error: unknown): unknown[] {
+  const decoded = (error as { decoded?: unknown } | null)?.decoded;
+  return Array.isArray(decoded) ? decoded : [];
 }
 
 /**
@@ -114,19 +180,25 @@ function dispatchFrom<T>(
 }
 
 /**
- * The error for a chunk the decoder refused. When it is the session's first
- * chunk and its bytes are a foreign protocol's (TLS, HTTP, SSH), a
+ * The error for a slice the decoder refused. When it starts the session's
+ * first chunk, decoded nothing, and its bytes are a foreign protocol's
+ * (TLS, HTTP, SSH), a
  * `ProtocolMismatchError` that says so, with the decoder's error as
  * `cause`; otherwise the decoder's error. Only the first chunk is sniffed:
  * later bytes do not start at the peer's first byte.
  */
-function firstBytesError(
+function badBytes(
   session: ReadLoopSession,
   stats: { messagesIn: number; bytesIn: number },
   chunk: Uint8Array,
+  slice: Uint8Array,
+  decoded: unknown[],
   error: unknown,
 ): unknown {
-  if (stats.messagesIn !== 0 || stats.bytesIn !== chunk.length) return error;
+  if (
+    stats.messagesIn !== 0 || stats.bytesIn !== chunk.length ||
+    decoded.length > 0 || slice.byteOffset !== chunk.byteOffset
+  ) return error;
   const peer = formatAddr(session.remoteAddr);
   return protocolMismatch(chunk, session.side, peer, error) ?? error;
 }

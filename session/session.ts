@@ -30,9 +30,11 @@ import {
   type Draining,
   drainingOf,
   drainOnce,
+  finishThenClose,
   peerDrained,
   peerEnded,
 } from "./drain.ts";
+import type { BudgetUser } from "./budget.ts";
 import { type GateOwner, HandlerGate } from "./handlers.ts";
 import { Lifecycle } from "./lifecycle.ts";
 import { Outbound, type OutboundOwner } from "./outbound.ts";
@@ -85,7 +87,8 @@ export class SessionImpl<T>
     WriteQueueOwner,
     GateOwner<T>,
     OutboundOwner,
-    DispatchOwner {
+    DispatchOwner,
+    BudgetUser {
   readonly id: number = nextSessionId++;
   readonly side: "client" | "server";
   readonly localAddr: Deno.Addr;
@@ -120,6 +123,16 @@ export class SessionImpl<T>
   /** Made when a drain (either side's) or the peer's end first needs it. */
   #draining: Draining<T> | undefined;
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
+  /** @internal Bytes last reported to the memory budget. */
+  accounted = 0;
+  /** @internal When the memory budget paused the reading; 0 = reading. */
+  pausedAt = 0;
+  /** What the read side last said it buffers (see {@linkcode buffered}). */
+  #partialBytes = 0;
+  #undispatched = 0;
+  #perMessage = 0;
+  /** The read loop waits on it while the memory budget pauses it. */
+  #resume: PromiseWithResolvers<void> | undefined;
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
     this.#conn = conn;
@@ -327,6 +340,54 @@ export class SessionImpl<T>
     this.#life.checkIdle();
   }
 
+  /** @internal What the read side buffers (see read_loop.ts). */
+  buffered(
+    partial: number,
+    undispatched: number,
+    perMessage: number,
+  ): Promise<void> | undefined {
+    const budget = this.#cfg.budget;
+    if (budget === undefined) return undefined;
+    this.#partialBytes = partial;
+    this.#undispatched = undispatched;
+    if (perMessage > 0) this.#perMessage = perMessage;
+    if (!budget.report(this, this.#measure())) return undefined;
+    return (this.#resume ??= Promise.withResolvers<void>()).promise;
+  }
+
+  /** Bytes this session buffers, estimated for the memory budget. */
+  #measure(): number {
+    return this.#partialBytes +
+      (this.#gate.held + this.#undispatched) * this.#perMessage +
+      this.#queue.bytes;
+  }
+
+  /** @internal The memory budget asks again what the session holds. */
+  remeasure(): void {
+    if (this.#life.state !== "closed") {
+      this.#cfg.budget?.report(this, this.#measure());
+    }
+  }
+
+  /** @internal The memory budget lets the read loop go on. */
+  resumeReading(): void {
+    const resume = this.#resume;
+    this.#resume = undefined;
+    resume?.resolve();
+  }
+
+  /** @internal The peer sent bad bytes: finish what came before, then close. */
+  badInput(error: unknown): void {
+    if (this.#life.state === "closed") return;
+    const reason = failure(
+      error,
+      this.id,
+      formatAddr(this.#remoteAddr),
+      this.#cfg,
+    );
+    finishThenClose(this.#drainParts(), reason);
+  }
+
   #fail(error: unknown): void {
     if (this.#life.state === "closed") return;
     this.close(
@@ -359,6 +420,8 @@ export class SessionImpl<T>
     // Last: an abort listener that sends meets a queue already closed.
     this.#gate.stopHandlers(reason ?? new ClosedError("Session closed"));
     this.#life.checkIdle();
+    this.#cfg.budget?.leave(this);
+    this.resumeReading();
     this.#cfg.onClose(this);
     this.#resolveClosed();
   }

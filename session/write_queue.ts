@@ -102,6 +102,11 @@ export class WriteQueue {
     return this.#queued;
   }
 
+  /** Bytes queued and being written. */
+  get bytes(): number {
+    return this.#outLength + this.#writingBytes;
+  }
+
   /** The stream position the next queued byte will have. */
   get position(): number {
     return this.outBase + this.#outLength;

@@ -1,0 +1,205 @@
+/**
+ * A server-wide budget for the bytes its sessions buffer: frames in
+ * progress, decoded messages waiting for a handler slot, queued writes.
+ * Per-session limits multiply with the number of peers; this bounds their
+ * sum. When it is exceeded, the sessions buffering the most stop reading
+ * (TCP pushes back on their peers); if the budget is still exceeded once
+ * they have been paused for the grace period, they are cut off, biggest
+ * first, until it is not.
+ *
+ * Sessions report what they hold at their own pace (after each decoded
+ * slice of a read, and when they close); the budget's timer, armed only
+ * while some session is paused, asks paused ones again.
+ *
+ * @module
+ */
+
+import { MemoryBudgetError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+
+/** A session as the budget sees it. */
+export interface BudgetUser {
+  readonly id: number;
+  /** Bytes last reported (see {@linkcode MemoryBudget.report}). */
+  accounted: number;
+  /** `performance.now()` when the budget paused its reading; 0 = reading. */
+  pausedAt: number;
+  /** Measures what it holds now and reports it. */
+  remeasure(): void;
+  /** Its reading may go on. */
+  resumeReading(): void;
+  /** Closes it with `reason`. */
+  close(reason: unknown): void;
+}
+
+/** Paused sessions read again once the total falls to this share of the limit. */
+const RESUME_SHARE = 0.5;
+
+/** What {@linkcode MemoryBudget.stats} reports. */
+export interface BudgetStats {
+  /** Bytes buffered by all sessions now (as last reported). */
+  bufferedBytes: number;
+  /** The most ever buffered at once. */
+  bufferedPeak: number;
+  /** Times a session's reading was paused by the budget. */
+  budgetPauses: number;
+  /** Sessions cut off by the budget. */
+  budgetCuts: number;
+}
+
+/** The budget shared by the sessions of one server. */
+export class MemoryBudget {
+  readonly limit: number;
+  readonly #grace: number;
+  readonly #logger: Logger;
+  /** Sessions holding bytes (accounted > 0). */
+  readonly #users = new Set<BudgetUser>();
+  readonly #paused = new Set<BudgetUser>();
+  #used = 0;
+  /** Of #used, what paused sessions hold. */
+  #pausedBytes = 0;
+  #peak = 0;
+  #pauses = 0;
+  #cuts = 0;
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  /**
+   * @param limit Bytes all sessions may buffer together.
+   * @param grace Milliseconds a paused session is given before it may be
+   * cut off, while the budget stays exceeded.
+   */
+  constructor(limit: number, grace: number, logger: Logger) {
+    this.limit = limit;
+    this.#grace = grace;
+    this.#logger = logger;
+  }
+
+  /** Bytes buffered now, as last reported. */
+  get used(): number {
+    return this.#used;
+  }
+
+  stats(): BudgetStats {
+    return {
+      bufferedBytes: this.#used,
+      bufferedPeak: this.#peak,
+      budgetPauses: this.#pauses,
+      budgetCuts: this.#cuts,
+    };
+  }
+
+  /**
+   * A session holds `bytes` now. Returns whether it must pause its reading
+   * (the budget is exceeded and it is among the biggest users).
+   */
+  report(user: BudgetUser, bytes: number): boolean {
+    const delta = bytes - user.accounted;
+    if (delta !== 0) {
+      user.accounted = bytes;
+      this.#used += delta;
+      if (user.pausedAt > 0) this.#pausedBytes += delta;
+      if (bytes === 0) this.#users.delete(user);
+      else if (bytes === delta) this.#users.add(user);
+      if (this.#used > this.#peak) this.#peak = this.#used;
+    }
+    if (this.#used > this.limit) this.#overLimit();
+    else if (this.#paused.size > 0) this.#maybeResume();
+    return user.pausedAt > 0;
+  }
+
+  /** A session closed: it holds nothing any more. */
+  leave(user: BudgetUser): void {
+    if (user.pausedAt > 0) {
+      this.#pausedBytes -= user.accounted;
+      this.#paused.delete(user);
+      user.pausedAt = 0;
+    }
+    this.#used -= user.accounted;
+    user.accounted = 0;
+    this.#users.delete(user);
+    if (this.#paused.size === 0) this.#stopTimer();
+    else this.#maybeResume();
+  }
+
+  /** Stops the timer (the server has stopped). */
+  close(): void {
+    this.#stopTimer();
+  }
+
+  /**
+   * Pauses the biggest users that still read until what the others hold
+   * is at most half the limit: reading sessions keep room to work in.
+   */
+  #overLimit(): void {
+    const target = this.limit * RESUME_SHARE;
+    if (this.#used - this.#pausedBytes <= target) return;
+    const reading = [...this.#users].filter((user) => user.pausedAt === 0);
+    reading.sort((a, b) => b.accounted - a.accounted);
+    const now = performance.now();
+    let unpaused = this.#used - this.#pausedBytes;
+    for (const user of reading) {
+      if (unpaused <= target) break;
+      user.pausedAt = now;
+      this.#paused.add(user);
+      this.#pausedBytes += user.accounted;
+      unpaused -= user.accounted;
+      this.#pauses++;
+      this.#logger.debug("Pausing a session's reading: memory budget", {
+        session: user.id,
+        buffered: user.accounted,
+        total: this.#used,
+        limit: this.limit,
+      });
+    }
+    this.#timer ??= setInterval(
+      () => this.#tick(),
+      Math.max(10, Math.min(1000, this.#grace / 4)),
+    );
+  }
+
+  /** Lets paused sessions read again once the total is low enough. */
+  #maybeResume(): void {
+    if (this.#used > this.limit * RESUME_SHARE) return;
+    for (const user of [...this.#paused]) {
+      this.#paused.delete(user);
+      this.#pausedBytes -= user.accounted;
+      user.pausedAt = 0;
+      user.resumeReading();
+    }
+    this.#stopTimer();
+  }
+
+  /**
+   * While paused sessions remain: measure them again, and while the budget
+   * is exceeded cut those paused for longer than the grace period, biggest
+   * first.
+   */
+  #tick(): void {
+    for (const user of [...this.#paused]) user.remeasure();
+    if (this.#used <= this.limit) return this.#maybeResume();
+    const now = performance.now();
+    const due = [...this.#paused].filter((user) =>
+      now - user.pausedAt >= this.#grace
+    );
+    due.sort((a, b) => b.accounted - a.accounted);
+    for (const user of due) {
+      if (this.#used <= this.limit) break;
+      const error = new MemoryBudgetError(
+        `Cutting off session ${user.id}: it buffers ${user.accounted} bytes while the server's memory budget (${this.limit} bytes) has been exceeded for ${this.#grace} ms`,
+      );
+      this.#cuts++;
+      this.#logger.warn(error.message, {
+        session: user.id,
+        buffered: user.accounted,
+        total: this.#used,
+        limit: this.limit,
+      });
+      user.close(error);
+    }
+  }
+
+  #stopTimer(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}
