@@ -3,9 +3,9 @@
  * progress, decoded messages waiting for a handler slot, queued writes.
  * Per-session limits multiply with the number of peers; this bounds their
  * sum. When it is exceeded, the sessions buffering the most stop reading
- * (TCP pushes back on their peers); if the budget is still exceeded once
- * they have been paused for the grace period, they are cut off, biggest
- * first, until it is not.
+ * (TCP pushes back on their peers). They read again once the total has
+ * fallen to half the budget; those paused for longer than the grace period
+ * while it has not are cut off, biggest first, until it has.
  *
  * Sessions report what they hold at their own pace (after each decoded
  * slice of a read, and when they close); the budget's timer, armed only
@@ -34,6 +34,13 @@ export interface BudgetUser {
 
 /** Paused sessions read again once the total falls to this share of the limit. */
 const RESUME_SHARE = 0.5;
+/**
+ * While the budget is exceeded, a session that buffers more than this
+ * share of it (at most {@linkcode PAUSE_FLOOR_BYTES}) stops reading when it
+ * next reports; below it (a client in plain request/reply) it reads on.
+ */
+const PAUSE_FLOOR_SHARE = 1 / 32;
+const PAUSE_FLOOR_BYTES = 64 * 1024;
 
 /** What {@linkcode MemoryBudget.stats} reports. */
 export interface BudgetStats {
@@ -50,6 +57,7 @@ export interface BudgetStats {
 /** The budget shared by the sessions of one server. */
 export class MemoryBudget {
   readonly limit: number;
+  readonly #floor: number;
   readonly #grace: number;
   readonly #logger: Logger;
   /** Sessions holding bytes (accounted > 0). */
@@ -70,6 +78,7 @@ export class MemoryBudget {
    */
   constructor(limit: number, grace: number, logger: Logger) {
     this.limit = limit;
+    this.#floor = Math.min(PAUSE_FLOOR_BYTES, limit * PAUSE_FLOOR_SHARE);
     this.#grace = grace;
     this.#logger = logger;
   }
@@ -102,7 +111,7 @@ export class MemoryBudget {
       else if (bytes === delta) this.#users.add(user);
       if (this.#used > this.#peak) this.#peak = this.#used;
     }
-    if (this.#used > this.limit) this.#overLimit();
+    if (this.#used > this.limit) this.#overLimit(user);
     else if (this.#paused.size > 0) this.#maybeResume();
     return user.pausedAt > 0;
   }
@@ -127,26 +136,23 @@ export class MemoryBudget {
   }
 
   /**
-   * Pauses the biggest users that still read until what the others hold
-   * is at most half the limit: reading sessions keep room to work in.
+   * The budget is exceeded: the reporting session stops reading if it
+   * buffers more than the floor, and so does every bigger one, so that
+   * the total stops growing while sessions that buffer little (plain
+   * request/reply) read on.
    */
-  #overLimit(): void {
-    const target = this.limit * RESUME_SHARE;
-    if (this.#used - this.#pausedBytes <= target) return;
-    const reading = [...this.#users].filter((user) => user.pausedAt === 0);
-    reading.sort((a, b) => b.accounted - a.accounted);
+  #overLimit(user: BudgetUser): void {
+    if (user.pausedAt > 0 || user.accounted <= this.#floor) return;
     const now = performance.now();
-    let unpaused = this.#used - this.#pausedBytes;
-    for (const user of reading) {
-      if (unpaused <= target) break;
-      user.pausedAt = now;
-      this.#paused.add(user);
-      this.#pausedBytes += user.accounted;
-      unpaused -= user.accounted;
+    for (const other of this.#users) {
+      if (other.pausedAt > 0 || other.accounted < user.accounted) continue;
+      other.pausedAt = now;
+      this.#paused.add(other);
+      this.#pausedBytes += other.accounted;
       this.#pauses++;
       this.#logger.debug("Pausing a session's reading: memory budget", {
-        session: user.id,
-        buffered: user.accounted,
+        session: other.id,
+        buffered: other.accounted,
         total: this.#used,
         limit: this.limit,
       });
@@ -170,22 +176,24 @@ export class MemoryBudget {
   }
 
   /**
-   * While paused sessions remain: measure them again, and while the budget
-   * is exceeded cut those paused for longer than the grace period, biggest
-   * first.
+   * While paused sessions remain: measure them again; if the total has not
+   * fallen to where they may resume, cut those paused for longer than the
+   * grace period, biggest first, until it has (a paused peer inside a
+   * large frame cannot finish it, so waiting would not help).
    */
   #tick(): void {
     for (const user of [...this.#paused]) user.remeasure();
-    if (this.#used <= this.limit) return this.#maybeResume();
+    const resumeAt = this.limit * RESUME_SHARE;
+    if (this.#used <= resumeAt) return this.#maybeResume();
     const now = performance.now();
     const due = [...this.#paused].filter((user) =>
       now - user.pausedAt >= this.#grace
     );
     due.sort((a, b) => b.accounted - a.accounted);
     for (const user of due) {
-      if (this.#used <= this.limit) break;
+      if (this.#used <= resumeAt) break;
       const error = new MemoryBudgetError(
-        `Cutting off session ${user.id}: it buffers ${user.accounted} bytes while the server's memory budget (${this.limit} bytes) has been exceeded for ${this.#grace} ms`,
+        `Cutting off session ${user.id}: it buffers ${user.accounted} bytes, and the server's memory budget (${this.limit} bytes) has been exhausted for ${this.#grace} ms`,
       );
       this.#cuts++;
       this.#logger.warn(error.message, {

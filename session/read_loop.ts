@@ -23,12 +23,16 @@ import type { Counters } from "./types.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /**
- * The most bytes decoded at once: a larger read is decoded in slices, each
- * dispatched before the next is decoded, so a session whose reading pauses
- * mid-read (its handlers are at their limit, or the memory budget is
- * exceeded) holds at most one slice's messages decoded, the rest as bytes.
+ * A read is decoded in slices of about this many messages (by the size of
+ * the messages decoded last), each dispatched before the next is decoded:
+ * a session whose reading pauses mid-read (its handlers are at their limit,
+ * or the memory budget is exceeded) holds at most one slice's messages
+ * decoded, the rest as bytes.
  */
-const DECODE_SLICE_BYTES = 64 * 1024;
+const SLICE_MESSAGES = 512;
+const MIN_SLICE_BYTES = 4 * 1024;
+/** As large as a read: large messages are not cut (which would copy them). */
+const MAX_SLICE_BYTES = 256 * 1024;
 
 /** The estimated cost of a decoded message beyond its wire bytes (objects, views). */
 const MESSAGE_OVERHEAD_BYTES = 128;
@@ -81,6 +85,7 @@ export async function readLoop<T>(
   const liveness = session.liveness;
   /** Bytes fed to the decoder since it last completed a message. */
   let partial = 0;
+  let sliceBytes = MIN_SLICE_BYTES;
   for (;;) {
     const chunk = await reader.read();
     if (chunk === null) {
@@ -98,7 +103,7 @@ export async function readLoop<T>(
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
     for (let start = 0; start < chunk.length;) {
-      const end = Math.min(chunk.length, start + DECODE_SLICE_BYTES);
+      const end = Math.min(chunk.length, start + sliceBytes);
       const slice = end - start === chunk.length
         ? chunk
         : chunk.subarray(start, end);
@@ -119,7 +124,12 @@ export async function readLoop<T>(
       let perMessage = 0;
       if (count > 0) {
         liveness.lastMessageAt = now;
-        perMessage = (partial + slice.length) / count + MESSAGE_OVERHEAD_BYTES;
+        const wire = (partial + slice.length) / count;
+        perMessage = wire + MESSAGE_OVERHEAD_BYTES;
+        sliceBytes = Math.min(
+          MAX_SLICE_BYTES,
+          Math.max(MIN_SLICE_BYTES, Math.ceil(wire * SLICE_MESSAGES)),
+        );
         partial = 0;
       } else {
         partial += slice.length;
