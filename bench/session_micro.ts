@@ -30,6 +30,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { SessionImpl } from "../session/session.ts";
 import { Correlator } from "../_correlation.ts";
+import { MemoryBudget } from "../session/budget.ts";
 import { codecDialect, type Dialect } from "../session/dialect.ts";
 import { defaultDialect } from "../_protocol_dialect.ts";
 import { noopLogger } from "../logger.ts";
@@ -137,6 +138,10 @@ function session(
     highWaterMark: 100,
     maxWriteBytes: 64 * 1024 * 1024,
     requestTimeout: 5000,
+    // A server runs with its memory budget on by default: measure it.
+    ...(side === "server"
+      ? { budget: new MemoryBudget(256 * 1024 * 1024, 2000, noopLogger) }
+      : {}),
     onClose: () => {},
     onPeerDrain: () => {},
   });

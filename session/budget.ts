@@ -32,6 +32,93 @@ export interface BudgetUser {
   close(reason: unknown): void;
 }
 
+/** The session an account belongs to. */
+export interface AccountOwner {
+  readonly id: number;
+  isClosed(): boolean;
+  close(reason: unknown): void;
+}
+
+/**
+ * One session's share of the budget: what its read side last said it
+ * buffers, with its held requests and queued writes. Made when a session
+ * of a server with a budget first reads.
+ */
+export class BudgetAccount implements BudgetUser {
+  accounted = 0;
+  pausedAt = 0;
+  readonly #budget: MemoryBudget;
+  readonly #session: AccountOwner;
+  readonly #gate: { readonly held: number };
+  readonly #queue: { readonly bytes: number };
+  #partial = 0;
+  #undispatched = 0;
+  #perMessage = 0;
+  /** The read loop waits on it while the budget pauses it. */
+  #resume: PromiseWithResolvers<void> | undefined;
+
+  constructor(
+    budget: MemoryBudget,
+    session: AccountOwner,
+    gate: { readonly held: number },
+    queue: { readonly bytes: number },
+  ) {
+    this.#budget = budget;
+    this.#session = session;
+    this.#gate = gate;
+    this.#queue = queue;
+  }
+
+  get id(): number {
+    return this.#session.id;
+  }
+
+  /**
+   * The read side buffers `partial` bytes of a message in progress and
+   * `undispatched` decoded messages of `perMessage` bytes each (0: as
+   * before). Returns a promise to wait on while the budget pauses reading.
+   */
+  report(
+    partial: number,
+    undispatched: number,
+    perMessage: number,
+  ): Promise<void> | undefined {
+    this.#partial = partial;
+    this.#undispatched = undispatched;
+    if (perMessage > 0) this.#perMessage = perMessage;
+    if (!this.#budget.report(this, this.#measure())) return undefined;
+    return (this.#resume ??= Promise.withResolvers<void>()).promise;
+  }
+
+  #measure(): number {
+    return this.#partial +
+      (this.#gate.held + this.#undispatched) * this.#perMessage +
+      this.#queue.bytes;
+  }
+
+  remeasure(): void {
+    if (!this.#session.isClosed()) {
+      this.#budget.report(this, this.#measure());
+    }
+  }
+
+  resumeReading(): void {
+    const resume = this.#resume;
+    this.#resume = undefined;
+    resume?.resolve();
+  }
+
+  close(reason: unknown): void {
+    this.#session.close(reason);
+  }
+
+  /** The session closed: it holds nothing, and its read loop is let go. */
+  leave(): void {
+    this.#budget.leave(this);
+    this.resumeReading();
+  }
+}
+
 /** Paused sessions read again once the total falls to this share of the limit. */
 const RESUME_SHARE = 0.5;
 /**

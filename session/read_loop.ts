@@ -83,19 +83,15 @@ export async function readLoop<T>(
   stats: { messagesIn: number; bytesIn: number },
 ): Promise<void> {
   const liveness = session.liveness;
-  /** Bytes fed to the decoder since it last completed a message. */
-  let partial = 0;
-  let sliceBytes = MIN_SLICE_BYTES;
+  const state: SliceState = {
+    partial: 0,
+    sliceBytes: MIN_SLICE_BYTES,
+    perMessage: 0,
+    bad: undefined,
+  };
   for (;;) {
     const chunk = await reader.read();
-    if (chunk === null) {
-      try {
-        decoder.end?.();
-      } catch (error) {
-        return session.badInput(error);
-      }
-      break;
-    }
+    if (chunk === null) return endOfStream(session, decoder);
     if (session.isClosed()) return;
     const now = coarseNow();
     liveness.lastReadAt = now;
@@ -103,49 +99,27 @@ export async function readLoop<T>(
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
     for (let start = 0; start < chunk.length;) {
-      const end = Math.min(chunk.length, start + sliceBytes);
+      const end = Math.min(chunk.length, start + state.sliceBytes);
       const slice = end - start === chunk.length
         ? chunk
         : chunk.subarray(start, end);
       start = end;
-      let batch: unknown[];
-      let bad: { error: unknown } | undefined;
-      try {
-        batch = decoder.decode(slice);
-      } catch (error) {
-        batch = decodedBefore(error);
-        bad = { error: badBytes(session, stats, chunk, slice, batch, error) };
-      }
+      const batch = decodeSlice(session, decoder, state, stats, chunk, slice);
       const count = batch.length;
       stats.messagesIn += count;
       counters.messagesIn += count;
       // Idle means no whole message: bytes that never finish a frame (a
       // peer trickling, a slowloris) must not keep a session for ever.
-      let perMessage = 0;
-      if (count > 0) {
-        liveness.lastMessageAt = now;
-        const wire = (partial + slice.length) / count;
-        perMessage = wire + MESSAGE_OVERHEAD_BYTES;
-        sliceBytes = Math.min(
-          MAX_SLICE_BYTES,
-          Math.max(MIN_SLICE_BYTES, Math.ceil(wire * SLICE_MESSAGES)),
-        );
-        partial = 0;
-      } else {
-        partial += slice.length;
-      }
+      if (count > 0) liveness.lastMessageAt = now;
       // Replies keep flowing while the handlers are at their limit; only
       // held requests stop the reading.
-      let next = dispatchFrom(session, dispatcher, gate, batch, 0);
-      while (next >= 0) {
-        const budget = session.buffered(partial, count - next, perMessage);
-        while (gate.readingPaused()) await gate.slotFree();
-        if (budget !== undefined) await budget;
-        next = dispatchFrom(session, dispatcher, gate, batch, next);
+      const next = dispatchFrom(session, dispatcher, gate, batch, 0);
+      if (next >= 0) {
+        await dispatchRest(session, dispatcher, gate, batch, next, state);
       }
       if (session.isClosed()) return;
-      if (bad !== undefined) return session.badInput(bad.error);
-      const budget = session.buffered(partial, 0, perMessage);
+      if (state.bad !== undefined) return session.badInput(state.bad.error);
+      const budget = session.buffered(state.partial, 0, state.perMessage);
       if (budget !== undefined) await budget;
       if (session.isClosed()) return;
     }
@@ -153,7 +127,91 @@ export async function readLoop<T>(
     // our replies stops being read.
     if (queue.full) await queue.room();
   }
+}
+
+/** The peer ended its side: inside a frame, that is bad input. */
+function endOfStream(
+  session: ReadLoopSession,
+  decoder: FrameDecoder<unknown>,
+): void {
+  try {
+    decoder.end?.();
+  } catch (error) {
+    return session.badInput(error);
+  }
   session.ended();
+}
+
+/**
+ * Dispatches the rest of a batch whose dispatch paused the reading: waits
+ * for a handler slot (and for the memory budget) before each part.
+ */
+async function dispatchRest<T>(
+  session: ReadLoopSession,
+  dispatcher: Dispatcher<T>,
+  gate: HandlerGate<T>,
+  batch: unknown[],
+  next: number,
+  state: SliceState,
+): Promise<void> {
+  while (next >= 0) {
+    const budget = session.buffered(
+      state.partial,
+      batch.length - next,
+      state.perMessage,
+    );
+    while (gate.readingPaused()) await gate.slotFree();
+    if (budget !== undefined) await budget;
+    next = dispatchFrom(session, dispatcher, gate, batch, next);
+  }
+}
+
+/** What the read loop keeps between the slices it decodes. */
+interface SliceState {
+  /** Bytes fed to the decoder since it last completed a message. */
+  partial: number;
+  /** The size of the next slice. */
+  sliceBytes: number;
+  /** The estimated bytes a decoded message holds (for the memory budget). */
+  perMessage: number;
+  /** Set when the decoder refused the bytes. */
+  bad: { error: unknown } | undefined;
+}
+
+/**
+ * Decodes one slice; on bad bytes, returns the messages before them and
+ * sets `state.bad`. Sizes the next slice by the messages decoded.
+ */
+function decodeSlice(
+  session: ReadLoopSession,
+  decoder: FrameDecoder<unknown>,
+  state: SliceState,
+  stats: { messagesIn: number; bytesIn: number },
+  chunk: Uint8Array,
+  slice: Uint8Array,
+): unknown[] {
+  let batch: unknown[];
+  try {
+    batch = decoder.decode(slice);
+  } catch (error) {
+    batch = decodedBefore(error);
+    state.bad = {
+      error: badBytes(session, stats, chunk, slice, batch, error),
+    };
+  }
+  const count = batch.length;
+  if (count === 0) {
+    state.partial += slice.length;
+    return batch;
+  }
+  const wire = (state.partial + slice.length) / count;
+  state.perMessage = wire + MESSAGE_OVERHEAD_BYTES;
+  state.sliceBytes = Math.min(
+    MAX_SLICE_BYTES,
+    Math.max(MIN_SLICE_BYTES, Math.ceil(wire * SLICE_MESSAGES)),
+  );
+  state.partial = 0;
+  return batch;
 }
 
 /**

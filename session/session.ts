@@ -34,7 +34,7 @@ import {
   peerDrained,
   peerEnded,
 } from "./drain.ts";
-import type { BudgetUser } from "./budget.ts";
+import { BudgetAccount } from "./budget.ts";
 import { type GateOwner, HandlerGate } from "./handlers.ts";
 import { Lifecycle } from "./lifecycle.ts";
 import { Outbound, type OutboundOwner } from "./outbound.ts";
@@ -87,8 +87,7 @@ export class SessionImpl<T>
     WriteQueueOwner,
     GateOwner<T>,
     OutboundOwner,
-    DispatchOwner,
-    BudgetUser {
+    DispatchOwner {
   readonly id: number = nextSessionId++;
   readonly side: "client" | "server";
   readonly localAddr: Deno.Addr;
@@ -123,16 +122,8 @@ export class SessionImpl<T>
   /** Made when a drain (either side's) or the peer's end first needs it. */
   #draining: Draining<T> | undefined;
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
-  /** @internal Bytes last reported to the memory budget. */
-  accounted = 0;
-  /** @internal When the memory budget paused the reading; 0 = reading. */
-  pausedAt = 0;
-  /** What the read side last said it buffers (see {@linkcode buffered}). */
-  #partialBytes = 0;
-  #undispatched = 0;
-  #perMessage = 0;
-  /** The read loop waits on it while the memory budget pauses it. */
-  #resume: PromiseWithResolvers<void> | undefined;
+  /** Its share of the server's memory budget, made when it first reads. */
+  #account: BudgetAccount | undefined;
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
     this.#conn = conn;
@@ -348,32 +339,8 @@ export class SessionImpl<T>
   ): Promise<void> | undefined {
     const budget = this.#cfg.budget;
     if (budget === undefined) return undefined;
-    this.#partialBytes = partial;
-    this.#undispatched = undispatched;
-    if (perMessage > 0) this.#perMessage = perMessage;
-    if (!budget.report(this, this.#measure())) return undefined;
-    return (this.#resume ??= Promise.withResolvers<void>()).promise;
-  }
-
-  /** Bytes this session buffers, estimated for the memory budget. */
-  #measure(): number {
-    return this.#partialBytes +
-      (this.#gate.held + this.#undispatched) * this.#perMessage +
-      this.#queue.bytes;
-  }
-
-  /** @internal The memory budget asks again what the session holds. */
-  remeasure(): void {
-    if (this.#life.state !== "closed") {
-      this.#cfg.budget?.report(this, this.#measure());
-    }
-  }
-
-  /** @internal The memory budget lets the read loop go on. */
-  resumeReading(): void {
-    const resume = this.#resume;
-    this.#resume = undefined;
-    resume?.resolve();
+    this.#account ??= new BudgetAccount(budget, this, this.#gate, this.#queue);
+    return this.#account.report(partial, undispatched, perMessage);
   }
 
   /** @internal The peer sent bad bytes: finish what came before, then close. */
@@ -420,8 +387,7 @@ export class SessionImpl<T>
     // Last: an abort listener that sends meets a queue already closed.
     this.#gate.stopHandlers(reason ?? new ClosedError("Session closed"));
     this.#life.checkIdle();
-    this.#cfg.budget?.leave(this);
-    this.resumeReading();
+    this.#account?.leave();
     this.#cfg.onClose(this);
     this.#resolveClosed();
   }
