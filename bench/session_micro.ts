@@ -140,7 +140,7 @@ function session(
     requestTimeout: 5000,
     // A server runs with its memory budget on by default: measure it.
     ...(side === "server"
-      ? { budget: new MemoryBudget(256 * 1024 * 1024, 2000, noopLogger) }
+      ? { budget: new MemoryBudget(64 * 1024 * 1024, 2000, noopLogger) }
       : {}),
     onClose: () => {},
     onPeerDrain: () => {},

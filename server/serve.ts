@@ -110,7 +110,7 @@ export interface ServeOptions<T>
    * `MemoryBudgetError` (logged, counted in `stats().budgetCuts`), biggest
    * first. At least `maxFrameBytes`. 0 or `Infinity` = no budget.
    *
-   * @default {268435456}
+   * @default {67108864}
    */
   memoryBudget?: number;
   /**
@@ -245,8 +245,8 @@ export interface ServerSettings {
   trustedProxies: AddressMatcher | undefined;
 }
 
-/** The default `memoryBudget`: 256 MiB. */
-const DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024;
+/** The default `memoryBudget`: 64 MiB. */
+const DEFAULT_MEMORY_BUDGET = 64 * 1024 * 1024;
 
 /** Checks `memoryBudget`; `Infinity` for none. */
 function memoryBudgetOption(value: number, maxFrameBytes: number): number {

@@ -83,12 +83,8 @@ export async function readLoop<T>(
   stats: { messagesIn: number; bytesIn: number },
 ): Promise<void> {
   const liveness = session.liveness;
-  const state: SliceState = {
-    partial: 0,
-    sliceBytes: MIN_SLICE_BYTES,
-    perMessage: 0,
-    bad: undefined,
-  };
+  // Made at the first read: a session that never reads holds none.
+  let state: SliceState | undefined;
   for (;;) {
     const chunk = await reader.read();
     if (chunk === null) return endOfStream(session, decoder);
@@ -98,6 +94,12 @@ export async function readLoop<T>(
     liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
+    state ??= {
+      partial: 0,
+      sliceBytes: MIN_SLICE_BYTES,
+      perMessage: 0,
+      bad: undefined,
+    };
     for (let start = 0; start < chunk.length;) {
       const end = Math.min(chunk.length, start + state.sliceBytes);
       const slice = end - start === chunk.length
