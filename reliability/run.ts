@@ -25,7 +25,17 @@
  * reset-mid-frame, blackhole, slow-read, process-restart, rolling-restart),
  * `--fault-ms MS`
  * (how long each fault lasts, default 1500), `--no-soak`, `--soak-only`,
- * `--json` (also print the results as one JSON line at the end).
+ * `--json` (also print the results as one JSON line at the end),
+ * `--attacks a,b` (a subset of the attacks in `attacks.ts`, or `none`;
+ * default all), `--attack-ms MS` (how long the clean client runs beside
+ * each attack, default 6000), `--memory-budget BYTES` (the attacked
+ * server's `memoryBudget`; default its own).
+ *
+ * The attacks run after the soak: each against a fresh server process on
+ * `serve()`'s defaults (or beside one, for the hostile servers), with a
+ * clean client (4 request loops, 1 s timeout) beside it; a second table
+ * gives its success rate and p99, and the server's RSS before and at peak.
+ * A forged reply accepted, or an untyped error, is a failure.
  *
  * @module
  */
@@ -48,6 +58,13 @@ import {
   type SoakResult,
   violations,
 } from "../tests/_load.ts";
+import {
+  type AttackName,
+  type AttackResult,
+  ATTACKS,
+  runAttack,
+  setMemoryBudget,
+} from "./attacks.ts";
 
 /** Allowed lateness past a deadline, ms. */
 const SLACK_MS = 250;
@@ -64,8 +81,28 @@ const { values: flags } = parseArgs({
     "no-soak": { type: "boolean", default: false },
     "soak-only": { type: "boolean", default: false },
     json: { type: "boolean", default: false },
+    attacks: { type: "string" },
+    "attack-ms": { type: "string", default: "6000" },
+    "memory-budget": { type: "string" },
   },
 });
+
+const attacks: AttackName[] = flags.attacks === "none"
+  ? []
+  : flags.attacks === undefined
+  ? [...ATTACKS]
+  : flags.attacks.split(",").map((name) => name.trim() as AttackName);
+for (const name of attacks) {
+  if (!ATTACKS.includes(name)) {
+    throw new TypeError(
+      `Unknown attack ${name}: expected one of ${ATTACKS.join(", ")}`,
+    );
+  }
+}
+const attackMs = Number(flags["attack-ms"]);
+if (flags["memory-budget"] !== undefined) {
+  setMemoryBudget(Number(flags["memory-budget"]));
+}
 
 const durationS = Number(flags.duration);
 if (!(durationS > 0)) {
@@ -217,6 +254,22 @@ if (!flags["no-soak"]) {
   });
 }
 
+const attackResults: AttackResult[] = [];
+for (const name of attacks) {
+  console.error(`… attack ${name}`);
+  const result = await runAttack(name, attackMs);
+  attackResults.push(result);
+  const problems = [
+    ...(result.load.mismatches === 0
+      ? []
+      : [`${result.load.mismatches} replies reached the wrong request`]),
+    ...(result.load.unexpectedCount === 0
+      ? []
+      : [`untyped errors: ${result.load.unexpected.join(", ")}`]),
+  ];
+  result.notes.push(...check(`attack ${name}`, problems));
+}
+
 collectGarbage();
 const header: Row = {
   scenario: "scenario",
@@ -268,12 +321,37 @@ if (soak !== undefined) {
     }`,
   );
 }
+if (attackResults.length > 0) {
+  console.log(
+    `\nAttacks, ${attackMs} ms each (hostile servers: at least 12 s); clean client: 4 loops, 1 s timeout\n`,
+  );
+  console.log(
+    "| attack | clean client ok | p99 | server RSS before → peak | errors | notes |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  for (const r of attackResults) {
+    const rate = r.load.requests === 0 ? 0 : r.load.ok / r.load.requests;
+    console.log(
+      `| ${r.name}: ${r.what} | ${r.load.ok}/${r.load.requests} (${
+        (rate * 100).toFixed(2)
+      } %) | ${r.load.latency.p99.toFixed(1)} ms | ${mib(r.rssBefore)} → ${
+        mib(r.rssPeak)
+      } | ${formatErrors(r.load.errors)} | ${r.notes.join("; ")} |`,
+    );
+  }
+}
 if (failures.length > 0) {
   console.log(`\nFAILED:\n${failures.map((f) => `- ${f}`).join("\n")}`);
 }
 if (flags.json) {
   console.log(
-    JSON.stringify({ scenarios: results, rolling, soak, failures }),
+    JSON.stringify({
+      scenarios: results,
+      rolling,
+      soak,
+      attacks: attackResults,
+      failures,
+    }),
   );
 }
 // No Deno.exit(): the process ends only once every connection, timer and
