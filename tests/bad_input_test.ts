@@ -11,6 +11,10 @@ import { defaultDialect } from "../_protocol_dialect.ts";
 import { ProtocolError } from "../errors.ts";
 import { noopLogger } from "../logger.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
+import { type Codec, decoderStream } from "../framing/codec.ts";
+import { delimited } from "../framing/delimited.ts";
+import { lengthPrefixed } from "../framing/length_prefixed.ts";
+import { resp } from "../framing/resp.ts";
 import type { Dialect } from "../session/dialect.ts";
 import { SessionImpl } from "../session/session.ts";
 import { newCounters } from "../session/types.ts";
@@ -141,4 +145,56 @@ Deno.test("SessionImpl gives the same outcome for request + garbage at every rea
     ),
     { numRuns: 60, examples: [[0, false], [wire.length, true]] },
   );
+});
+
+Deno.test("FrameDecoder of each built-in codec gives the messages before bad bytes in ProtocolError.decoded", async (t) => {
+  const cases: [string, Codec<unknown>, Uint8Array, number][] = [
+    [
+      "default protocol",
+      defaultCodec() as Codec<unknown>,
+      requestThenGarbage(),
+      1,
+    ],
+    [
+      "lengthPrefixed",
+      lengthPrefixed({ headerBytes: 1, maxFrameBytes: 4 }) as Codec<unknown>,
+      new Uint8Array([2, 0x61, 0x62, 1, 0x63, 200, 0, 0]),
+      2,
+    ],
+    [
+      "delimited",
+      delimited({ delimiter: "\n", maxFrameBytes: 4 }) as Codec<unknown>,
+      bytes("ab\ncd\ntoo long line\n"),
+      2,
+    ],
+    ["resp", resp() as Codec<unknown>, bytes("+OK\r\n:1\r\n?bad\r\n"), 2],
+  ];
+  for (const [name, codec, wire, before] of cases) {
+    await t.step(name, () => {
+      const error = (() => {
+        try {
+          codec.decoder().decode(wire);
+        } catch (error) {
+          return error;
+        }
+        assert.fail("decode() did not throw");
+      })();
+      assert.ok(error instanceof ProtocolError, String(error));
+      assert.equal(error.decoded.length, before);
+    });
+  }
+});
+
+Deno.test("decoderStream() emits the messages before bad bytes, then errors with the ProtocolError", async () => {
+  const batches: unknown[][] = [];
+  const stream = ReadableStream.from([requestThenGarbage(), bytes("more")])
+    .pipeThrough(decoderStream(defaultCodec()));
+  await assert.rejects(
+    (async () => {
+      for await (const batch of stream) batches.push(batch);
+    })(),
+    ProtocolError,
+  );
+  assert.equal(batches.length, 1);
+  assert.equal((batches[0]![0] as Frame).id, 7);
 });

@@ -150,9 +150,26 @@ Deno.test("serve() memoryBudget counts requests held for a never-answering handl
   }
 });
 
-Deno.test("serve() rejects a memoryBudget below maxFrameBytes", () => {
-  assert.throws(
-    () => serve({ port: 0, maxFrameBytes: 2 * MiB, memoryBudget: MiB }),
-    RangeError,
-  );
+Deno.test("serve() rejects a memoryBudget below maxFrameBytes or not a count, and a memoryBudgetGrace below 1 ms", () => {
+  for (const memoryBudget of [MiB, -1, NaN, 8 * MiB + 0.5]) {
+    assert.throws(
+      () => serve({ port: 0, maxFrameBytes: 2 * MiB, memoryBudget }),
+      RangeError,
+      String(memoryBudget),
+    );
+  }
+  assert.throws(() => serve({ port: 0, memoryBudgetGrace: 0 }), RangeError);
+});
+
+Deno.test("serve() memoryBudget 0 turns the budget off: nothing is counted", async () => {
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    memoryBudget: 0,
+    handler: (payload) => payload,
+  });
+  await cleanClientServed(server);
+  const stats = server.stats();
+  assert.equal(stats.bufferedPeak, 0);
+  assert.equal(stats.budgetPauses, 0);
 });
