@@ -27,7 +27,7 @@
  * (how long each fault lasts, default 1500), `--no-soak`, `--soak-only`,
  * `--json` (also print the results as one JSON line at the end),
  * `--attacks a,b` (a subset of the attacks in `attacks.ts`, or `none`;
- * default all), `--attack-ms MS` (how long the clean client runs beside
+ * default all, none with `--soak-only`), `--attack-ms MS` (how long the clean client runs beside
  * each attack, default 6000), `--memory-budget BYTES` (the attacked
  * server's `memoryBudget`; default its own).
  *
@@ -87,7 +87,7 @@ const { values: flags } = parseArgs({
   },
 });
 
-const attacks: AttackName[] = flags.attacks === "none"
+const attacks: AttackName[] = flags.attacks === "none" || flags["soak-only"]
   ? []
   : flags.attacks === undefined
   ? [...ATTACKS]
