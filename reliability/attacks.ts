@@ -90,6 +90,26 @@ function rssBytes(pid: number): number {
   return Number(/VmRSS:\s+(\d+)\s+kB/.exec(status)?.[1] ?? NaN) * 1024;
 }
 
+/** Samples a process's RSS every 50 ms until stopped. */
+function sampleRss(
+  pid: number,
+): { before: number; peak: number; stop(): void } {
+  const sample = {
+    before: rssBytes(pid),
+    peak: 0,
+    stop: () => clearInterval(timer),
+  };
+  sample.peak = sample.before;
+  const timer = setInterval(() => {
+    try {
+      sample.peak = Math.max(sample.peak, rssBytes(pid));
+    } catch {
+      // The process has gone.
+    }
+  }, 50);
+  return sample;
+}
+
 /** The last `stats` line the attack server printed. */
 function lastStats(child: ChildProcess): Record<string, number> {
   const line = child.stdoutLines.findLast((l) => l.startsWith("stats "));
@@ -175,15 +195,7 @@ async function againstServer(
 ): Promise<AttackResult> {
   await using child = await startProcess(serverCommand());
   const port = Number(child.match.groups!.port);
-  const rssBefore = rssBytes(child.pid);
-  let rssPeak = rssBefore;
-  const sampler = setInterval(() => {
-    try {
-      rssPeak = Math.max(rssPeak, rssBytes(child.pid));
-    } catch {
-      // The process has gone.
-    }
-  }, 50);
+  const rss = sampleRss(child.pid);
   try {
     // The attackers run in a process of their own: their writes must not
     // slow the clean client down, only the server may.
@@ -209,9 +221,16 @@ async function againstServer(
         ((stats.bufferedPeak ?? 0) / 1048576).toFixed(1)
       } MiB`,
     );
-    return { name, what, load, rssBefore, rssPeak, notes };
+    return {
+      name,
+      what,
+      load,
+      rssBefore: rss.before,
+      rssPeak: rss.peak,
+      notes,
+    };
   } finally {
-    clearInterval(sampler);
+    rss.stop();
     await child.kill("SIGTERM");
   }
 }
@@ -397,15 +416,7 @@ async function besideHostile(
 ): Promise<AttackResult & { reconnects: number }> {
   await using child = await startProcess(serverCommand());
   const port = Number(child.match.groups!.port);
-  const rssBefore = rssBytes(child.pid);
-  let rssPeak = rssBefore;
-  const sampler = setInterval(() => {
-    try {
-      rssPeak = Math.max(rssPeak, rssBytes(child.pid));
-    } catch {
-      // The process has gone.
-    }
-  }, 50);
+  const rss = sampleRss(child.pid);
   try {
     const { load, reconnects } = await cleanLoad(
       [
@@ -415,9 +426,17 @@ async function besideHostile(
       ms,
       sessions,
     );
-    return { name, what, load, rssBefore, rssPeak, notes: [], reconnects };
+    return {
+      name,
+      what,
+      load,
+      rssBefore: rss.before,
+      rssPeak: rss.peak,
+      notes: [],
+      reconnects,
+    };
   } finally {
-    clearInterval(sampler);
+    rss.stop();
     await child.kill("SIGTERM");
   }
 }

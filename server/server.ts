@@ -173,13 +173,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.#handler = options.handler;
     this.#logger = safeLogger(options.logger);
     this.#finished.promise.catch(() => {});
-    this.#budget = settings.memoryBudget === Infinity
-      ? undefined
-      : new MemoryBudget(
-        settings.memoryBudget,
-        settings.memoryBudgetGrace,
-        this.#logger,
-      );
+    this.#budget = budgetOf(settings, this.#logger);
     this.#config = {
       side: "server",
       dialect,
@@ -557,6 +551,19 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
+}
+
+/** The server's memory budget, unless it has none. */
+function budgetOf(
+  settings: ServerSettings,
+  logger: Logger,
+): MemoryBudget | undefined {
+  if (settings.memoryBudget === Infinity) return undefined;
+  return new MemoryBudget(
+    settings.memoryBudget,
+    settings.memoryBudgetGrace,
+    logger,
+  );
 }
 
 /**
