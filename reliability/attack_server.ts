@@ -6,7 +6,8 @@
  * one never returns (until its session closes), for the pipelining attack.
  * Prints `listening HOST:PORT`, then a `stats {json}` line every 200 ms.
  *
- * Flags: `--port` (0).
+ * Flags: `--port` (0), `--memory-budget BYTES`, `--cert`/`--key` (PEM
+ * files: serve TLS).
  *
  * @module
  */
@@ -19,6 +20,8 @@ const { values } = parseArgs({
   options: {
     port: { type: "string", default: "0" },
     "memory-budget": { type: "string" },
+    cert: { type: "string" },
+    key: { type: "string" },
   },
 });
 
@@ -35,6 +38,12 @@ function stalls(payload: Uint8Array): boolean {
 const server = serve({
   hostname: "127.0.0.1",
   port: Number(values.port),
+  ...(values.cert === undefined || values.key === undefined ? {} : {
+    tls: {
+      cert: Deno.readTextFileSync(values.cert),
+      key: Deno.readTextFileSync(values.key),
+    },
+  }),
   ...(values["memory-budget"] === undefined
     ? {}
     : { memoryBudget: Number(values["memory-budget"]) }),

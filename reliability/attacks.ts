@@ -13,6 +13,7 @@ import { dial } from "../mod.ts";
 import { defaultCodec, type Frame, FrameKind } from "../protocol.ts";
 import { type LoadReport, runLoad } from "../tests/_load.ts";
 import { type ChildProcess, startProcess } from "../tests/_process.ts";
+import { hasOpenssl, makeTestPki } from "../tests/_certs.ts";
 
 /** The attacks, in the order they run. */
 export const ATTACKS = [
@@ -20,6 +21,7 @@ export const ATTACKS = [
   "large-frames",
   "pipelining",
   "garbage-after-frame",
+  "stalled-tls-handshakes",
   "forged-replies",
   "drain-and-stay",
 ] as const;
@@ -56,12 +58,13 @@ export function setMemoryBudget(bytes: number | undefined): void {
   memoryBudget = bytes;
 }
 
-function serverCommand(): string[] {
+function serverCommand(extra: string[] = []): string[] {
   return [
     "deno",
     "run",
     "-A",
     SERVER.pathname,
+    ...extra,
     ...(memoryBudget === undefined
       ? []
       : ["--memory-budget", String(memoryBudget)]),
@@ -108,6 +111,12 @@ function sampleRss(
     }
   }, 50);
   return sample;
+}
+
+function fdCount(pid: number): number {
+  let n = 0;
+  for (const _ of Deno.readDirSync(`/proc/${pid}/fd`)) n++;
+  return n;
 }
 
 /** The last `stats` line the attack server printed. */
@@ -171,10 +180,12 @@ async function cleanLoad(
   endpoints: string[],
   ms: number,
   sessions?: number,
+  caCert?: string,
 ): Promise<{ load: LoadReport; reconnects: number }> {
   await using client = await dial(endpoints, {
     connectTimeout: 5000,
     ...(sessions === undefined ? {} : { sessions }),
+    ...(caCert === undefined ? {} : { tls: { caCerts: [caCert] } }),
   });
   const load = await runLoad(client, {
     concurrency: 4,
@@ -192,8 +203,13 @@ async function againstServer(
   name: AttackName,
   ms: number,
   what: string,
+  tls?: { certFile: string; keyFile: string; caCert: string },
 ): Promise<AttackResult> {
-  await using child = await startProcess(serverCommand());
+  await using child = await startProcess(
+    serverCommand(
+      tls === undefined ? [] : ["--cert", tls.certFile, "--key", tls.keyFile],
+    ),
+  );
   const port = Number(child.match.groups!.port);
   const rss = sampleRss(child.pid);
   try {
@@ -207,7 +223,13 @@ async function againstServer(
       name,
       String(port),
     ], { readyLine: /^attacking$/, readyTimeout: 30_000 });
-    const { load } = await cleanLoad([`${HOST}:${port}`], ms);
+    const { load } = await cleanLoad(
+      [`${HOST}:${port}`],
+      ms,
+      undefined,
+      tls?.caCert,
+    );
+    const fds = fdCount(child.pid);
     await attacker.kill("SIGTERM");
     const line = attacker.stdoutLines.find((l) => l.startsWith("notes "));
     const notes: string[] = line === undefined
@@ -219,7 +241,7 @@ async function againstServer(
         stats.budgetPauses ?? 0
       }, cuts ${stats.budgetCuts ?? 0}, buffered peak ${
         ((stats.bufferedPeak ?? 0) / 1048576).toFixed(1)
-      } MiB`,
+      } MiB; ${fds} open descriptors before the attackers left`,
     );
     return {
       name,
@@ -314,6 +336,32 @@ async function pipelining(
       done.filter((ok) => ok).length
     } bursts fully written`,
   ];
+}
+
+/**
+ * 1,000 connections to a TLS port that never send their handshake; counts
+ * those the server closes.
+ */
+async function stalledTls(
+  port: number,
+  signal: AbortSignal,
+): Promise<string[]> {
+  const conns = await connectMany(port, 1000);
+  onReady();
+  let closed = 0;
+  const reads = conns.map((conn) =>
+    conn.read(new Uint8Array(1024)).then(
+      (n) => {
+        if (n === null) closed++;
+      },
+      () => closed++,
+    )
+  );
+  await aborted(signal);
+  const byServer = closed;
+  closeAll(conns);
+  await Promise.all(reads);
+  return [`1000 stalled handshakes; ${byServer} closed by the server`];
 }
 
 /** Peers that send a valid request and garbage in one write, 8 at a time. */
@@ -522,7 +570,29 @@ export const SERVER_ATTACKS: Record<
     "8 loops of connect, a valid request and garbage in one write, read to the end",
     garbageAfterFrame,
   ],
+  "stalled-tls-handshakes": [
+    "1,000 connections to `serve({ tls })` that never send their TLS handshake",
+    stalledTls,
+  ],
 };
+
+/** The TLS attack, with certificates made for it (needs openssl). */
+async function stalledTlsAttack(ms: number): Promise<AttackResult> {
+  const what = SERVER_ATTACKS["stalled-tls-handshakes"]![0];
+  if (!hasOpenssl()) {
+    throw new Error("The stalled-tls-handshakes attack needs openssl");
+  }
+  await using pki = await makeTestPki();
+  const certFile = `${pki.dir}/attack_server.crt`;
+  const keyFile = `${pki.dir}/attack_server.key`;
+  await Deno.writeTextFile(certFile, pki.serverCert);
+  await Deno.writeTextFile(keyFile, pki.serverKey);
+  return await againstServer("stalled-tls-handshakes", ms, what, {
+    certFile,
+    keyFile,
+    caCert: pki.caCert,
+  });
+}
 
 /**
  * Runs one attack for `ms` (the hostile-server ones for at least 12 s, past
@@ -535,5 +605,6 @@ export const SERVER_ATTACKS: Record<
 export function runAttack(name: AttackName, ms: number): Promise<AttackResult> {
   if (name === "forged-replies") return forgedReplies(ms);
   if (name === "drain-and-stay") return drainAndStay(Math.max(ms, 12_000));
+  if (name === "stalled-tls-handshakes") return stalledTlsAttack(ms);
   return againstServer(name, ms, SERVER_ATTACKS[name]![0]);
 }
