@@ -65,6 +65,7 @@ import {
   runAttack,
   setMemoryBudget,
 } from "./attacks.ts";
+import { hasOpenssl } from "../tests/_certs.ts";
 
 /** Allowed lateness past a deadline, ms. */
 const SLACK_MS = 250;
@@ -256,6 +257,10 @@ if (!flags["no-soak"]) {
 
 const attackResults: AttackResult[] = [];
 for (const name of attacks) {
+  if (name === "stalled-tls-handshakes" && !hasOpenssl()) {
+    console.error(`… attack ${name} skipped: it needs openssl`);
+    continue;
+  }
   console.error(`… attack ${name}`);
   const result = await runAttack(name, attackMs);
   attackResults.push(result);
