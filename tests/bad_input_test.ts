@@ -19,7 +19,8 @@ import type { Dialect } from "../session/dialect.ts";
 import { SessionImpl } from "../session/session.ts";
 import { newCounters } from "../session/types.ts";
 import { serve } from "../server/serve.ts";
-import { HOST } from "./_loopback.ts";
+import { HOST, rawPeer } from "./_loopback.ts";
+import { dial } from "../client/dial.ts";
 import { memoryPair, type MemoryTransport } from "./_memory_transport.ts";
 import { bytes, connectRaw, encodeFrame, text } from "./_raw_peer.ts";
 import { withTimeout } from "./_process.ts";
@@ -198,3 +199,31 @@ Deno.test("decoderStream() emits the messages before bad bytes, then errors with
   assert.equal(batches.length, 1);
   assert.equal((batches[0]![0] as Frame).id, 7);
 });
+
+Deno.test("dial() takes a reply that came in the same write as garbage, then the session closes with the ProtocolError", async () => {
+  await using peer = rawPeer();
+  const accepted = peer.accept();
+  await using client = await dial(peer.target, {
+    heartbeat: false,
+    reconnect: { initial: 60_000, max: 60_000 },
+  });
+  const conn = await accepted;
+  const reply = client.request(bytes("question"));
+  const request = await conn.readUntil((f) => f.kind === FrameKind.Request);
+  assert.ok(request !== null);
+  await conn.writeBytes(concatBytes(
+    encodeFrame(FrameKind.Response, request.id, bytes("answer")),
+    encodeFrame(0xee, 1, bytes("junk")),
+  ));
+  assert.equal(text(await reply), "answer");
+  const [session] = client.sessions;
+  if (session !== undefined) await session.closed;
+  assert.equal(client.stats().protocolErrors, 1);
+});
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
