@@ -484,6 +484,10 @@ function emptyStats(): ServerStats {
     refused: 0,
     rejected: 0,
     healthChecksFailed: 0,
+    bufferedBytes: 0,
+    bufferedPeak: 0,
+    budgetPauses: 0,
+    budgetCuts: 0,
   };
 }
 
