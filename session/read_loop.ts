@@ -87,19 +87,19 @@ export async function readLoop<T>(
   let state: SliceState | undefined;
   for (;;) {
     const chunk = await reader.read();
-    if (chunk === null) return endOfStream(session, decoder);
+    if (chunk === null) {
+      // Ended inside a frame: the decoder throws, and the session closes
+      // at once (the peer is gone, there is nothing to finish for it).
+      decoder.end?.();
+      return session.ended();
+    }
     if (session.isClosed()) return;
     const now = coarseNow();
     liveness.lastReadAt = now;
     liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
-    state ??= {
-      partial: 0,
-      sliceBytes: MIN_SLICE_BYTES,
-      perMessage: 0,
-      bad: undefined,
-    };
+    state ??= { partial: 0, sliceBytes: MIN_SLICE_BYTES, perMessage: 0 };
     for (let start = 0; start < chunk.length;) {
       const end = Math.min(chunk.length, start + state.sliceBytes);
       const slice = end - start === chunk.length
@@ -129,19 +129,6 @@ export async function readLoop<T>(
     // our replies stops being read.
     if (queue.full) await queue.room();
   }
-}
-
-/** The peer ended its side: inside a frame, that is bad input. */
-function endOfStream(
-  session: ReadLoopSession,
-  decoder: FrameDecoder<unknown>,
-): void {
-  try {
-    decoder.end?.();
-  } catch (error) {
-    return session.badInput(error);
-  }
-  session.ended();
 }
 
 /**
@@ -177,7 +164,7 @@ interface SliceState {
   /** The estimated bytes a decoded message holds (for the memory budget). */
   perMessage: number;
   /** Set when the decoder refused the bytes. */
-  bad: { error: unknown } | undefined;
+  bad?: { error: unknown };
 }
 
 /**
