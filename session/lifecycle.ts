@@ -65,7 +65,7 @@ export class Lifecycle {
 
   /** Resolves once the peer ended its side (or the session closed). */
   whenEnded(): Promise<void> {
-    if (this.ended) return Promise.resolve();
+    if (this.ended || this.state === "closed") return Promise.resolve();
     return (this.#endedWaiter ??= Promise.withResolvers<void>()).promise;
   }
 

@@ -299,6 +299,7 @@ export class NodeListener<C extends Transport>
   #ready: C[] = [];
   #waiters: PromiseWithResolvers<C>[] = [];
   #closed = false;
+  #stopping = false;
   #dropped = 0;
   #finished = Promise.withResolvers<void>();
 
@@ -376,16 +377,36 @@ export class NodeListener<C extends Transport>
     }
     const ready = this.#ready.shift();
     if (ready) return Promise.resolve(ready);
+    if (this.#stopping) {
+      return Promise.reject(
+        new Deno.errors.BadResource("Listener has stopped accepting"),
+      );
+    }
     const waiter = Promise.withResolvers<C>();
     this.#waiters.push(waiter);
     return waiter.promise;
+  }
+
+  /**
+   * Stops listening; transports already taken from the operating system
+   * stay for `accept()`, which rejects once they are out.
+   */
+  stopAccepting(): void {
+    if (this.#closed || this.#stopping) return;
+    this.#stopping = true;
+    this.#server.close();
+    for (const waiter of this.#waiters.splice(0)) {
+      waiter.reject(
+        new Deno.errors.BadResource("Listener has stopped accepting"),
+      );
+    }
   }
 
   /** Stops listening; queued transports are closed, waiting `accept()`s reject. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#server.close();
+    if (!this.#stopping) this.#server.close();
     for (const transport of this.#ready.splice(0)) transport.close();
     for (const waiter of this.#waiters.splice(0)) {
       waiter.reject(new Deno.errors.BadResource("Listener has been closed"));
