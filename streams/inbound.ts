@@ -34,7 +34,7 @@ import { withResolvers } from "../_util.ts";
  * import { dial, serve, type Session } from "@tcpbutler/core";
  * import assert from "node:assert/strict";
  *
- * const connected = withResolvers<Session<Uint8Array>>();
+ * const connected = Promise.withResolvers<Session<Uint8Array>>();
  * await using server = serve({
  *   hostname: "127.0.0.1",
  *   port: 0,
