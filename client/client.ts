@@ -9,7 +9,12 @@
 import type { Endpoint } from "../transport/connect.ts";
 import { Correlator, type Pending, Retry } from "../_correlation.ts";
 import { type Dialect, requestId } from "../session/dialect.ts";
-import { callTimeout, deadlineMs, timeoutOption } from "../_util.ts";
+import {
+  callTimeout,
+  deadlineMs,
+  timeoutOption,
+  withResolvers,
+} from "../_util.ts";
 import type { SessionSettings } from "../options.ts";
 import { after } from "../_timeouts.ts";
 import { Housekeeper, type LivenessOptions } from "../_housekeeping.ts";
@@ -123,7 +128,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   readonly #fleet: Fleet<T>;
   readonly #config: SessionConfig<T>;
   readonly #housekeeper: Housekeeper<T>;
-  readonly #closed = Promise.withResolvers<void>();
+  readonly #closed = withResolvers<void>();
   #handler: ClientHandler<T> | undefined;
   #closing: Promise<void> | undefined;
   /** Made on first use. */

@@ -13,6 +13,7 @@ import type { EncodedRequest, SessionConfig } from "./config.ts";
 import type { Dispatcher } from "./dispatcher.ts";
 import type { HandlerGate } from "./handlers.ts";
 import type { WriteQueue } from "./write_queue.ts";
+import { withResolvers } from "../_util.ts";
 
 /** What the sender needs from its session (the session itself). */
 export interface OutboundOwner extends PendingOwner {
@@ -219,7 +220,7 @@ export class Outbound<T> {
     const owner = this.#owner;
     if (owner.isClosed()) return Promise.reject(owner.closedError("send"));
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const done = Promise.withResolvers<void>();
+    const done = withResolvers<void>();
     const queue = this.#queue;
     if (queue.hasRoom()) {
       try {

@@ -18,7 +18,7 @@ import type { FrameDecoder } from "../framing/codec.ts";
 import { formatAddr, type Transport } from "../connection.ts";
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import { after, coarseNow } from "../_timeouts.ts";
-import { callTimeout, describeError } from "../_util.ts";
+import { callTimeout, describeError, withResolvers } from "../_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -156,7 +156,7 @@ export class SessionImpl<T>
       dispatcher,
       gate,
     });
-    const { promise, resolve } = Promise.withResolvers<void>();
+    const { promise, resolve } = withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
   }

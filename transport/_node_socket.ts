@@ -17,6 +17,7 @@
 import type { Server as NetServer, Socket } from "node:net";
 
 import type { Transport, TransportListener } from "../connection.ts";
+import { withResolvers } from "../_util.ts";
 
 /** The read switch of a native stream handle. */
 export interface ReadControl {
@@ -194,7 +195,7 @@ export class NodeSocketTransport implements Transport, Disposable {
     if (this.#eof || p.length === 0) {
       return Promise.resolve(this.#eof ? null : 0);
     }
-    const { promise, resolve, reject } = Promise.withResolvers<
+    const { promise, resolve, reject } = withResolvers<
       number | null
     >();
     this.#reader = { p, resolve, reject };
@@ -224,7 +225,7 @@ export class NodeSocketTransport implements Transport, Disposable {
     }
     if (this.#error) return Promise.reject(this.#error);
     if (p.length === 0) return Promise.resolve(0);
-    const { promise, resolve, reject } = Promise.withResolvers<number>();
+    const { promise, resolve, reject } = withResolvers<number>();
     this.#socket.write(p, (error?: Error | null) => {
       if (error) reject(error);
       else resolve(p.length);
@@ -247,7 +248,7 @@ export class NodeSocketTransport implements Transport, Disposable {
       );
     }
     if (!this.#ending) {
-      const { promise, resolve, reject } = Promise.withResolvers<void>();
+      const { promise, resolve, reject } = withResolvers<void>();
       const onError = (error: Error) => reject(error);
       this.#socket.once("error", onError);
       this.#socket.end(() => {
@@ -301,7 +302,7 @@ export class NodeListener<C extends Transport>
   #closed = false;
   #stopping = false;
   #dropped = 0;
-  #finished = Promise.withResolvers<void>();
+  #finished = withResolvers<void>();
 
   /**
    * Wraps a listening server.
@@ -382,7 +383,7 @@ export class NodeListener<C extends Transport>
         new Deno.errors.BadResource("Listener has stopped accepting"),
       );
     }
-    const waiter = Promise.withResolvers<C>();
+    const waiter = withResolvers<C>();
     this.#waiters.push(waiter);
     return waiter.promise;
   }
@@ -473,7 +474,7 @@ export async function startListening(
   listenOptions: { port?: number; host?: string; fd?: number },
   signal: AbortSignal | undefined,
 ): Promise<void> {
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  const { promise, resolve, reject } = withResolvers<void>();
   const onError = (error: Error) => reject(error);
   const onAbort = () => reject(signal?.reason);
   server.once("error", onError);
