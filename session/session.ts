@@ -18,6 +18,7 @@ import type { FrameDecoder } from "../framing/codec.ts";
 import { formatAddr, type Transport } from "../connection.ts";
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import { after, coarseNow } from "../_timeouts.ts";
+import type { Batch } from "../_batch.ts";
 import { callTimeout, describeError } from "../_util.ts";
 import {
   ClosedError,
@@ -265,6 +266,21 @@ export class SessionImpl<T>
     retry: number = Retry.Never,
   ): Promise<T> {
     return this.#outbound.request(message, timeout, signal, heartbeat, retry);
+  }
+
+  /**
+   * Registers and writes the requests of a batch (`Client.pipeline`), from
+   * index 0 on; see `Outbound.pipeline`.
+   */
+  pipelineOn(
+    messages: readonly (T | EncodedRequest)[],
+    encoded: boolean,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+    retry: number,
+    batch: Batch<T>,
+  ): void {
+    this.#outbound.pipeline(messages, encoded, timeout, signal, retry, batch);
   }
 
   /**
