@@ -9,12 +9,28 @@
 
 import type { Pending, Sink } from "./_correlation.ts";
 import type { PipelineResult } from "./session/types.ts";
+import type { EncodedRequest } from "./session/config.ts";
 
 /** One request's outcome in a batch: its reply, or why it has none. */
 export type BatchResult<T> = PipelineResult<T>;
 
+/** What a batch sends, and how (the options of all its requests). */
+export interface BatchRequests<T> {
+  /** Messages, or requests encoded ahead (custom codecs that waited). */
+  messages: readonly (T | EncodedRequest)[];
+  /** Whether `messages` are encoded requests. */
+  encoded: boolean;
+  /** Each request's timeout (ms), or undefined for the session's. */
+  timeout: number | undefined;
+  signal: AbortSignal | undefined;
+  /** One of `Retry`. */
+  retry: number;
+}
+
 /** The slots of a batch and the one promise that waits for all of them. */
 export class Batch<T> implements Sink {
+  /** What to send; replaced by the held copies when the batch must wait. */
+  requests: BatchRequests<T>;
   readonly results: BatchResult<T>[];
   /** Resolves with `results` once every slot is filled. */
   readonly promise: Promise<BatchResult<T>[]>;
@@ -27,7 +43,10 @@ export class Batch<T> implements Sink {
   /** Callbacks waiting for one slot (a request waiting to be retried). */
   #watchers: Map<number, () => void> | undefined;
 
-  constructor(size: number, signal: AbortSignal | undefined) {
+  constructor(requests: BatchRequests<T>) {
+    this.requests = requests;
+    const size = requests.messages.length;
+    const signal = requests.signal;
     this.results = new Array(size);
     this.#left = size;
     // The one place a batch needs resolving functions.

@@ -13,11 +13,7 @@ import { callTimeout, deadlineMs, timeoutOption } from "../_util.ts";
 import type { SessionSettings } from "../options.ts";
 import { after } from "../_timeouts.ts";
 import { Housekeeper, type LivenessOptions } from "../_housekeeping.ts";
-import type {
-  EncodedRequest,
-  SessionConfig,
-  SessionImpl,
-} from "../session/session.ts";
+import type { SessionConfig, SessionImpl } from "../session/session.ts";
 import {
   type Counters,
   type Handler,
@@ -42,7 +38,7 @@ import { SendStream } from "../streams/writable.ts";
 import type { EjectionSettings, Fleet } from "./fleet.ts";
 import type { EndpointSource } from "./discovery.ts";
 import { Router, type Routing } from "./router.ts";
-import { hold, pipeline, type PipelineHost } from "./pipeline.ts";
+import { pipeline, type PipelineHost, requestWhenReady } from "./pipeline.ts";
 import type {
   ClientEventDetail,
   ClientHandler,
@@ -132,7 +128,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
   /** Made on first use. */
   #streams: InboundStreams<T> | undefined;
   #writable: SendStream<T> | undefined;
-  readonly #calls: PipelineHost<T>;
+  #calls: PipelineHost<T> | undefined;
 
   /**
    * Not for users: {@linkcode dial} makes clients.
@@ -190,12 +186,6 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       emit: (detail) => this.#emit(detail),
     });
     this.#fleet = this.#pool.fleet;
-    this.#calls = {
-      dialect,
-      requestTimeout: this.#config.requestTimeout,
-      router: this.#router,
-      own: (session) => this.#own(session),
-    };
     this.#housekeeper = new Housekeeper(
       () => this.#pool.sessions,
       setup.liveness,
@@ -389,37 +379,13 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         new NoSessionError("Cannot send request: that session is closed"),
       );
     }
-    return this.#requestWhenReady(message, options, callTimeoutMs, retry);
-  }
-
-  /** A request made while no session is ready: it waits for one. */
-  #requestWhenReady(
-    message: T,
-    options: ClientRequestOptions<T>,
-    callTimeoutMs: number | undefined,
-    retry: (typeof Retry)[keyof typeof Retry],
-  ): Promise<T> {
-    const timeout = callTimeoutMs ?? this.#config.requestTimeout;
-    const start = performance.now();
-    // It waits for a session: keep it as it is now (the caller may reuse
-    // its message as soon as request() returns).
-    let held: T | EncodedRequest;
-    try {
-      held = hold(this.#dialect, message);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const signal = options.signal;
-    return this.#router.wait(
-      timeout,
-      signal,
-      options.waitForSession,
-    ).then((ready) => {
-      const left = Math.max(0, timeout - (performance.now() - start));
-      return this.#dialect.framed
-        ? ready.requestOn(held as T, left, signal, false, retry)
-        : ready.requestEncoded(held as EncodedRequest, left, signal, retry);
-    });
+    return requestWhenReady(
+      this.#host(),
+      message,
+      options,
+      callTimeoutMs,
+      retry,
+    );
   }
 
   /** A draining server's session: finish, half-close, leave after `ms`. */
@@ -477,7 +443,17 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
         new ClosedError("Cannot send pipeline: client is closed"),
       );
     }
-    return pipeline(this.#calls, messages, options);
+    return pipeline(this.#host(), messages, options);
+  }
+
+  /** What a pipeline, or a request waiting for a session, needs. */
+  #host(): PipelineHost<T> {
+    return this.#calls ??= {
+      dialect: this.#dialect,
+      requestTimeout: this.#config.requestTimeout,
+      router: this.#router,
+      own: (session) => this.#own(session),
+    };
   }
 
   /**

@@ -4,8 +4,8 @@
  * correlation its replies come back in the batch's order too; a batch that
  * must wait for a session waits once, as a whole.
  *
- * Also what a single request needs while it waits for a session
- * ({@linkcode hold}), shared with `Client.request`.
+ * Also what a single request does while it waits for a session
+ * ({@linkcode requestWhenReady}).
  *
  * @module
  */
@@ -18,7 +18,7 @@ import { type Dialect, requestId } from "../session/dialect.ts";
 import type { EncodedRequest, SessionImpl } from "../session/session.ts";
 import type { PipelineResult, Session } from "../session/types.ts";
 import type { Router } from "./router.ts";
-import type { PipelineOptions } from "./types.ts";
+import type { ClientRequestOptions, PipelineOptions } from "./types.ts";
 
 /** What a pipeline needs from its client. */
 export interface PipelineHost<T> {
@@ -84,12 +84,15 @@ export function pipeline<T>(
     : options?.idempotent
     ? Retry.Idempotent
     : Retry.Unprocessed;
-  const batch = new Batch<T>(list.length, signal);
-  if (session !== undefined) {
-    session.pipelineOn(list, false, timeout, signal, retry, batch);
-    return batch.promise;
-  }
-  waitThenSend(host, list, batch, timeout, options, retry);
+  const batch = new Batch<T>({
+    messages: list,
+    encoded: false,
+    timeout,
+    signal,
+    retry,
+  });
+  if (session !== undefined) session.pipelineOn(batch);
+  else waitThenSend(host, batch, options?.waitForSession);
   return batch.promise;
 }
 
@@ -100,13 +103,12 @@ export function pipeline<T>(
  */
 function waitThenSend<T>(
   host: PipelineHost<T>,
-  list: readonly T[],
   batch: Batch<T>,
-  timeout: number | undefined,
-  options: PipelineOptions<T> | undefined,
-  retry: number,
+  waitForSession: boolean | undefined,
 ): void {
   const dialect = host.dialect;
+  const requests = batch.requests;
+  const list = requests.messages as readonly T[];
   const held: (T | EncodedRequest | undefined)[] = new Array(list.length);
   for (let i = 0; i < list.length; i++) {
     try {
@@ -116,22 +118,51 @@ function waitThenSend<T>(
     }
   }
   if (batch.done) return;
-  const total = timeout ?? host.requestTimeout;
+  const total = requests.timeout ?? host.requestTimeout;
   const start = performance.now();
-  const signal = options?.signal;
-  host.router.wait(total, signal, options?.waitForSession).then(
+  host.router.wait(total, requests.signal, waitForSession).then(
     (ready) => {
       if (batch.done) return;
-      const left = Math.max(0, total - (performance.now() - start));
-      ready.pipelineOn(
-        held as (T | EncodedRequest)[],
-        !dialect.framed,
-        left,
-        signal,
-        retry,
-        batch,
-      );
+      batch.requests = {
+        ...requests,
+        // Filled slots are skipped: their holes are never read.
+        messages: held as (T | EncodedRequest)[],
+        encoded: !dialect.framed,
+        timeout: Math.max(0, total - (performance.now() - start)),
+      };
+      ready.pipelineOn(batch);
     },
     (error) => batch.fail(error),
+  );
+}
+
+/**
+ * A request made while no session is ready (see `Client.request`): it
+ * waits for one, held as it is now (the caller may reuse its message as
+ * soon as `request()` returns), within its deadline.
+ */
+export function requestWhenReady<T>(
+  host: PipelineHost<T>,
+  message: T,
+  options: ClientRequestOptions<T>,
+  callTimeoutMs: number | undefined,
+  retry: number,
+): Promise<T> {
+  const timeout = callTimeoutMs ?? host.requestTimeout;
+  const start = performance.now();
+  let held: T | EncodedRequest;
+  try {
+    held = hold(host.dialect, message);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  const signal = options.signal;
+  return host.router.wait(timeout, signal, options.waitForSession).then(
+    (ready) => {
+      const left = Math.max(0, timeout - (performance.now() - start));
+      return host.dialect.framed
+        ? ready.requestOn(held as T, left, signal, false, retry)
+        : ready.requestEncoded(held as EncodedRequest, left, signal, retry);
+    },
   );
 }

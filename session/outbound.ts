@@ -91,20 +91,14 @@ export class Outbound<T> {
   }
 
   /**
-   * Registers and queues the messages of a batch from index `from` on, in
-   * order; each outcome goes to its slot of `batch` (see `_batch.ts`). A
+   * Registers and queues the messages of a batch, in order (skipping the
+   * slots filled already); each outcome goes to its slot of `batch` (see `_batch.ts`). A
    * message the dialect or codec refuses fills its slot with the error; the
    * others go on. `messages` holds either messages or, for custom codecs
    * that waited for a session, encoded requests.
    */
-  pipeline(
-    messages: readonly (T | EncodedRequest)[],
-    encoded: boolean,
-    timeout: number | undefined,
-    signal: AbortSignal | undefined,
-    retry: number,
-    batch: Batch<T>,
-  ): void {
+  pipeline(batch: Batch<T>): void {
+    const { messages, encoded, timeout, signal, retry } = batch.requests;
     const dialect = this.#dialect;
     const correlator = this.#cfg.correlator;
     const owner = this.#owner;

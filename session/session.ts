@@ -268,19 +268,9 @@ export class SessionImpl<T>
     return this.#outbound.request(message, timeout, signal, heartbeat, retry);
   }
 
-  /**
-   * Registers and writes the requests of a batch (`Client.pipeline`), from
-   * index 0 on; see `Outbound.pipeline`.
-   */
-  pipelineOn(
-    messages: readonly (T | EncodedRequest)[],
-    encoded: boolean,
-    timeout: number | undefined,
-    signal: AbortSignal | undefined,
-    retry: number,
-    batch: Batch<T>,
-  ): void {
-    this.#outbound.pipeline(messages, encoded, timeout, signal, retry, batch);
+  /** Registers and writes a batch's requests (see `Outbound.pipeline`). */
+  pipelineOn(batch: Batch<T>): void {
+    this.#outbound.pipeline(batch);
   }
 
   /**
