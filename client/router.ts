@@ -138,7 +138,7 @@ export class Router<T> {
     // The wait ends with the request (its deadline, its signal).
     const gone = new AbortController();
     const end = () => gone.abort();
-    entry.promise.then(end, end);
+    entry.onSettled(end);
     this.wait(left, gone.signal, undefined).then(
       (ready) => {
         if (entry.settled) return;

@@ -18,6 +18,7 @@ import type { FrameDecoder } from "../framing/codec.ts";
 import { formatAddr, type Transport } from "../connection.ts";
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import { after, coarseNow } from "../_timeouts.ts";
+import type { Batch } from "../_batch.ts";
 import { callTimeout, describeError, withResolvers } from "../_util.ts";
 import {
   ClosedError,
@@ -265,6 +266,11 @@ export class SessionImpl<T>
     retry: number = Retry.Never,
   ): Promise<T> {
     return this.#outbound.request(message, timeout, signal, heartbeat, retry);
+  }
+
+  /** Registers and writes a batch's requests (see `Outbound.pipeline`). */
+  pipelineOn(batch: Batch<T>): void {
+    this.#outbound.pipeline(batch);
   }
 
   /**
