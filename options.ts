@@ -107,7 +107,9 @@ export interface SessionOptions<
   outboundBuffer?: number;
   /**
    * Bytes queued for writing to one session before it is cut off as a slow
-   * consumer (`SlowConsumerError`).
+   * consumer (`SlowConsumerError`). With the default protocol it must hold
+   * one largest frame, `maxFrameBytes` + 9 header bytes (`RangeError`
+   * otherwise).
    *
    * @default {67108864}
    */
@@ -222,6 +224,28 @@ export function resolveSessionOptions<T, C extends HandlerContext<T>>(
       0,
     ),
   };
+}
+
+/**
+ * Checks that the largest frame the default protocol sends fits in one
+ * session's write queue: with `maxWriteBytes` below `maxFrameBytes` plus the
+ * frame header, one legitimate reply would cut its own session off as a slow
+ * consumer.
+ *
+ * @param settings The resolved settings.
+ * @param headerBytes The protocol's frame header size.
+ * @throws {RangeError} When `maxWriteBytes` is too small.
+ */
+export function checkWriteRoom(
+  settings: SessionSettings,
+  headerBytes: number,
+): void {
+  const needed = settings.maxFrameBytes + headerBytes;
+  if (settings.maxWriteBytes < needed) {
+    throw new RangeError(
+      `Cannot use maxWriteBytes ${settings.maxWriteBytes}: it must hold one largest frame, maxFrameBytes (${settings.maxFrameBytes}) + ${headerBytes} header bytes = ${needed}`,
+    );
+  }
 }
 
 function noneAsZero(ms: number): number {

@@ -19,7 +19,12 @@ import {
   timeoutOption,
   withResolvers,
 } from "../_util.ts";
-import { resolveSessionOptions, type SessionSettings } from "../options.ts";
+import {
+  checkWriteRoom,
+  resolveSessionOptions,
+  type SessionSettings,
+} from "../options.ts";
+import { HEADER_BYTES } from "../protocol.ts";
 import { after } from "../_timeouts.ts";
 import { safeLogger } from "../logger.ts";
 import { ConnectionError, RetryExhaustedError } from "../errors.ts";
@@ -200,6 +205,7 @@ function resolveDialOptions<T>(
   options: DialOptions<T>,
 ): ClientSetup<T> {
   const settings = resolveSessionOptions(options);
+  if (dialect.framed) checkWriteRoom(settings, HEADER_BYTES);
   const logger = safeLogger(options.logger);
   const connectTimeout = deadlineMs(timeoutOption(
     options.connectTimeout ?? 10_000,

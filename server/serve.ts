@@ -14,11 +14,13 @@ import { codecDialect, type Dialect } from "../session/dialect.ts";
 import { defaultDialect } from "../_protocol_dialect.ts";
 import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
 import {
+  checkWriteRoom,
   resolveSessionOptions,
   type SessionOptions,
   type SessionSettings,
 } from "../options.ts";
 import type { Session } from "../session/types.ts";
+import { HEADER_BYTES } from "../protocol.ts";
 import {
   type Server,
   type ServerHandler,
@@ -266,6 +268,7 @@ function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
     ? options.proxyProtocol
     : {};
   const session = resolveSessionOptions(options);
+  if (options.codec === undefined) checkWriteRoom(session, HEADER_BYTES);
   return {
     session: { ...session, correlation: serverCorrelation(options) },
     maxConnections: countOption(

@@ -96,6 +96,48 @@ Deno.test("dial() and serve() reject a negative or NaN option with RangeError be
   });
 });
 
+Deno.test("dial() and serve() reject a maxWriteBytes that cannot hold one largest frame of the default protocol", async () => {
+  await using server = serveLoopback({ handler: (payload) => payload });
+  // maxFrameBytes + the 9-byte header is the least that works.
+  for (
+    const options of [{ maxWriteBytes: 1024 * 1024 }, {
+      maxWriteBytes: 4096 + 8,
+      maxFrameBytes: 4096,
+    }]
+  ) {
+    assertServeThrows(options);
+    await assertDialRejects(server.port, options);
+  }
+  assert.throws(
+    () => serveLoopback({ maxWriteBytes: 1000, maxFrameBytes: 4096 }),
+    /maxWriteBytes 1000: it must hold one largest frame, maxFrameBytes \(4096\) \+ 9 header bytes = 4105/,
+  );
+  await using exact = serveLoopback({
+    maxWriteBytes: 4096 + 9,
+    maxFrameBytes: 4096,
+    handler: (payload) => payload,
+  });
+  await using client = await dial({ hostname: HOST, port: exact.port }, {
+    maxWriteBytes: 4096 + 9,
+    maxFrameBytes: 4096,
+  });
+  const largest = new Uint8Array(4096).fill(7);
+  assert.deepEqual(await client.request(largest), largest);
+});
+
+Deno.test("dial() and serve() with a custom codec take any maxWriteBytes: maxFrameBytes belongs to the default protocol", async () => {
+  const codec = {
+    decoder: () => ({ decode: (chunk: Uint8Array) => [chunk], end() {} }),
+    encode: (message: Uint8Array) => message,
+  };
+  await using server = serveLoopback({
+    codec,
+    correlation: "fifo",
+    maxWriteBytes: 1024,
+  });
+  assert.equal(server.settings.maxWriteBytes, 1024);
+});
+
 Deno.test("Client.request(), Session.request(), Client.send(), Client.close() and Server.shutdown() reject a negative or NaN timeout with RangeError", async (t) => {
   await using server = serveLoopback({ handler: (payload) => payload });
   await using client = await dial({ hostname: HOST, port: server.port });

@@ -489,12 +489,15 @@ Deno.test("Session.send() and Server.broadcast() send the message as it was when
   assert.deepEqual(await inbox.count(4), ["a", "b", "c", "d"]);
 });
 
-Deno.test("Session.send() and Session.request() of a message over maxWriteBytes reject with the cut-off, as do the sends queued before them", async () => {
+Deno.test("Session.send() and Session.request() of a message that overflows maxWriteBytes reject with the cut-off, as do the sends queued before them", async () => {
   await using server = serve({
     hostname: HOST,
     port: 0,
     handler: echo,
-    maxWriteBytes: 64 * 1024,
+    // Room for exactly one largest frame: the small send queued first makes
+    // the largest one overflow.
+    maxWriteBytes: 64 * 1024 + 9,
+    maxFrameBytes: 64 * 1024,
   });
   const tooBig = new Uint8Array(64 * 1024);
   const cutOff = async (settles: Promise<unknown>) => {
@@ -1012,6 +1015,7 @@ Deno.test("Server.broadcast() cuts off a peer whose write queue passes maxWriteB
     port: 0,
     handler: echo,
     maxWriteBytes: 1024 * 1024,
+    maxFrameBytes: 128 * 1024,
     writeTimeout: 0,
     logger,
   });
