@@ -227,16 +227,7 @@ Deno.test({
       });
       const load = steadyLoad(client);
       // New connections all along: one request on a fresh client each.
-      const stopChurn = new AbortController();
-      const churn = Promise.all(
-        Array.from(
-          { length: 4 },
-          () => connectionChurn(haproxy.address, stopChurn.signal),
-        ),
-      ).then((all) => ({
-        ok: all.reduce((n, c) => n + c.ok, 0),
-        failed: all.flatMap((c) => c.failed),
-      }));
+      const churn = startChurn(haproxy.address);
       let report: LoadReport | undefined;
       let churned: { ok: number; failed: string[] } | undefined;
       try {
@@ -264,8 +255,7 @@ Deno.test({
         }
       } finally {
         report = await load.stop();
-        stopChurn.abort();
-        churned = await churn;
+        churned = await churn.stop();
       }
       assert.deepEqual(violations(report), []);
       assert.equal(report.ok, report.requests, JSON.stringify(report.errors));
@@ -277,6 +267,28 @@ Deno.test({
     }
   },
 });
+
+/** Four {@linkcode connectionChurn} loops, until `stop()`. */
+function startChurn(
+  address: string,
+  attempts = 1,
+): { stop(): Promise<{ ok: number; failed: string[] }> } {
+  const controller = new AbortController();
+  const loops = Array.from(
+    { length: 4 },
+    () => connectionChurn(address, controller.signal, attempts),
+  );
+  return {
+    stop: async () => {
+      controller.abort();
+      const all = await Promise.all(loops);
+      return {
+        ok: all.reduce((n, c) => n + c.ok, 0),
+        failed: all.flatMap((c) => c.failed),
+      };
+    },
+  };
+}
 
 /**
  * Opens a fresh client through `address` again and again until `signal`
@@ -395,16 +407,7 @@ Deno.test({
       reconnect: { initial: 20, max: 200 },
     });
     const load = steadyLoad(client);
-    const stopChurn = new AbortController();
-    const churn = Promise.all(
-      Array.from(
-        { length: 4 },
-        () => connectionChurn(address, stopChurn.signal, 3),
-      ),
-    ).then((all) => ({
-      ok: all.reduce((n, c) => n + c.ok, 0),
-      failed: all.flatMap((c) => c.failed),
-    }));
+    const churn = startChurn(address, 3);
     let report: LoadReport | undefined;
     let churned: { ok: number; failed: string[] } | undefined;
     try {
@@ -423,8 +426,7 @@ Deno.test({
       }
     } finally {
       report = await load.stop();
-      stopChurn.abort();
-      churned = await churn;
+      churned = await churn.stop();
     }
     const reports = supervisor.stdoutLines
       .filter((l) => l.startsWith("shutdown "))
