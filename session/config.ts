@@ -66,6 +66,12 @@ export interface DrainResult {
   handlers: number;
   /** Requests from the peer refused unprocessed (never run). */
   refused: number;
+  /**
+   * Requests from the peer read but never started nor answered: held at
+   * the handler limit where no refusal can be sent, or read and not yet
+   * dispatched.
+   */
+  dropped: number;
   /** Our own requests still pending. */
   requests: number;
   /** Why it was forced: what was still under way (empty when not forced). */
@@ -74,5 +80,12 @@ export interface DrainResult {
 
 /** What a drain that cut nothing reports. */
 export function drained(): DrainResult {
-  return { forced: false, handlers: 0, refused: 0, requests: 0, reasons: [] };
+  return {
+    forced: false,
+    handlers: 0,
+    refused: 0,
+    dropped: 0,
+    requests: 0,
+    reasons: [],
+  };
 }
