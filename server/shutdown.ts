@@ -71,16 +71,17 @@ export interface ShutdownReport {
   handlersCut: number;
   /**
    * Requests read but never started when their session was forced shut,
-   * answered "not processed" (default protocol): tcpbutler clients send
-   * them again elsewhere.
+   * answered "not processed" (default protocol; the refusal written):
+   * tcpbutler clients send them again elsewhere.
    */
   refused: number;
   /**
    * Requests read but never started when their session was forced shut,
    * and not answered at all: held behind `maxConcurrentHandlers` or read
-   * and not yet handed on, where no refusal can be sent (custom codecs) or
-   * was not (the session closed first). They did not run. Bytes still in
-   * the kernel's socket buffer were never read and are not counted.
+   * and not yet handed on, where no refusal can be sent (custom codecs),
+   * or whose refusal was not written before the close (the peer was not
+   * reading). They did not run. Bytes still in the kernel's socket buffer
+   * were never read and are not counted.
    * `handlersCut + refused + dropped` is every request received and not
    * answered.
    */

@@ -64,12 +64,12 @@ export interface DrainResult {
   forced: boolean;
   /** Requests from the peer that got no answer (they may have run). */
   handlers: number;
-  /** Requests from the peer refused unprocessed (never run). */
+  /** Requests from the peer refused unprocessed (never run), refusal written. */
   refused: number;
   /**
    * Requests from the peer read but never started nor answered: held at
-   * the handler limit where no refusal can be sent, or read and not yet
-   * dispatched.
+   * the handler limit where no refusal can be sent, read and not yet
+   * dispatched, or refused without the refusal written.
    */
   dropped: number;
   /** Our own requests still pending. */

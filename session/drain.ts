@@ -260,18 +260,26 @@ async function endedWithin<T>(
  * processed" (default protocol), so their requesters may send them
  * elsewhere; the rest get no answer: handlers still running and replies not
  * yet written (they may have run, `handlers`), and requests held or read but
- * never dispatched where no refusal could be sent (they never ran,
- * `dropped`). Counted here, in the same turn as the close, so that nothing
- * read moves between the counts.
+ * never dispatched where no refusal could be sent, or whose refusal was not
+ * written (they never ran, `dropped`). Counted here, in the same turn as the
+ * close, so that nothing read moves between the counts.
  */
 async function forceClose<T>(
   s: Draining<T>,
   signal: AbortSignal,
 ): Promise<DrainResult> {
-  const refused = await refuseUnstarted(s);
+  const refusals = await refuseUnstarted(s);
   const reasons = busyWith(s);
+  // Refusals the peer did not take in time are no answer either.
+  const unsent = s.queue.queuedRefusals + s.queue.writingRefusals;
+  const refused = refusals - unsent;
   if (refused > 0) {
     reasons.push(`${refused} request(s) not started, refused unprocessed`);
+  }
+  if (unsent > 0) {
+    reasons.push(
+      `${unsent} request(s) not started, their refusals not written`,
+    );
   }
   const unread = s.unread();
   if (unread > 0) reasons.push(`${unread} request(s) read, not dispatched`);
@@ -282,7 +290,7 @@ async function forceClose<T>(
     handlers: s.gate.running + s.gate.held - heldRequests +
       s.queue.queuedReplies + s.queue.writingReplies,
     refused,
-    dropped: heldRequests + unread,
+    dropped: heldRequests + unread + unsent,
     requests: s.pending(),
     reasons,
   };

@@ -213,6 +213,7 @@ export class HandlerGate<T> {
     const written = withResolvers<void>();
     written.promise.catch(() => {});
     this.#queue.enqueue(refusal, written);
+    this.#queue.queuedRefusals++;
     refusing.written = written;
     refusing.count++;
   }

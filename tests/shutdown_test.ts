@@ -716,3 +716,58 @@ Deno.test("Server.shutdown() forced reports every pipelined request it did not a
     });
   }
 });
+
+Deno.test("Server.shutdown() forced counts refusals a non-reading peer never got as dropped, not refused", async () => {
+  const REPLY_BYTES = 4 * 1024 * 1024;
+  const BIG = 4;
+  const MAX = 4;
+  const SENT = 60;
+  const started = latch(BIG + MAX);
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    writeTimeout: 0,
+    maxConcurrentHandlers: MAX,
+  }, (payload, { signal }) => {
+    started.count();
+    // 16 MiB of replies fill the socket: nothing queued behind them leaves.
+    if (payload[0] === 0) return new Uint8Array(REPLY_BYTES);
+    return new Promise<Uint8Array>((resolve) =>
+      signal.addEventListener("abort", () => resolve(payload), { once: true })
+    );
+  });
+  await using raw = await connectRaw(portOf(server), {
+    maxFrameBytes: REPLY_BYTES,
+  });
+  const wire = new Uint8Array(SENT * 10);
+  for (let i = 0; i < SENT; i++) {
+    wire.set(
+      encodeFrame(FrameKind.Request, i + 1, new Uint8Array([i < BIG ? 0 : 1])),
+      i * 10,
+    );
+  }
+  await raw.write(wire);
+  await withTimeout(started.promise, 2000, "handlers at their limit");
+  // The peer reads nothing until the shutdown is over.
+  const report = await withTimeout(
+    server.shutdown({ timeout: 50 }),
+    3000,
+    "shutdown",
+  );
+  const end = await withTimeout(raw.end(), 5000, "read what arrived");
+  const answered = end.frames.filter((f) => f.kind === FrameKind.Response)
+    .length;
+  const refused = end.frames.filter((f) => f.kind === FrameKind.Refused)
+    .length;
+  const summary =
+    `sent ${SENT}, answered ${answered}, refusals read ${refused}, report ${
+      JSON.stringify(report)
+    }`;
+  assert.ok(answered < BIG, summary);
+  assert.equal(report.refused, refused, summary);
+  assert.equal(
+    report.handlersCut + report.refused + report.dropped,
+    SENT - answered,
+    summary,
+  );
+});
