@@ -6,8 +6,8 @@
  * one never returns (until its session closes), for the pipelining attack.
  * Prints `listening HOST:PORT`, then a `stats {json}` line every 200 ms.
  *
- * Flags: `--port` (0), `--memory-budget BYTES`, `--cert`/`--key` (PEM
- * files: serve TLS).
+ * Flags: `--port` (0), `--memory-budget BYTES`, `--idle-timeout MS`,
+ * `--cert`/`--key` (PEM files: serve TLS).
  *
  * @module
  */
@@ -20,6 +20,7 @@ const { values } = parseArgs({
   options: {
     port: { type: "string", default: "0" },
     "memory-budget": { type: "string" },
+    "idle-timeout": { type: "string" },
     cert: { type: "string" },
     key: { type: "string" },
   },
@@ -47,6 +48,9 @@ const server = serve({
   ...(values["memory-budget"] === undefined
     ? {}
     : { memoryBudget: Number(values["memory-budget"]) }),
+  ...(values["idle-timeout"] === undefined
+    ? {}
+    : { idleTimeout: Number(values["idle-timeout"]) }),
   handler: (payload, { signal }) => {
     if (!stalls(payload)) return payload;
     return new Promise<Uint8Array>((resolve) =>

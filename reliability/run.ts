@@ -29,7 +29,8 @@
  * `--attacks a,b` (a subset of the attacks in `attacks.ts`, or `none`;
  * default all, none with `--soak-only`), `--attack-ms MS` (how long the clean client runs beside
  * each attack, default 6000), `--memory-budget BYTES` (the attacked
- * server's `memoryBudget`; default its own).
+ * server's `memoryBudget`; default its own), `--idle-timeout MS` (the
+ * attacked server's `idleTimeout`; default its own, off).
  *
  * The attacks run after the soak: each against a fresh server process on
  * `serve()`'s defaults (or beside one, for the hostile servers), with a
@@ -63,6 +64,7 @@ import {
   type AttackResult,
   ATTACKS,
   runAttack,
+  setIdleTimeout,
   setMemoryBudget,
 } from "./attacks.ts";
 import { hasOpenssl } from "../tests/_certs.ts";
@@ -85,6 +87,7 @@ const { values: flags } = parseArgs({
     attacks: { type: "string" },
     "attack-ms": { type: "string", default: "6000" },
     "memory-budget": { type: "string" },
+    "idle-timeout": { type: "string" },
   },
 });
 
@@ -103,6 +106,9 @@ for (const name of attacks) {
 const attackMs = Number(flags["attack-ms"]);
 if (flags["memory-budget"] !== undefined) {
   setMemoryBudget(Number(flags["memory-budget"]));
+}
+if (flags["idle-timeout"] !== undefined) {
+  setIdleTimeout(Number(flags["idle-timeout"]));
 }
 
 const durationS = Number(flags.duration);
@@ -328,7 +334,11 @@ if (soak !== undefined) {
 }
 if (attackResults.length > 0) {
   console.log(
-    `\nAttacks, ${attackMs} ms each (hostile servers: at least 12 s); clean client: 4 loops, 1 s timeout\n`,
+    `\nAttacks, ${attackMs} ms each (drain-and-stay: at least 12 s, trickle: at least 65 s); clean client: 4 loops, 1 s timeout${
+      flags["idle-timeout"] === undefined
+        ? ""
+        : `; attacked server idleTimeout ${flags["idle-timeout"]} ms`
+    }\n`,
   );
   console.log(
     "| attack | clean client ok | p99 | server RSS before → peak | errors | notes |",

@@ -71,10 +71,21 @@ export interface ShutdownReport {
   handlersCut: number;
   /**
    * Requests read but never started when their session was forced shut,
-   * answered "not processed" (default protocol): tcpbutler clients send
-   * them again elsewhere.
+   * answered "not processed" (default protocol; the refusal written):
+   * tcpbutler clients send them again elsewhere.
    */
   refused: number;
+  /**
+   * Requests read but never started when their session was forced shut,
+   * and not answered at all: held behind `maxConcurrentHandlers` or read
+   * and not yet handed on, where no refusal can be sent (custom codecs),
+   * or whose refusal was not written before the close (the peer was not
+   * reading). They did not run. Bytes still in the kernel's socket buffer
+   * were never read and are not counted.
+   * `handlersCut + refused + dropped` is every request received and not
+   * answered.
+   */
+  dropped: number;
   /** The server's own requests to clients that were still pending when forced. */
   requestsCut: number;
   /** How long the shutdown took, in milliseconds. */
@@ -166,6 +177,7 @@ function reportOf<T>(
     forced: 0,
     handlersCut: 0,
     refused: 0,
+    dropped: 0,
     requestsCut: 0,
     durationMs: Math.round(performance.now() - started),
     forcedSessions: [],
@@ -182,6 +194,7 @@ function reportOf<T>(
     } else report.drained++;
     report.handlersCut += cut.handlers;
     report.refused += cut.refused;
+    report.dropped += cut.dropped;
     report.requestsCut += cut.requests;
   });
   return report;

@@ -502,6 +502,7 @@ function mergeReports(
     forced: 0,
     handlersCut: 0,
     refused: 0,
+    dropped: 0,
     requestsCut: 0,
     durationMs: Math.round(durationMs),
     forcedSessions: [],
@@ -513,6 +514,7 @@ function mergeReports(
     merged.forced += report.forced;
     merged.handlersCut += report.handlersCut;
     merged.refused += report.refused;
+    merged.dropped += report.dropped;
     merged.requestsCut += report.requestsCut;
     merged.forcedSessions.push(...report.forcedSessions);
   }

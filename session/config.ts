@@ -64,8 +64,14 @@ export interface DrainResult {
   forced: boolean;
   /** Requests from the peer that got no answer (they may have run). */
   handlers: number;
-  /** Requests from the peer refused unprocessed (never run). */
+  /** Requests from the peer refused unprocessed (never run), refusal written. */
   refused: number;
+  /**
+   * Requests from the peer read but never started nor answered: held at
+   * the handler limit where no refusal can be sent, read and not yet
+   * dispatched, or refused without the refusal written.
+   */
+  dropped: number;
   /** Our own requests still pending. */
   requests: number;
   /** Why it was forced: what was still under way (empty when not forced). */
@@ -74,5 +80,12 @@ export interface DrainResult {
 
 /** What a drain that cut nothing reports. */
 export function drained(): DrainResult {
-  return { forced: false, handlers: 0, refused: 0, requests: 0, reasons: [] };
+  return {
+    forced: false,
+    handlers: 0,
+    refused: 0,
+    dropped: 0,
+    requests: 0,
+    reasons: [],
+  };
 }

@@ -93,6 +93,34 @@ export class Dispatcher<T> {
     this.#fifoHead = 0;
   }
 
+  /**
+   * How many of `wires`, read after everything dispatched so far, are
+   * requests for the handler (not replies, pushes or control frames),
+   * without dispatching them: what a session closed before dispatching
+   * them leaves unanswered.
+   */
+  requestsAmong(wires: readonly unknown[]): number {
+    const dialect = this.#dialect;
+    let fifoReplies = this.#fifo.length - this.#fifoHead;
+    let requests = 0;
+    for (const wire of wires) {
+      const kind = dialect.kind(wire);
+      if (kind === Inbound.Request) requests++;
+      else if (kind !== Inbound.Message) continue;
+      else if (dialect.mode === "fifo") {
+        if (fifoReplies > 0) fifoReplies--;
+        else requests++;
+      } else {
+        const id = dialect.id(wire);
+        const reply = id !== undefined &&
+          (this.#pendingFor(this.#correlator.get(id)) !== undefined ||
+            this.#correlator.isExpired(id));
+        if (!reply) requests++;
+      }
+    }
+    return requests;
+  }
+
   dispatch(wire: unknown): void {
     const dialect = this.#dialect;
     switch (dialect.kind(wire)) {

@@ -34,6 +34,11 @@ export interface Draining<T> {
   readonly framed: boolean;
   /** The session's own requests still pending. */
   pending(): number;
+  /**
+   * Requests read but not dispatched, counted once, just before a forced
+   * close.
+   */
+  unread(): number;
   /** The drain frame of the protocol. */
   drainFrame(): unknown;
   /** The peer asked us to stop sending requests (client: unroute). */
@@ -89,6 +94,7 @@ export function drainingOf<T>(
     logger: cfg.logger,
     framed: cfg.dialect.framed,
     pending: () => session.pendingCount,
+    unread: () => session.unreadRequests(),
     drainFrame: () => cfg.dialect.drain(),
     peerDraining: () => cfg.onPeerDrain(session),
     failPending: (reason) =>
@@ -251,23 +257,40 @@ async function endedWithin<T>(
 
 /**
  * The drain's time is up. Requests never started are answered "not
- * processed", so their requesters may send them elsewhere; the rest
- * (handlers still running, replies not yet written) get no answer.
+ * processed" (default protocol), so their requesters may send them
+ * elsewhere; the rest get no answer: handlers still running and replies not
+ * yet written (they may have run, `handlers`), and requests held or read but
+ * never dispatched where no refusal could be sent, or whose refusal was not
+ * written (they never ran, `dropped`). Counted here, in the same turn as the
+ * close, so that nothing read moves between the counts.
  */
 async function forceClose<T>(
   s: Draining<T>,
   signal: AbortSignal,
 ): Promise<DrainResult> {
-  const refused = await refuseUnstarted(s);
+  const refusals = await refuseUnstarted(s);
   const reasons = busyWith(s);
+  // Refusals the peer did not take in time are no answer either.
+  const unsent = s.queue.queuedRefusals + s.queue.writingRefusals;
+  const refused = refusals - unsent;
   if (refused > 0) {
     reasons.push(`${refused} request(s) not started, refused unprocessed`);
   }
+  if (unsent > 0) {
+    reasons.push(
+      `${unsent} request(s) not started, their refusals not written`,
+    );
+  }
+  const unread = s.unread();
+  if (unread > 0) reasons.push(`${unread} request(s) read, not dispatched`);
+  const heldRequests = s.gate.heldRequests;
   const cut: DrainResult = {
     forced: true,
-    handlers: s.gate.running + s.gate.held + s.queue.queuedReplies +
-      s.queue.writingReplies,
+    // Held pushes are counted with the handlers: no answer is owed them.
+    handlers: s.gate.running + s.gate.held - heldRequests +
+      s.queue.queuedReplies + s.queue.writingReplies,
     refused,
+    dropped: heldRequests + unread + unsent,
     requests: s.pending(),
     reasons,
   };

@@ -89,6 +89,15 @@ export class HandlerGate<T> {
     return this.#held.length;
   }
 
+  /** Requests held (not pushes): they never ran. */
+  get heldRequests(): number {
+    let requests = 0;
+    for (const wire of this.#held) {
+      if (this.#dialect.kind(wire) !== Inbound.Push) requests++;
+    }
+    return requests;
+  }
+
   /** Whether no handler runs and nothing is held. */
   get idle(): boolean {
     return this.running === 0 && this.#held.length === 0;
@@ -204,6 +213,7 @@ export class HandlerGate<T> {
     const written = withResolvers<void>();
     written.promise.catch(() => {});
     this.#queue.enqueue(refusal, written);
+    this.#queue.queuedRefusals++;
     refusing.written = written;
     refusing.count++;
   }

@@ -55,6 +55,11 @@ export interface ReadLoopSession {
    */
   badInput(error: unknown): void;
   /**
+   * The loop's state, made at its first read: what a paused loop holds
+   * read but not dispatched (see {@linkcode unreadMessages}).
+   */
+  reading(state: SliceState): void;
+  /**
    * What the read side buffers now, for the memory budget: `partial` bytes
    * of a message in progress, `undispatched` decoded messages not yet
    * dispatched, each estimated at `perMessage` bytes. Returns a promise to
@@ -99,7 +104,17 @@ export async function readLoop<T>(
     liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
-    state ??= { partial: 0, sliceBytes: MIN_SLICE_BYTES, perMessage: 0 };
+    if (state === undefined) {
+      state = {
+        partial: 0,
+        sliceBytes: MIN_SLICE_BYTES,
+        perMessage: 0,
+        batch: undefined,
+        next: 0,
+        rest: undefined,
+      };
+      session.reading(state);
+    }
     for (let start = 0; start < chunk.length;) {
       const end = Math.min(chunk.length, start + state.sliceBytes);
       const slice = end - start === chunk.length
@@ -117,12 +132,18 @@ export async function readLoop<T>(
       // held requests stop the reading.
       const next = dispatchFrom(session, dispatcher, gate, batch, 0);
       if (next >= 0) {
+        state.rest = chunk.subarray(start);
         await dispatchRest(session, dispatcher, gate, batch, next, state);
+        state.rest = undefined;
       }
       if (session.isClosed()) return;
       if (state.bad !== undefined) return session.badInput(state.bad.error);
       const budget = session.buffered(state.partial, 0, state.perMessage);
-      if (budget !== undefined) await budget;
+      if (budget !== undefined) {
+        state.rest = chunk.subarray(start);
+        await budget;
+        state.rest = undefined;
+      }
       if (session.isClosed()) return;
     }
     // Backpressure from our own write side: a peer that does not read
@@ -149,14 +170,17 @@ async function dispatchRest<T>(
       batch.length - next,
       state.perMessage,
     );
+    state.batch = batch;
+    state.next = next;
     while (gate.readingPaused()) await gate.slotFree();
     if (budget !== undefined) await budget;
+    state.batch = undefined;
     next = dispatchFrom(session, dispatcher, gate, batch, next);
   }
 }
 
 /** What the read loop keeps between the slices it decodes. */
-interface SliceState {
+export interface SliceState {
   /** Bytes fed to the decoder since it last completed a message. */
   partial: number;
   /** The size of the next slice. */
@@ -165,6 +189,42 @@ interface SliceState {
   perMessage: number;
   /** Set when the decoder refused the bytes. */
   bad?: { error: unknown };
+  /** While paused mid-batch: the batch, dispatched up to `next`. */
+  batch: unknown[] | undefined;
+  next: number;
+  /** While paused mid-read: the read's bytes not decoded yet. */
+  rest: Uint8Array | undefined;
+}
+
+/**
+ * The messages a session read but never dispatched: the rest of the batch
+ * and of the read its loop is paused in, and `ahead`, bytes read after
+ * them. Decodes them with the session's decoder, so only once the loop will
+ * never go on (the session is closing); takes them, so they count once.
+ */
+export function unreadMessages(
+  state: SliceState | undefined,
+  decoder: FrameDecoder<unknown>,
+  ahead: Uint8Array | undefined,
+): unknown[] {
+  if (state === undefined) return [];
+  const messages = state.batch?.slice(state.next) ?? [];
+  const bytes = [state.rest, ahead];
+  state.batch = undefined;
+  state.rest = undefined;
+  for (const chunk of bytes) {
+    if (chunk === undefined || chunk.length === 0) continue;
+    let decoded: unknown[];
+    try {
+      decoded = decoder.decode(chunk);
+    } catch (error) {
+      // Bad bytes: the messages before them were still received.
+      for (const message of decodedBefore(error)) messages.push(message);
+      break;
+    }
+    for (const message of decoded) messages.push(message);
+  }
+  return messages;
 }
 
 /**

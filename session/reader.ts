@@ -24,6 +24,15 @@ function microtaskTurns(): Promise<undefined> {
   );
 }
 
+/** A read issued ahead of the loop's next {@linkcode SlabReader.read}. */
+interface Ahead {
+  read: Promise<number | null>;
+  slab: Uint8Array;
+  start: number;
+  /** Set once the read completed: the bytes it read (null at the end). */
+  done?: number | null;
+}
+
 /**
  * Reads chunks from a transport. Its state, in short:
  *
@@ -45,9 +54,7 @@ export class SlabReader {
   #copySlab: Uint8Array | undefined;
   #copyPos = 0;
   /** A read into #slab at `start` that {@linkcode read} returns next. */
-  #ahead:
-    | { read: Promise<number | null>; slab: Uint8Array; start: number }
-    | undefined;
+  #ahead: Ahead | undefined;
   /** Short reads in a row; at SHORT_READS_TO_IDLE reads use #small. */
   #shortReads = SHORT_READS_TO_IDLE;
 
@@ -141,7 +148,10 @@ export class SlabReader {
     // follows).
     const more = await Promise.race([read, microtaskTurns()]);
     if (more === undefined) {
-      this.#ahead = { read, slab, start: rest };
+      const ahead: Ahead = { read, slab, start: rest };
+      // Seen by unread() if the session closes before reading on.
+      read.then((n) => ahead.done = n, () => {});
+      this.#ahead = ahead;
       return new Uint8Array(slab.buffer, start, n);
     }
     if (more === null) {
@@ -150,6 +160,18 @@ export class SlabReader {
     }
     this.#slabPos = rest + more;
     return new Uint8Array(slab.buffer, start, n + more);
+  }
+
+  /**
+   * The bytes of a read issued ahead and completed that {@linkcode read}
+   * has not returned yet (the session closes with them unread); takes
+   * them.
+   */
+  unread(): Uint8Array | undefined {
+    const ahead = this.#ahead;
+    if (ahead === undefined || typeof ahead.done !== "number") return;
+    this.#ahead = undefined;
+    return new Uint8Array(ahead.slab.buffer, ahead.start, ahead.done);
   }
 
   /** Drops the buffers of a session that has been silent. */

@@ -51,7 +51,7 @@ import type {
   SessionStats,
 } from "./types.ts";
 import { WriteQueue, type WriteQueueOwner } from "./write_queue.ts";
-import { readLoop } from "./read_loop.ts";
+import { readLoop, type SliceState, unreadMessages } from "./read_loop.ts";
 import { failure } from "./failure.ts";
 
 export type { DrainResult, EncodedRequest, SessionConfig } from "./config.ts";
@@ -125,6 +125,8 @@ export class SessionImpl<T>
   #stats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
   /** Its share of the server's memory budget, made when it first reads. */
   #account: BudgetAccount | undefined;
+  /** The read loop's state, made at its first read. */
+  #readState: SliceState | undefined;
 
   constructor(conn: Transport, cfg: SessionConfig<T>) {
     this.#conn = conn;
@@ -335,6 +337,22 @@ export class SessionImpl<T>
   /** A pending request of this session settled (called by its entry). */
   requestSettled(): void {
     this.#life.checkIdle();
+  }
+
+  /** @internal The read loop's state (see read_loop.ts). */
+  reading(state: SliceState): void {
+    this.#readState = state;
+  }
+
+  /**
+   * @internal How many requests the peer sent that were read but never
+   * dispatched (the read loop paused before them); counted once, when the
+   * session is about to close.
+   */
+  unreadRequests(): number {
+    return this.#dispatcher.requestsAmong(
+      unreadMessages(this.#readState, this.#decoder, this.#reader.unread()),
+    );
   }
 
   /** @internal What the read side buffers (see read_loop.ts). */

@@ -78,6 +78,9 @@ export class WriteQueue {
   /** Handler replies in the queue, and in the write in flight. */
   queuedReplies = 0;
   writingReplies = 0;
+  /** A forced drain's refusals in the queue, and in the write in flight. */
+  queuedRefusals = 0;
+  writingRefusals = 0;
   /** `performance.now()` when the write in flight started, or 0. */
   writeStartedAt = 0;
 
@@ -241,6 +244,7 @@ export class WriteQueue {
         this.writingBuffer = undefined;
         this.writeStartedAt = 0;
         this.writingReplies = 0;
+        this.writingRefusals = 0;
         this.#writingBytes = 0;
         owner.wrote(count, bytes.length);
         // Busy sessions keep their write buffers (a fresh zero-filled MiB
@@ -276,6 +280,8 @@ export class WriteQueue {
     this.outBase += bytes.length;
     this.writingReplies = this.queuedReplies;
     this.queuedReplies = 0;
+    this.writingRefusals = this.queuedRefusals;
+    this.queuedRefusals = 0;
     this.#wakeRoom(true);
     this.writeStartedAt = coarseNow();
   }

@@ -7,8 +7,10 @@ import assert from "node:assert/strict";
 import { dial } from "../client/dial.ts";
 import { serve } from "../server/serve.ts";
 import { FrameKind } from "../protocol.ts";
-import { HOST, pollUntil, rawPeer } from "./_loopback.ts";
+import { ConnectionError } from "../errors.ts";
+import { autoAnswer, HOST, pollUntil, rawPeer } from "./_loopback.ts";
 import { withTimeout } from "./_process.ts";
+import { nextEvents } from "./_raw_peer.ts";
 
 Deno.test("dial() client leaves a server that asked to drain and stays connected after drainTimeout, and reconnects", async () => {
   await using peer = rawPeer();
@@ -176,6 +178,121 @@ Deno.test("dial() drainTimeout counts only after the client's own requests: a sl
   finish.resolve();
   assert.deepEqual([...await reply], [7]);
   assert.equal((await report).forced, 0);
+});
+
+Deno.test("serve() idleTimeout reaps an idle flood that holds every maxConnections slot: fresh clients connect again, a client with a heartbeat stays", async () => {
+  const FLOOD = 500;
+  await using server = serve({
+    hostname: HOST,
+    port: 0,
+    idleTimeout: 1000,
+    maxConnections: FLOOD + 1,
+    handler: (payload) => payload,
+  });
+  const target = `${HOST}:${server.port}`;
+  // Pings after 50 ms of silence: never idle for 1000 ms.
+  await using client = await dial(target, { heartbeat: { interval: 100 } });
+  const accepted = nextEvents(server, "connect", FLOOD);
+  const flood: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < FLOOD; i += 100) {
+      flood.push(
+        ...await Promise.all(
+          Array.from(
+            { length: 100 },
+            () => Deno.connect({ hostname: HOST, port: server.port }),
+          ),
+        ),
+      );
+    }
+    // Nothing is sent on them: a read ends only when the server closes.
+    const reaped = flood.map((conn) =>
+      conn.read(new Uint8Array(1)).catch(() => null)
+    );
+    await withTimeout(accepted, 5000, "the flood accepted");
+    // Every slot is taken: a fresh client is turned away.
+    await assert.rejects(
+      dial(target, { connectTimeout: 500, reconnect: { maxAttempts: 1 } }),
+      ConnectionError,
+    );
+    const ends = await withTimeout(
+      Promise.all(reaped),
+      5000,
+      "the idle connections reaped",
+    );
+    assert.ok(ends.every((n) => n === null));
+    await using fresh = await dial(target, { connectTimeout: 2000 });
+    assert.deepEqual([...await fresh.request(new Uint8Array([1]))], [1]);
+    assert.deepEqual([...await client.request(new Uint8Array([2]))], [2]);
+    assert.equal(client.stats().reconnects, 0);
+  } finally {
+    for (const conn of flood) {
+      try {
+        conn.close();
+      } catch {
+        // Closed already.
+      }
+    }
+  }
+});
+
+Deno.test("dial() of a good server and one trickling a reply: frameTimeout closes the trickling session, the slot reconnects, and idempotent requests meanwhile all succeed", async () => {
+  const FRAME_TIMEOUT = 300;
+  await using good = serve({
+    hostname: HOST,
+    port: 0,
+    handler: (payload) => payload,
+  });
+  await using hostile = rawPeer();
+  const first = hostile.accept();
+  await using client = await dial([`${HOST}:${good.port}`, hostile.target], {
+    frameTimeout: FRAME_TIMEOUT,
+    reconnect: { initial: 10, max: 10 },
+  });
+  // Its connect ping answered: the hostile session is ready too.
+  const conn = await withTimeout(first, 5000, "the hostile session");
+  // The slot's next connection there gets a peer that answers.
+  const second = hostile.accept();
+  const answering = second.then(autoAnswer);
+  const began = performance.now();
+  // A response announcing 64 KiB, then a byte every 10 ms, never finished.
+  await conn.conn.write(
+    new Uint8Array([0, 1, 0, 5, FrameKind.Response, 0x7f, 0, 0, 0]),
+  );
+  using _trickle = trickle((byte) => conn.conn.write(byte), 10);
+  // What the trickling server reads until the client closes it.
+  const requestsRead = (async () => {
+    let requests = 0;
+    for (
+      let frame = await conn.read();
+      frame !== null;
+      frame = await conn.read()
+    ) {
+      if (frame.kind === FrameKind.Request) requests++;
+    }
+    return { requests, after: performance.now() - began };
+  })();
+  const loops = Array.from({ length: 4 }, async (_, loop) => {
+    for (let i = 0; i < 50; i++) {
+      const payload = new Uint8Array([loop, i]);
+      const reply = await client.request(payload, {
+        timeout: 5000,
+        idempotent: true,
+      });
+      assert.deepEqual([...reply], [loop, i]);
+    }
+  });
+  await withTimeout(Promise.all(loops), 10_000, "200 requests");
+  const closed = await withTimeout(requestsRead, 5000, "the client's close");
+  assert.ok(closed.requests > 0, "no request went to the trickling server");
+  assert.ok(
+    closed.after >= FRAME_TIMEOUT && closed.after < FRAME_TIMEOUT + 2000,
+    `closed after ${closed.after} ms`,
+  );
+  await withTimeout(second, 5000, "the reconnect");
+  assert.ok(client.stats().reconnects >= 1);
+  await client.close();
+  await withTimeout(answering, 5000, "the reconnected session's end");
 });
 
 /**

@@ -105,6 +105,7 @@ Deno.test("SessionImpl drains from the client side: the server answers, the clie
     forced: false,
     handlers: 0,
     refused: 0,
+    dropped: 0,
     requests: 0,
     reasons: [],
   });

@@ -21,8 +21,16 @@ import {
   TimeoutError,
 } from "../mod.ts";
 import { lengthPrefixed } from "../framing/mod.ts";
+import { defaultCodec, type Frame } from "../protocol.ts";
 import { withTimeout } from "./_process.ts";
-import { bytes, connectRaw, latch, nextEvents, text } from "./_raw_peer.ts";
+import {
+  bytes,
+  connectRaw,
+  encodeFrame,
+  latch,
+  nextEvents,
+  text,
+} from "./_raw_peer.ts";
 
 const HOST = "127.0.0.1";
 
@@ -601,4 +609,165 @@ Deno.test("Server.shutdown() with a custom codec calls onDrain once for each ses
     await client.close({ timeout: 0 });
     await server.shutdown();
   }
+});
+
+// ---------------------------------------------------------------------------
+// The report counts every request received and not answered
+
+Deno.test("Server.shutdown() forced reports every pipelined request it did not answer: handlersCut + refused + dropped = sent - answered", async (t) => {
+  const SENT = 300;
+  const MAX = 4;
+  const FAST = 8;
+  const PAYLOAD = 8;
+  const cases = [
+    { name: "custom codec (no refusals)", codec: true },
+    { name: "default protocol", codec: false },
+  ];
+  for (const { name, codec } of cases) {
+    await t.step(name, async () => {
+      const started = latch(FAST + MAX);
+      // The first FAST answer at once; the rest outlast the shutdown (they
+      // end only when their session is closed).
+      const handler = (
+        payload: Uint8Array,
+        { signal }: { signal: AbortSignal },
+      ) => {
+        started.count();
+        if (payload[0]! < FAST) return payload;
+        return new Promise<Uint8Array>((resolve) =>
+          signal.addEventListener("abort", () => resolve(payload), {
+            once: true,
+          })
+        );
+      };
+      const lp = lengthPrefixed({ headerBytes: 2 });
+      const server = codec
+        ? serve({
+          hostname: HOST,
+          port: 0,
+          codec: lp,
+          maxConcurrentHandlers: MAX,
+        }, handler)
+        : serve(
+          { hostname: HOST, port: 0, maxConcurrentHandlers: MAX },
+          handler,
+        );
+      const payload = (i: number) => {
+        const p = new Uint8Array(PAYLOAD);
+        p[0] = Math.min(i, 255);
+        return p;
+      };
+      const frames = Array.from(
+        { length: SENT },
+        (_, i) =>
+          codec
+            ? lp.encode(payload(i))
+            : encodeFrame(FrameKind.Request, i + 1, payload(i)),
+      );
+      const wire = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+      frames.reduce((at, f) => (wire.set(f, at), at + f.length), 0);
+      const conn = await Deno.connect({ hostname: HOST, port: portOf(server) });
+      let answered = 0;
+      let refused = 0;
+      const reading = (async () => {
+        const decoder = codec ? lp.decoder() : defaultCodec().decoder();
+        const buffer = new Uint8Array(64 * 1024);
+        for (;;) {
+          let n: number | null;
+          try {
+            n = await conn.read(buffer);
+          } catch {
+            return;
+          }
+          if (n === null) return;
+          for (const message of decoder.decode(buffer.subarray(0, n))) {
+            const kind = codec ? FrameKind.Response : (message as Frame).kind;
+            if (kind === FrameKind.Response) answered++;
+            if (kind === FrameKind.Refused) refused++;
+          }
+        }
+      })();
+      try {
+        for (let at = 0; at < wire.length;) {
+          at += await conn.write(wire.subarray(at));
+        }
+        await withTimeout(started.promise, 2000, "handlers at their limit");
+        const report = await withTimeout(
+          server.shutdown({ timeout: 50 }),
+          3000,
+          "shutdown",
+        );
+        await withTimeout(reading, 3000, "the server closes");
+        const summary = `${name}: sent ${SENT}, answered ${answered}, ` +
+          `refusals read ${refused}, report ${JSON.stringify(report)}`;
+        assert.equal(report.forced, 1, summary);
+        assert.equal(answered, FAST, summary);
+        assert.equal(report.handlersCut, MAX, summary);
+        assert.equal(report.refused, refused, summary);
+        assert.equal(
+          report.handlersCut + report.refused + report.dropped,
+          SENT - answered,
+          summary,
+        );
+      } finally {
+        conn.close();
+        await server.shutdown();
+      }
+    });
+  }
+});
+
+Deno.test("Server.shutdown() forced counts refusals a non-reading peer never got as dropped, not refused", async () => {
+  const REPLY_BYTES = 4 * 1024 * 1024;
+  const BIG = 4;
+  const MAX = 4;
+  const SENT = 60;
+  const started = latch(BIG + MAX);
+  const server = serve({
+    hostname: HOST,
+    port: 0,
+    writeTimeout: 0,
+    maxConcurrentHandlers: MAX,
+  }, (payload, { signal }) => {
+    started.count();
+    // 16 MiB of replies fill the socket: nothing queued behind them leaves.
+    if (payload[0] === 0) return new Uint8Array(REPLY_BYTES);
+    return new Promise<Uint8Array>((resolve) =>
+      signal.addEventListener("abort", () => resolve(payload), { once: true })
+    );
+  });
+  await using raw = await connectRaw(portOf(server), {
+    maxFrameBytes: REPLY_BYTES,
+  });
+  const wire = new Uint8Array(SENT * 10);
+  for (let i = 0; i < SENT; i++) {
+    wire.set(
+      encodeFrame(FrameKind.Request, i + 1, new Uint8Array([i < BIG ? 0 : 1])),
+      i * 10,
+    );
+  }
+  await raw.write(wire);
+  await withTimeout(started.promise, 2000, "handlers at their limit");
+  // The peer reads nothing until the shutdown is over.
+  const report = await withTimeout(
+    server.shutdown({ timeout: 50 }),
+    3000,
+    "shutdown",
+  );
+  const end = await withTimeout(raw.end(), 5000, "read what arrived");
+  const answered = end.frames.filter((f) => f.kind === FrameKind.Response)
+    .length;
+  const refused = end.frames.filter((f) => f.kind === FrameKind.Refused)
+    .length;
+  const summary =
+    `sent ${SENT}, answered ${answered}, refusals read ${refused}, report ${
+      JSON.stringify(report)
+    }`;
+  assert.ok(answered < BIG, summary);
+  assert.equal(report.refused, refused, summary);
+  assert.equal(
+    report.handlersCut + report.refused + report.dropped,
+    SENT - answered,
+    summary,
+  );
 });
