@@ -19,6 +19,7 @@ type ErrorClass = new (message?: string, options?: ErrorOptions) => Error;
 interface Globals {
   Deno?: { connect?: unknown; errors?: Record<string, ErrorClass> };
   Bun?: unknown;
+  process?: { versions?: { node?: string } };
 }
 
 const globals = globalThis as Globals;
@@ -121,5 +122,25 @@ export function requireDeno(feature: string): void {
   throw new UnsupportedRuntimeError(
     `Cannot use ${feature} on ${RUNTIME}: it needs Deno`,
     { runtime: RUNTIME, feature },
+  );
+}
+
+/**
+ * Throws {@linkcode UnsupportedRuntimeError} on Node before 22.12, whose
+ * `node:net` ignores `reusePort` (a second listener on the port then fails
+ * with `AddrInUse`, which would hide the reason).
+ *
+ * @throws {UnsupportedRuntimeError} On Node < 22.12.
+ */
+export function requireReusePort(): void {
+  if (RUNTIME !== "node") return;
+  const [major = 0, minor = 0] = (globals.process?.versions?.node ?? "0.0")
+    .split(".").map(Number);
+  if (major > 22 || (major === 22 && minor >= 12)) return;
+  throw new UnsupportedRuntimeError(
+    `Cannot listen with reusePort on Node ${
+      globals.process?.versions?.node ?? "?"
+    }: node:net supports it from Node 22.12`,
+    { runtime: RUNTIME, feature: "listenReusePort()" },
   );
 }

@@ -7,15 +7,25 @@
  */
 
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 import {
   type Codec,
+  ConnectionError,
   defaultCodec,
   dial,
   type FrameDecoder,
   FrameKind,
+  isRetryableError,
+  listen,
+  listenReusePort,
+  serve,
   serveMutualTls,
+  serveWorkers,
   TimeoutError,
+  UnsupportedRuntimeError,
 } from "../../mod.ts";
 import { delimited } from "../../framing/mod.ts";
 import { conformance } from "./_harness.ts";
@@ -345,3 +355,106 @@ conformance("Bad input ends only its own session", async (t) => {
   await peer.ended;
   assert.equal(dec(await client.request(enc("still here"))), "still here");
 });
+
+/** The name of every error along `error`'s `cause` chain. */
+function causeNames(error: unknown): string[] {
+  const names: string[] = [];
+  for (let e = error; e instanceof Error; e = e.cause) names.push(e.name);
+  return names;
+}
+
+conformance("listen() on a port in use rejects with AddrInUse", async (t) => {
+  const first = await listen({ hostname: HOST, port: 0 });
+  t.defer(() => first.close());
+  const port = first.addr.transport === "tcp" ? first.addr.port : 0;
+  await assert.rejects(
+    listen({ hostname: HOST, port }),
+    (error: unknown) => error instanceof Error && error.name === "AddrInUse",
+  );
+});
+
+conformance(
+  "dial() to a closed port fails with ConnectionRefused as a cause",
+  async (t) => {
+    const closed = await listen({ hostname: HOST, port: 0 });
+    const port = closed.addr.transport === "tcp" ? closed.addr.port : 0;
+    closed.close();
+    const error = await dial({ hostname: HOST, port }, {
+      connectTimeout: 2000,
+      reconnect: { maxAttempts: 1 },
+    }).then(
+      (client) => {
+        t.defer(() => client.close());
+        return undefined;
+      },
+      (error: unknown) => error,
+    );
+    assert.ok(error instanceof ConnectionError, String(error));
+    assert.ok(
+      causeNames(error).includes("ConnectionRefused"),
+      String(causeNames(error)),
+    );
+    assert.ok(isRetryableError(error));
+  },
+);
+
+conformance("A Unix socket round trip", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tcpbutler-unix-"));
+  t.defer(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, "s.sock");
+  const server = serve(await listen({ path }), (p) => p.toReversed());
+  t.defer(() => server.shutdown({ timeout: 0 }));
+  const client = await dial(`unix:${path}`);
+  t.defer(() => client.close());
+  assert.equal(dec(await client.request(enc("ab"))), "ba");
+});
+
+conformance(
+  "What a runtime lacks fails with UnsupportedRuntimeError",
+  async (t) => {
+    const onDeno = "Deno" in globalThis;
+    if (onDeno) {
+      // Deno binds synchronously: serve() listens by itself.
+      const server = serve({ hostname: HOST, port: 0, handler: (p) => p });
+      t.defer(() => server.shutdown({ timeout: 0 }));
+      assert.ok(server.port > 0);
+      return;
+    }
+    assert.throws(
+      () => serve({ hostname: HOST, port: 0, handler: (p) => p }),
+      UnsupportedRuntimeError,
+    );
+    await assert.rejects(
+      serveWorkers({ module: "./echo.ts", port: 0 }),
+      UnsupportedRuntimeError,
+    );
+  },
+);
+
+conformance(
+  "listenReusePort() shares a port, or says the runtime cannot",
+  async (t) => {
+    const version =
+      (globalThis as { process?: { versions?: { node?: string } } })
+        .process?.versions?.node;
+    const [major = 0, minor = 0] = (version ?? "0.0").split(".").map(Number);
+    const plainNode = !("Deno" in globalThis) && !("Bun" in globalThis);
+    if (plainNode && (major < 22 || (major === 22 && minor < 12))) {
+      await assert.rejects(
+        listenReusePort({ hostname: HOST, port: 0 }),
+        UnsupportedRuntimeError,
+      );
+      return;
+    }
+    const first = await listenReusePort({ hostname: HOST, port: 0 });
+    const port = first.addr.transport === "tcp" ? first.addr.port : 0;
+    const second = await listenReusePort({ hostname: HOST, port });
+    const a = serve(first, () => enc("a"));
+    t.defer(() => a.shutdown({ timeout: 0 }));
+    const b = serve(second, () => enc("b"));
+    t.defer(() => b.shutdown({ timeout: 0 }));
+    const client = await dial({ hostname: HOST, port });
+    t.defer(() => client.close());
+    assert.match(dec(await client.request(enc("?"))), /^[ab]$/);
+  },
+);
