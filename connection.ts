@@ -92,6 +92,9 @@ export function writesAreExact(conn: Transport): boolean {
  * `Interrupted`), rather than that the network failed.
  */
 export function isClosedResource(error: unknown): boolean {
-  return error instanceof Deno.errors.BadResource ||
-    error instanceof Deno.errors.Interrupted;
+  // By name: Deno's own classes and transport/'s stand-ins for them on other
+  // runtimes share these names, and this module may not ask which runtime
+  // it runs on.
+  return error instanceof Error &&
+    (error.name === "BadResource" || error.name === "Interrupted");
 }

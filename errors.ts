@@ -481,6 +481,47 @@ export class MemoryBudgetError extends Error {
 }
 
 /**
+ * A feature the runtime this code runs on cannot offer (for example
+ * `serve()` binding its own port synchronously, which `node:net` cannot do
+ * on Node and Bun, or `serveWorkers()` outside Deno). The README's runtime
+ * table lists them, with what to use instead.
+ *
+ * @example Usage
+ * ```ts
+ * import { UnsupportedRuntimeError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new UnsupportedRuntimeError("Cannot fly", {
+ *   runtime: "node",
+ *   feature: "flying",
+ * });
+ * assert.equal(error.runtime, "node");
+ * ```
+ */
+export class UnsupportedRuntimeError extends Error {
+  /** The runtime: `"deno"`, `"node"` or `"bun"`. */
+  readonly runtime: string;
+  /** The feature it lacks. */
+  readonly feature: string;
+
+  /**
+   * Creates the error.
+   *
+   * @param message What cannot be done here, and what to use instead.
+   * @param options The runtime, the feature, and `cause` if any.
+   */
+  constructor(
+    message: string,
+    options: ErrorOptions & { runtime: string; feature: string },
+  ) {
+    super(message, options);
+    this.name = "UnsupportedRuntimeError";
+    this.runtime = options.runtime;
+    this.feature = options.feature;
+  }
+}
+
+/**
  * Tells whether an error is worth retrying on another session or later: a
  * connection that failed or closed, a missing session, or a timeout. Remote
  * (handler) errors, protocol errors and closed clients are not, nor is a
@@ -513,9 +554,17 @@ export function isRetryableError(error: unknown): boolean {
     error instanceof ConnectionClosedError ||
     error instanceof NoSessionError ||
     error instanceof TimeoutError ||
-    error instanceof Deno.errors.ConnectionRefused ||
-    error instanceof Deno.errors.ConnectionReset ||
-    error instanceof Deno.errors.ConnectionAborted ||
-    error instanceof Deno.errors.BrokenPipe ||
-    error instanceof Deno.errors.TimedOut;
+    (error instanceof Error && RETRYABLE_NETWORK_ERRORS.has(error.name));
 }
+
+/**
+ * Network failures a retry may get past, by name: the `Deno.errors` classes
+ * on Deno, the same-named classes the transports throw on Node and Bun.
+ */
+const RETRYABLE_NETWORK_ERRORS: ReadonlySet<string> = new Set([
+  "ConnectionRefused",
+  "ConnectionReset",
+  "ConnectionAborted",
+  "BrokenPipe",
+  "TimedOut",
+]);

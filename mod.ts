@@ -72,6 +72,8 @@ export type {
   WorkerServerEventDetail,
   WorkerServerStats,
 } from "./server/workers.ts";
+export { listen } from "./transport/listen.ts";
+export type { ListenOptions } from "./transport/listen.ts";
 export { listenReusePort } from "./transport/reuse_port.ts";
 export type { ListenReusePortOptions } from "./transport/reuse_port.ts";
 export type {
@@ -160,6 +162,7 @@ export {
   RetryExhaustedError,
   SlowConsumerError,
   TimeoutError,
+  UnsupportedRuntimeError,
 } from "./errors.ts";
 export type { DetectedProtocol } from "./errors.ts";
 export { delay, exponentialBackoff } from "./backoff.ts";

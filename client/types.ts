@@ -150,7 +150,7 @@ export interface DialOptions<T>
    * @default {1}
    */
   sessions?: number;
-  /** TLS (`Deno.connectTls`); with `cert` and `key`, mTLS. */
+  /** TLS (`Deno.connectTls`; `node:tls` on Node and Bun); with `cert` and `key`, mTLS. */
   tls?: ClientTlsOptions;
   /**
    * Milliseconds `dial()` waits for the first ready session, and each

@@ -184,6 +184,9 @@ function serverDialect<T>(options: ServeOptions<T>): Dialect<T> {
  *   your own (`Deno.listen(…)`, `Deno.listenTls(…)`, a {@linkcode TransportListener}).
  * @param handler The handler, if not in `options`.
  * @returns The running server; `server.addr` is known at once.
+ * @throws {UnsupportedRuntimeError} On Node and Bun when asked to listen by
+ *   itself (`port`, `path`): node:net binds asynchronously there, so pass a
+ *   listener from `await listen({ … })`.
  *
  * @example Usage
  * ```ts

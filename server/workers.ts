@@ -24,6 +24,8 @@ import type { ServeOptions } from "./serve.ts";
 import { newCounters } from "../session/types.ts";
 import type { ShutdownOptions, ShutdownReport } from "./shutdown.ts";
 import type { FromWorker, ToWorker } from "./_worker_messages.ts";
+import { cwd } from "node:process";
+import { requireDeno } from "../transport/_runtime.ts";
 
 /**
  * What {@linkcode serveWorkers} hands each worker's `serve()` as data (the
@@ -421,6 +423,7 @@ export class WorkerServer extends EventTarget implements AsyncDisposable {
  * @returns The running workers, as one server.
  * @throws {RangeError} `workers` is not an integer >= 1, or a timeout is out of range.
  * @throws {Error} A worker could not load the module or listen (the others are stopped).
+ * @throws {UnsupportedRuntimeError} On Node and Bun.
  *
  * @example Usage
  * ```ts ignore
@@ -435,6 +438,8 @@ export class WorkerServer extends EventTarget implements AsyncDisposable {
 export async function serveWorkers(
   options: ServeWorkersOptions,
 ): Promise<WorkerServer> {
+  // Workers are Deno's Web Workers, each with its own reusePort listener.
+  requireDeno("serveWorkers()");
   const count = countOption(
     options.workers ?? navigator.hardwareConcurrency,
     "workers",
@@ -472,8 +477,8 @@ export async function serveWorkers(
 function moduleUrl(module: string | URL): string {
   if (module instanceof URL) return module.href;
   if (/^[a-z][a-z0-9+.-]*:/i.test(module)) return module;
-  const cwd = Deno.cwd().replace(/\/?$/, "/");
-  return new URL(module, `file://${cwd}`).href;
+  const dir = cwd().replace(/\/?$/, "/");
+  return new URL(module, `file://${dir}`).href;
 }
 
 function emptyStats(): ServerStats {

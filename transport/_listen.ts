@@ -1,13 +1,17 @@
 /**
- * {@linkcode listen}: every `Deno.listen*` call of the library, the server's
- * counterpart of `connect()`. Mutual TLS listens through `node:tls` instead
- * (`_mutual_tls.ts`), inherited sockets through `node:net`
- * (`socket_activation.ts`).
+ * {@linkcode listen} and {@linkcode listenAsync}: every `Deno.listen*` call
+ * of the library, the server's counterpart of `connect()`, and on Node and
+ * Bun the `node:net`/`node:tls` listeners in their place. Mutual TLS listens
+ * through `node:tls` on every runtime (`_mutual_tls.ts`), inherited sockets
+ * through `node:net` (`socket_activation.ts`).
  *
  * @module
  */
 
 import type { TransportListener } from "../connection.ts";
+import { UnsupportedRuntimeError } from "../errors.ts";
+import { listenNode } from "./_node_net.ts";
+import { IS_DENO, RUNTIME } from "./_runtime.ts";
 
 /** Where to listen: a TCP address (plain or TLS) or a Unix socket path. */
 export type ListenTarget =
@@ -20,13 +24,21 @@ export type ListenTarget =
   };
 
 /**
- * Opens a listener.
+ * Opens a listener, bound when this returns: Deno only, since `node:net`
+ * binds asynchronously (use {@linkcode listenAsync} there).
  *
  * @param target Where to listen.
  * @returns The listener, bound at once.
  * @throws {Deno.errors.AddrInUse} When the address is taken (other bind errors likewise).
+ * @throws {UnsupportedRuntimeError} On Node and Bun.
  */
 export function listen(target: ListenTarget): TransportListener {
+  if (!IS_DENO) {
+    throw new UnsupportedRuntimeError(
+      `Cannot listen synchronously on ${RUNTIME}: node:net binds asynchronously; pass \`await listen({ … })\` to serve() instead`,
+      { runtime: RUNTIME, feature: "synchronous listen" },
+    );
+  }
   if ("path" in target) {
     return Deno.listen({ transport: "unix", path: target.path });
   }
@@ -35,4 +47,26 @@ export function listen(target: ListenTarget): TransportListener {
     return Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key });
   }
   return Deno.listen({ hostname, port });
+}
+
+/**
+ * Opens a listener on any runtime: Deno's own listeners on Deno,
+ * `node:net`/`node:tls` ones elsewhere.
+ *
+ * @param target Where to listen.
+ * @param backlog On Node and Bun, how many accepted connections may wait
+ *   for `accept()` (Deno's listeners take connections only in `accept()`).
+ * @param signal Aborts the wait for the bind.
+ * @returns The listener, once bound.
+ * @throws {Deno.errors.AddrInUse} When the address is taken (other bind
+ *   errors likewise; a same-named class outside Deno).
+ */
+export async function listenAsync(
+  target: ListenTarget,
+  backlog: number,
+  signal: AbortSignal | undefined,
+): Promise<TransportListener & Disposable> {
+  signal?.throwIfAborted();
+  if (IS_DENO) return listen(target) as Deno.Listener;
+  return await listenNode(target, backlog, signal);
 }

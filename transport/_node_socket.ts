@@ -18,6 +18,13 @@ import type { Server as NetServer, Socket } from "node:net";
 
 import type { Transport, TransportListener } from "../connection.ts";
 import { withResolvers } from "../_util.ts";
+import {
+  BadResource,
+  BrokenPipe,
+  Busy,
+  fromNodeError,
+  Interrupted,
+} from "./_runtime.ts";
 
 /** The read switch of a native stream handle. */
 export interface ReadControl {
@@ -84,8 +91,9 @@ export class NodeSocketTransport implements Transport, Disposable {
       this.#settleReader(null);
     });
     socket.on("error", (error: Error) => {
-      this.#error ??= error;
-      this.#failReader(error);
+      const mapped = fromNodeError(error);
+      this.#error ??= mapped;
+      this.#failReader(mapped);
     });
     socket.on("close", () => {
       // Closed without 'end' or 'error' (destroyed): nothing more will come.
@@ -170,12 +178,12 @@ export class NodeSocketTransport implements Transport, Disposable {
   read(p: Uint8Array): Promise<number | null> {
     if (this.#closed) {
       return Promise.reject(
-        new Deno.errors.BadResource("Cannot read: transport is closed"),
+        new BadResource("Cannot read: transport is closed"),
       );
     }
     if (this.#reader) {
       return Promise.reject(
-        new Deno.errors.Busy("Cannot read: another read is pending"),
+        new Busy("Cannot read: another read is pending"),
       );
     }
     if (this.#buffered.length > 0) {
@@ -215,12 +223,12 @@ export class NodeSocketTransport implements Transport, Disposable {
   write(p: Uint8Array): Promise<number> {
     if (this.#closed) {
       return Promise.reject(
-        new Deno.errors.BadResource("Cannot write: transport is closed"),
+        new BadResource("Cannot write: transport is closed"),
       );
     }
     if (this.#ending) {
       return Promise.reject(
-        new Deno.errors.BrokenPipe("Cannot write: writing side is closed"),
+        new BrokenPipe("Cannot write: writing side is closed"),
       );
     }
     if (this.#error) return Promise.reject(this.#error);
@@ -242,7 +250,7 @@ export class NodeSocketTransport implements Transport, Disposable {
   closeWrite(): Promise<void> {
     if (this.#closed) {
       return Promise.reject(
-        new Deno.errors.BadResource(
+        new BadResource(
           "Cannot close writing side: transport is closed",
         ),
       );
@@ -265,7 +273,7 @@ export class NodeSocketTransport implements Transport, Disposable {
     if (this.#closed) return;
     this.#closed = true;
     this.#buffered = [];
-    this.#failReader(new Deno.errors.Interrupted("operation canceled"));
+    this.#failReader(new Interrupted("operation canceled"));
     this.#socket.destroy();
   }
 
@@ -373,14 +381,14 @@ export class NodeListener<C extends Transport>
   accept(): Promise<C> {
     if (this.#closed) {
       return Promise.reject(
-        new Deno.errors.BadResource("Listener has been closed"),
+        new BadResource("Listener has been closed"),
       );
     }
     const ready = this.#ready.shift();
     if (ready) return Promise.resolve(ready);
     if (this.#stopping) {
       return Promise.reject(
-        new Deno.errors.BadResource("Listener has stopped accepting"),
+        new BadResource("Listener has stopped accepting"),
       );
     }
     const waiter = withResolvers<C>();
@@ -398,7 +406,7 @@ export class NodeListener<C extends Transport>
     this.#server.close();
     for (const waiter of this.#waiters.splice(0)) {
       waiter.reject(
-        new Deno.errors.BadResource("Listener has stopped accepting"),
+        new BadResource("Listener has stopped accepting"),
       );
     }
   }
@@ -410,7 +418,7 @@ export class NodeListener<C extends Transport>
     if (!this.#stopping) this.#server.close();
     for (const transport of this.#ready.splice(0)) transport.close();
     for (const waiter of this.#waiters.splice(0)) {
-      waiter.reject(new Deno.errors.BadResource("Listener has been closed"));
+      waiter.reject(new BadResource("Listener has been closed"));
     }
   }
 
@@ -429,33 +437,10 @@ export class NodeListener<C extends Transport>
       try {
         yield await this.accept();
       } catch (error) {
-        if (this.#closed && error instanceof Deno.errors.BadResource) return;
+        if (this.#closed && error instanceof BadResource) return;
         throw error;
       }
     }
-  }
-}
-
-/**
- * Maps a `node:net` bind error (`code: "EADDRINUSE"`, …) to the matching
- * `Deno.errors` class, keeping the original as `cause`.
- *
- * @param error The error `server.listen()` emitted.
- * @returns The error to throw.
- */
-export function toDenoError(error: unknown): unknown {
-  const code = (error as { code?: unknown } | null)?.code;
-  const message = error instanceof Error ? error.message : String(error);
-  switch (code) {
-    case "EADDRINUSE":
-      return new Deno.errors.AddrInUse(message, { cause: error });
-    case "EADDRNOTAVAIL":
-      return new Deno.errors.AddrNotAvailable(message, { cause: error });
-    case "EACCES":
-    case "EPERM":
-      return new Deno.errors.PermissionDenied(message, { cause: error });
-    default:
-      return error;
   }
 }
 
@@ -467,11 +452,11 @@ export function toDenoError(error: unknown): unknown {
  * @param listenOptions What `server.listen()` takes.
  * @param signal Aborts the wait.
  * @returns Resolves once listening.
- * @throws What {@linkcode toDenoError} makes of a bind error.
+ * @throws The runtime error for a bind error (`AddrInUse`, …).
  */
 export async function startListening(
   server: NetServer,
-  listenOptions: { port?: number; host?: string; fd?: number },
+  listenOptions: { port?: number; host?: string; fd?: number; path?: string },
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const { promise, resolve, reject } = withResolvers<void>();
@@ -484,7 +469,7 @@ export async function startListening(
     await promise;
   } catch (error) {
     server.close();
-    throw toDenoError(error);
+    throw fromNodeError(error);
   } finally {
     server.off("error", onError);
     signal?.removeEventListener("abort", onAbort);

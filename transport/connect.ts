@@ -1,6 +1,7 @@
 /**
  * Where a client connects (endpoints, their parsing and rendering) and
- * {@linkcode connect}: every `Deno.connect*` call of the library. Sessions
+ * {@linkcode connect}: every `Deno.connect*` call of the library, and on Node
+ * and Bun the `node:net`/`node:tls` connects in their place. Sessions
  * see the {@linkcode Transport} it returns, which `Deno.Conn` satisfies, so
  * a test double can stand in.
  *
@@ -11,6 +12,8 @@ import { ConnectionError } from "../errors.ts";
 import { describeError, withResolvers } from "../_util.ts";
 import { formatHostPort, type Transport } from "../connection.ts";
 import { noDelay } from "./_conn.ts";
+import { connectNode } from "./_node_net.ts";
+import { IS_DENO } from "./_runtime.ts";
 
 /** A TCP endpoint. */
 export interface TcpEndpoint {
@@ -39,8 +42,8 @@ export interface ClientTlsOptions {
   key?: string;
   /**
    * The name to verify the server certificate against, when it differs from
-   * the host connected to. Not combinable with a client certificate (the
-   * runtime offers no such option).
+   * the host connected to. On Deno, not combinable with a client
+   * certificate (Deno offers no such option).
    */
   serverName?: string;
   /** ALPN protocols to offer. */
@@ -98,7 +101,9 @@ export async function connect(
 ): Promise<Transport> {
   signal.throwIfAborted();
   let pending: Promise<Transport>;
-  if ("path" in endpoint) {
+  if (!IS_DENO) {
+    pending = connectNode(endpoint, tls);
+  } else if ("path" in endpoint) {
     pending = Deno.connect({ transport: "unix", path: endpoint.path });
   } else if (!tls) {
     pending = Deno.connect({ hostname: endpoint.hostname, port: endpoint.port })

@@ -19,6 +19,7 @@ import { FrameKind } from "../protocol.ts";
 import { type Logger, safeLogger } from "../logger.ts";
 import { after } from "../_timeouts.ts";
 import { withResolvers } from "../_util.ts";
+import { BadResource } from "./_runtime.ts";
 
 /**
  * Decides from the first bytes of a connection whether it belongs to a route:
@@ -145,7 +146,7 @@ class Route implements TransportListener {
     const conn = this.#queue.shift();
     if (conn !== undefined) return Promise.resolve(conn);
     if (this.closed) {
-      return Promise.reject(new Deno.errors.BadResource("Listener is closed"));
+      return Promise.reject(new BadResource("Listener is closed"));
     }
     const waiter = withResolvers<Transport>();
     this.#waiters.push(waiter);
@@ -157,7 +158,7 @@ class Route implements TransportListener {
     this.closed = true;
     for (const conn of this.#queue.splice(0)) conn.close();
     for (const waiter of this.#waiters.splice(0)) {
-      waiter.reject(new Deno.errors.BadResource("Listener is closed"));
+      waiter.reject(new BadResource("Listener is closed"));
     }
     this.#onClose();
   }
@@ -167,7 +168,7 @@ class Route implements TransportListener {
       try {
         yield await this.accept();
       } catch (error) {
-        if (error instanceof Deno.errors.BadResource) return;
+        if (error instanceof BadResource) return;
         throw error;
       }
     }

@@ -8,7 +8,8 @@
  * Closing one of several such listeners resets the connections queued on
  * it and not yet accepted, unless the host sets
  * `net.ipv4.tcp_migrate_req=1` (the kernel then moves them to a listener
- * that stays): see the README's "Running a fleet".
+ * that stays): see the README's "Running a fleet". Node supports the option
+ * from 22.12; Bun and Deno do.
  *
  * @module
  */
@@ -20,6 +21,7 @@ import {
   NodeSocketTransport,
   startListening,
 } from "./_node_socket.ts";
+import { requireReusePort } from "./_runtime.ts";
 
 /** Options of {@linkcode listenReusePort}. */
 export interface ListenReusePortOptions {
@@ -52,6 +54,7 @@ class ReusePortListener extends NodeListener<NodeSocketTransport> {}
  * @returns The listener, once it listens.
  * @throws {Deno.errors.AddrInUse} The port is held by a listener without
  * the option.
+ * @throws {UnsupportedRuntimeError} On Node before 22.12 (no `reusePort`).
  *
  * @example Usage
  * ```ts
@@ -77,6 +80,7 @@ export async function listenReusePort(
   if (!Number.isInteger(backlog) || backlog < 0) {
     throw new RangeError(`Cannot listen: backlog ${backlog} is not >= 0`);
   }
+  requireReusePort();
   signal?.throwIfAborted();
   const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
   const listenOptions = { host: hostname, port, reusePort: true };

@@ -14,6 +14,7 @@
  */
 
 import { createServer, type Server as NetServer, type Socket } from "node:net";
+import { env, pid } from "node:process";
 
 import type { Transport, TransportListener } from "../connection.ts";
 import {
@@ -21,6 +22,7 @@ import {
   NodeSocketTransport,
   startListening,
 } from "./_node_socket.ts";
+import { BadResource } from "./_runtime.ts";
 
 /** A connection accepted by {@linkcode listenInherited}. */
 export interface InheritedTransport extends Transport, Disposable {
@@ -130,7 +132,7 @@ async function listenOnFd(
   } catch (error) {
     const code = (error as { code?: unknown } | null)?.code;
     if (code === "EBADF" || code === "EINVAL" || code === "ENOTSOCK") {
-      throw new Deno.errors.BadResource(
+      throw new BadResource(
         `Cannot listen on fd ${fd}: not an open listening socket (${code})`,
         { cause: error },
       );
@@ -206,7 +208,7 @@ export interface SystemdListenersOptions {
  * The listening sockets systemd passed to this process (socket activation):
  * one listener per descriptor from 3 on, as `LISTEN_FDS` counts them, each
  * named from `LISTEN_FDNAMES` when set. `LISTEN_PID` must be this process
- * (`Deno.pid`), as `sd_listen_fds()` requires. Needs `--allow-env`.
+ * (`process.pid`), as `sd_listen_fds()` requires. Needs `--allow-env`.
  *
  * @param options Accept backlog and a signal.
  * @returns The listeners, in descriptor order.
@@ -232,16 +234,16 @@ export async function systemdListeners(
 ): Promise<InheritedListener[]> {
   const { backlog = 128, signal } = options ?? {};
   checkBacklog(backlog);
-  const pidText = Deno.env.get("LISTEN_PID");
-  const countText = Deno.env.get("LISTEN_FDS");
+  const pidText = env.LISTEN_PID;
+  const countText = env.LISTEN_FDS;
   if (pidText === undefined || countText === undefined) {
     throw new TypeError(
       "Cannot use systemd sockets: the process is not socket-activated (LISTEN_PID and LISTEN_FDS are not set)",
     );
   }
-  if (!/^\d+$/.test(pidText) || Number(pidText) !== Deno.pid) {
+  if (!/^\d+$/.test(pidText) || Number(pidText) !== pid) {
     throw new TypeError(
-      `Cannot use systemd sockets: LISTEN_PID ${pidText} is not this process (${Deno.pid})`,
+      `Cannot use systemd sockets: LISTEN_PID ${pidText} is not this process (${pid})`,
     );
   }
   if (!/^\d+$/.test(countText) || Number(countText) < 1) {
@@ -250,7 +252,7 @@ export async function systemdListeners(
     );
   }
   const count = Number(countText);
-  const names = Deno.env.get("LISTEN_FDNAMES")?.split(":");
+  const names = env.LISTEN_FDNAMES?.split(":");
   const listeners: InheritedListener[] = [];
   try {
     for (let i = 0; i < count; i++) {
