@@ -42,6 +42,13 @@ export interface AcceptHost {
     transport: Transport,
     proxy: ProxyInfo | undefined,
   ): Promise<void>;
+  /**
+   * Closes the session that has gone longest without a whole message, if
+   * that is at least `minIdleMs`.
+   *
+   * @returns Whether a session was closed to make room.
+   */
+  evictIdle(minIdleMs: number): boolean;
   /** Dispatches a server event. */
   emit(detail: ServerEventDetail): void;
   /**
@@ -59,6 +66,8 @@ export interface AcceptHost {
 export interface AcceptSettings {
   /** Open sessions at most, connections still opening included. */
   maxConnections: number;
+  /** At `maxConnections`, evict a session idle this long (ms); `Infinity` = never. */
+  evictIdleAfter: number;
   /** The PROXY header expected on each connection; `undefined` = none. */
   proxyProtocol: ProxyProtocolOptions | undefined;
   /** Milliseconds to wait for a PROXY header; `Infinity` = no limit. */
@@ -78,6 +87,7 @@ export class Acceptor {
   #loop: Promise<void> = Promise.resolve();
   #accepted = 0;
   #refused = 0;
+  #evicted = 0;
   #rejected = 0;
   #healthChecksFailed = 0;
 
@@ -99,6 +109,11 @@ export class Acceptor {
   /** Connections refused by `maxConnections`. */
   get refused(): number {
     return this.#refused;
+  }
+
+  /** Idle sessions closed to make room for a new connection (`evictIdleAfter`). */
+  get evicted(): number {
+    return this.#evicted;
   }
 
   /** Connections closed for a bad PROXY header, a failed open or `onConnect`. */
@@ -187,12 +202,18 @@ export class Acceptor {
     });
   }
 
-  /** Refuses a connection past `maxConnections`, or starts opening it. */
+  /**
+   * Past `maxConnections`, makes room by evicting an idle session or
+   * refuses the connection; otherwise starts opening it.
+   */
   #take(conn: Transport): void {
     this.#accepted++;
     noDelay(conn);
-    const { maxConnections } = this.#settings;
-    if (this.#host.sessionCount() + this.#opening.size >= maxConnections) {
+    const { maxConnections, evictIdleAfter } = this.#settings;
+    if (
+      this.#host.sessionCount() + this.#opening.size >= maxConnections &&
+      !this.#evict(evictIdleAfter)
+    ) {
       this.#refused++;
       this.#host.logger.warn("Connection refused: maxConnections reached", {
         remote: formatAddr(conn.remoteAddr),
@@ -208,6 +229,14 @@ export class Acceptor {
     } else {
       this.#openSafely(conn, conn, undefined);
     }
+  }
+
+  #evict(minIdleMs: number): boolean {
+    if (minIdleMs === Infinity || !this.#host.evictIdle(minIdleMs)) {
+      return false;
+    }
+    this.#evicted++;
+    return true;
   }
 
   /** Reads a PROXY header, then opens the session; bad headers close the connection. */

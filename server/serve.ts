@@ -98,11 +98,27 @@ export interface ServeOptions<T>
    */
   onDrain?: (session: Session<T>) => void | Promise<void>;
   /**
-   * Open sessions at most; connections past it are closed at once (logged).
+   * Open sessions at most; connections past it are closed at once (logged),
+   * unless an idle session makes room (see `evictIdleAfter`).
    *
    * @default {10000}
    */
   maxConnections?: number;
+  /**
+   * At `maxConnections`, a new connection takes the place of the session
+   * that has gone longest without a whole message, if that is at least this
+   * long (ms), so sockets an attacker holds open and silent cannot lock
+   * fresh clients out. The evicted session is drained (a tcpbutler client
+   * moves to a new session and loses nothing) and closed at most 1 s later;
+   * evictions are counted in `stats().idleEvictions`. A tcpbutler client
+   * pings after half its heartbeat interval of silence, so on the defaults
+   * it is evicted only while idle for over 5 s under such pressure, and
+   * reconnects. 0 or `Infinity` = never evict: refuse the new connection
+   * instead.
+   *
+   * @default {5000}
+   */
+  evictIdleAfter?: number;
   /**
    * Bytes all sessions together may buffer: frames in progress, decoded
    * requests waiting for a handler slot, replies queued for peers that do
@@ -238,6 +254,8 @@ function isListener<T>(
 export interface ServerSettings {
   session: SessionSettings;
   maxConnections: number;
+  /** Milliseconds; `Infinity` = never evict. */
+  evictIdleAfter: number;
   /** Bytes; `Infinity` = no budget. */
   memoryBudget: number;
   /** Milliseconds. */
@@ -278,6 +296,9 @@ function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
       options.maxConnections ?? 10_000,
       "maxConnections",
       1,
+    ),
+    evictIdleAfter: deadlineMs(
+      timeoutOption(options.evictIdleAfter ?? 5000, "evictIdleAfter"),
     ),
     memoryBudget: memoryBudgetOption(
       options.memoryBudget ?? DEFAULT_MEMORY_BUDGET,

@@ -31,6 +31,7 @@ import { type Logger, safeLogger } from "../logger.ts";
 import { ClosedError } from "../errors.ts";
 import { delay } from "../backoff.ts";
 import { Acceptor } from "./accept.ts";
+import { evictIdlest } from "./evict.ts";
 import {
   type InboundMessage,
   InboundStreams,
@@ -75,6 +76,11 @@ export interface ServerStats extends Counters {
   accepted: number;
   /** Connections refused by `maxConnections`. */
   refused: number;
+  /**
+   * Idle sessions closed to make room for a new connection at
+   * `maxConnections` (`evictIdleAfter`).
+   */
+  idleEvictions: number;
   /** Connections closed for a bad PROXY header or failed `onConnect`. */
   rejected: number;
   /**
@@ -206,6 +212,13 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.#acceptor = new Acceptor(listener, settings, {
       sessionCount: () => this.#sessions.size,
       open: (conn, transport, proxy) => this.#open(conn, transport, proxy),
+      evictIdle: (minIdleMs) =>
+        evictIdlest(
+          this.#sessions,
+          minIdleMs,
+          this.#logger,
+          this.#options.onDrain,
+        ),
       emit: (detail) => this.#emit(detail),
       isLeaving: () => this.#leaving,
       counters: this.#counters,
@@ -407,6 +420,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       sessions: this.#sessions.size,
       accepted: this.#acceptor.accepted,
       refused: this.#acceptor.refused,
+      idleEvictions: this.#acceptor.evicted,
       rejected: this.#acceptor.rejected,
       healthChecksFailed: this.#acceptor.healthChecksFailed,
       ...(this.#budget?.stats() ?? NO_BUDGET),

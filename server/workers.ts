@@ -487,6 +487,7 @@ function emptyStats(): ServerStats {
     sessions: 0,
     accepted: 0,
     refused: 0,
+    idleEvictions: 0,
     rejected: 0,
     healthChecksFailed: 0,
     bufferedBytes: 0,

@@ -187,6 +187,8 @@ Deno.test("serve() idleTimeout reaps an idle flood that holds every maxConnectio
     port: 0,
     idleTimeout: 1000,
     maxConnections: FLOOD + 1,
+    // This test is about idleTimeout alone.
+    evictIdleAfter: 0,
     handler: (payload) => payload,
   });
   const target = `${HOST}:${server.port}`;
@@ -308,4 +310,73 @@ function trickle(
     write(new Uint8Array([next()])).catch(() => {});
   }, ms);
   return { [Symbol.dispose]: () => clearInterval(timer) };
+}
+
+Deno.test("serve() at maxConnections evicts the idlest session for a new connection (evictIdleAfter, on by default): an idle flood cannot lock fresh clients out; with 0 they are refused", async () => {
+  const FLOOD = 100;
+  for (const evictIdleAfter of [1, 0]) {
+    await using server = serve({
+      hostname: HOST,
+      port: 0,
+      maxConnections: FLOOD,
+      evictIdleAfter,
+      handler: (payload) => payload,
+    });
+    const target = `${HOST}:${server.port}`;
+    const accepted = nextEvents(server, "connect", FLOOD);
+    const flood = await Promise.all(
+      Array.from(
+        { length: FLOOD },
+        () => Deno.connect({ hostname: HOST, port: server.port }),
+      ),
+    );
+    try {
+      // Nothing is sent on them: what they read is the server's drain
+      // frame, then the end once the server closes them.
+      const ends = flood.map((conn) => readToEnd(conn));
+      await withTimeout(accepted, 5000, "the flood accepted");
+      const fresh = dial(target, {
+        connectTimeout: 2000,
+        reconnect: { maxAttempts: 1 },
+      });
+      if (evictIdleAfter === 0) {
+        await assert.rejects(fresh, ConnectionError);
+        assert.equal(server.stats().idleEvictions, 0);
+        assert.ok(server.stats().refused >= 1);
+        continue;
+      }
+      await using client = await fresh;
+      assert.deepEqual([...await client.request(new Uint8Array([7]))], [7]);
+      // The fresh client's session is the one that is not idle: it stays.
+      assert.equal(server.stats().idleEvictions, 1);
+      // The evicted one was drained (the default protocol's drain frame:
+      // length 5, kind Drain), then closed since it never answered.
+      const read = await withTimeout(
+        Promise.race(ends),
+        5000,
+        "one idle connection evicted",
+      );
+      assert.equal(read[4], FrameKind.Drain);
+      await pollUntil(() => server.sessions.length === FLOOD);
+    } finally {
+      for (const conn of flood) {
+        try {
+          conn.close();
+        } catch {
+          // Closed already.
+        }
+      }
+    }
+  }
+});
+
+/** Everything `conn` reads until the end (or an error). */
+async function readToEnd(conn: Deno.Conn): Promise<number[]> {
+  const got: number[] = [];
+  const buffer = new Uint8Array(64);
+  for (;;) {
+    const n = await conn.read(buffer).catch(() => null);
+    if (n === null) return got;
+    got.push(...buffer.subarray(0, n));
+  }
 }
