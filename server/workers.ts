@@ -482,6 +482,8 @@ function emptyStats(): ServerStats {
     sessions: 0,
     accepted: 0,
     refused: 0,
+    opening: 0,
+    handshakeFailures: 0,
     rejected: 0,
     healthChecksFailed: 0,
     bufferedBytes: 0,

@@ -1,13 +1,15 @@
 /**
  * {@linkcode listen}: every `Deno.listen*` call of the library, the server's
- * counterpart of `connect()`. Mutual TLS listens through `node:tls` instead
- * (`_mutual_tls.ts`), inherited sockets through `node:net`
+ * counterpart of `connect()`. TLS runs its handshake through `node:tls` over
+ * an accepted TCP connection (`_tls_accept.ts`); mutual TLS listens through
+ * `node:tls` (`_mutual_tls.ts`), inherited sockets through `node:net`
  * (`socket_activation.ts`).
  *
  * @module
  */
 
 import type { TransportListener } from "../connection.ts";
+import { listenTls } from "./_tls_accept.ts";
 
 /** Where to listen: a TCP address (plain or TLS) or a Unix socket path. */
 export type ListenTarget =
@@ -15,8 +17,11 @@ export type ListenTarget =
   | {
     hostname: string;
     port: number;
-    /** PEM certificate chain and private key: TLS through `Deno.listenTls`. */
-    tls?: { cert: string; key: string };
+    /**
+     * PEM certificate chain and private key, and the milliseconds a client
+     * has to complete its handshake: TLS through `listenTls()`.
+     */
+    tls?: { cert: string; key: string; handshakeTimeout: number };
   };
 
 /**
@@ -32,7 +37,7 @@ export function listen(target: ListenTarget): TransportListener {
   }
   const { hostname, port, tls } = target;
   if (tls !== undefined) {
-    return Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key });
+    return listenTls({ hostname, port, ...tls });
   }
   return Deno.listen({ hostname, port });
 }
