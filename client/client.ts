@@ -184,6 +184,7 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
       config: this.#config,
       router: this.#router,
       emit: (detail) => this.#emit(detail),
+      gaveUp: (error) => this.#streams?.fail(error),
     });
     this.#fleet = this.#pool.fleet;
     this.#housekeeper = new Housekeeper(
@@ -245,7 +246,8 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
    * `handler` while open; each holds a handler slot of its session until
    * read (a push) or answered (a request: {@linkcode InboundMessage}), so a
    * slow reader pauses the server. Ends when the client (or the session
-   * given) closes. See the README's "Streams".
+   * given) closes; errors with `NoSessionError` once every slot gave up
+   * reconnecting (`reconnect.maxAttempts`). See the README's "Streams".
    *
    * @param options A session to read alone, and a signal.
    * @returns The stream of inbound messages.
@@ -260,7 +262,13 @@ export class Client<T> extends EventTarget implements AsyncDisposable {
     const handler = () => this.#handler as Handler<T> | undefined;
     const logger = this.#config.logger;
     this.#streams ??= new InboundStreams(handler, logger, this.closed);
-    return this.#streams.open(options);
+    const stream = this.#streams.open(options);
+    if (this.#pool.allStopped()) {
+      this.#streams.fail(
+        new NoSessionError("Cannot read messages: every slot gave up"),
+      );
+    }
+    return stream;
   }
 
   /**

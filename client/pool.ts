@@ -45,6 +45,8 @@ export interface PoolOptions<T> {
   config: SessionConfig<T>;
   router: Router<T>;
   emit(detail: ClientEventDetail): void;
+  /** Every slot gave up reconnecting: `error` is what the waiting get. */
+  gaveUp(error: NoSessionError): void;
 }
 
 /**
@@ -69,6 +71,7 @@ export class Pool<T> implements SlotHost<T> {
   readonly #firstReady = Promise.withResolvers<void>();
   readonly #router: Router<T>;
   readonly #emit: (detail: ClientEventDetail) => void;
+  readonly #gaveUp: (error: NoSessionError) => void;
   readonly #sessionsPerEndpoint: number;
   #started = false;
   #reconnects = 0;
@@ -84,6 +87,7 @@ export class Pool<T> implements SlotHost<T> {
     this.reconnect = setup.options.reconnect ?? {};
     this.#router = router;
     this.#emit = emit;
+    this.#gaveUp = options.gaveUp;
     this.#sessionsPerEndpoint = setup.sessionsPerEndpoint;
     this.#firstReady.promise.catch(() => {});
     this.fleet = new Fleet<T>(
@@ -298,11 +302,12 @@ export class Pool<T> implements SlotHost<T> {
     this.#emit({ type: "error", endpoint: slot.name, error });
     if (!this.allStopped()) return;
     this.#firstReady.reject(error);
-    this.#router.rejectAll(() =>
+    const noSession = () =>
       new NoSessionError("Cannot send request: every slot gave up", {
         cause: error,
-      })
-    );
+      });
+    this.#router.rejectAll(noSession);
+    this.#gaveUp(noSession());
   }
 }
 

@@ -390,6 +390,15 @@ export class InboundStreams<T> {
     return source.stream;
   }
 
+  /**
+   * No message can come any more (every slot of a client gave up): the
+   * stream of every session's messages errors with `error` once those
+   * waiting are read. Streams of one session end with their session.
+   */
+  fail(error: unknown): void {
+    this.#all?.end(error);
+  }
+
   /** Ends `session`'s stream when it closes (at once if it has). */
   #watch(session: Session<T>): void {
     const end = () =>

@@ -13,6 +13,7 @@ import {
   dial,
   FrameTooLargeError,
   type InboundMessage,
+  NoSessionError,
   RemoteError,
   serve,
   type Session,
@@ -147,6 +148,32 @@ Deno.test("Client.messages() ends when the client closes; Client.writable then e
   // The send a write starts fails at once; the stream errors with it.
   await writer.write(enc("after close")).catch(() => {});
   await assert.rejects(writer.closed, ClosedError);
+});
+
+Deno.test("Client.messages() errors with NoSessionError once every slot gave up reconnecting, and so does one opened after", async () => {
+  const server = serveLoopback({ handler: (p) => p });
+  const client = await dial(`${HOST}:${server.port}`, {
+    heartbeat: false,
+    reconnect: { ...FAST_RECONNECT, maxAttempts: 2 },
+  });
+  try {
+    const reader = client.messages().getReader();
+    const status = client.status()[Symbol.asyncIterator]();
+    await server.shutdown();
+    await assert.rejects(reader.read(), NoSessionError);
+    // The status stream saw the slot give up before the message stream erred.
+    for (;;) {
+      const { value, done } = await status.next();
+      assert.ok(!done, "the status stream ended before the slot gave up");
+      if (value.type === "error") break;
+    }
+    await assert.rejects(
+      client.messages().getReader().read(),
+      NoSessionError,
+    );
+  } finally {
+    await client.close();
+  }
 });
 
 Deno.test("Client.messages(): a reader that stops pauses the server (its sends wait); 100,000 pushes stay bounded", async () => {
