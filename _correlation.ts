@@ -58,6 +58,17 @@ export const Retry = {
   Idempotent: 2,
 } as const;
 
+/**
+ * Where the outcomes of a batch's requests go (see `_batch.ts`): its entries
+ * make no promise of their own.
+ */
+export interface Sink {
+  /** The request at `index` of the batch settled. */
+  settle(index: number, ok: boolean, value: unknown): void;
+  /** Calls `fn` once the request at `index` has settled. */
+  watch(index: number, fn: () => void): void;
+}
+
 /** One request waiting for its reply. */
 export class Pending {
   /** Index in the correlator's list of entries without an id, or -1. */
@@ -80,9 +91,14 @@ export class Pending {
   /** The session it is sent on (it moves when the request is retried). */
   owner: PendingOwner;
   readonly timeout: number;
-  resolve!: (value: unknown) => void;
-  reject!: (reason: unknown) => void;
-  readonly promise: Promise<unknown>;
+  resolve: ((value: unknown) => void) | undefined = undefined;
+  reject: ((reason: unknown) => void) | undefined = undefined;
+  /** Its reply; undefined for a batch's entry (its outcome goes to `sink`). */
+  readonly promise: Promise<unknown> | undefined;
+  /** The batch it is one of, or undefined. */
+  readonly sink: Sink | undefined;
+  /** Its place in its batch. */
+  readonly index: number;
   /** Only for requests with a signal: one field, not two, in every entry. */
   #abort: AbortLink | undefined;
 
@@ -92,11 +108,21 @@ export class Pending {
     owner: PendingOwner,
     timeout: number,
     signal: AbortSignal | undefined,
+    sink: Sink | undefined,
+    index: number,
   ) {
     this.burst = burst;
     this.id = id;
     this.owner = owner;
     this.timeout = timeout;
+    this.sink = sink;
+    this.index = index;
+    if (sink !== undefined) {
+      // One promise serves the whole batch: none per entry.
+      this.promise = undefined;
+      if (signal !== undefined) this.#abort = { signal, listener: undefined };
+      return;
+    }
     // The executor stores the functions into this (young) entry. Handing
     // them over through module variables would spare the executor's closure
     // but store two young functions into an old object, the module's
@@ -108,6 +134,12 @@ export class Pending {
       this.reject = reject;
     });
     if (signal !== undefined) this.#abort = { signal, listener: undefined };
+  }
+
+  /** Calls `fn` once it has settled (either way). */
+  onSettled(fn: () => void): void {
+    if (this.promise !== undefined) this.promise.then(fn, fn);
+    else this.sink!.watch(this.index, fn);
   }
 
   /** Starts listening to its signal (once it is in the table). */
@@ -142,7 +174,7 @@ export class Pending {
     this.burst.table.timedOut++;
     this.#finish();
     this.burst.table.rememberExpired(this.id);
-    this.reject(
+    this.#rejectWith(
       new TimeoutError(
         `Request ${
           this.id === undefined ? "" : `${String(this.id)} `
@@ -156,7 +188,9 @@ export class Pending {
   succeed(value: unknown): void {
     if (this.settled) return;
     this.#finish();
-    this.resolve(value);
+    const sink = this.sink;
+    if (sink === undefined) this.resolve!(value);
+    else sink.settle(this.index, true, value);
   }
 
   /** Completes with an error. */
@@ -167,7 +201,13 @@ export class Pending {
     if (signal?.aborted && reason === signal.reason) {
       this.burst.table.rememberExpired(this.id);
     }
-    this.reject(reason);
+    this.#rejectWith(reason);
+  }
+
+  #rejectWith(reason: unknown): void {
+    const sink = this.sink;
+    if (sink === undefined) this.reject!(reason);
+    else sink.settle(this.index, false, reason);
   }
 
   #finish(): void {
@@ -370,6 +410,8 @@ export class Correlator {
     owner: PendingOwner,
     timeout: number,
     signal: AbortSignal | undefined,
+    sink?: Sink,
+    index = 0,
   ): Pending {
     if (signal?.aborted) throw signal.reason;
     // The deadline counts from a clock reading taken after the request was
@@ -385,7 +427,15 @@ export class Correlator {
       queueMicrotask(this.#stamp);
     }
     if (timeout < this.#burstTimeout) this.#burstTimeout = timeout;
-    const entry = new Pending(burst, id, owner, timeout, signal);
+    const entry = new Pending(
+      burst,
+      id,
+      owner,
+      timeout,
+      signal,
+      sink,
+      index,
+    );
     if (id !== undefined) {
       if (!this.#byId.add(entry)) throw new DuplicateIdError(id);
       if (this.#expired.size > 0) this.#expired.delete(id);
@@ -393,7 +443,8 @@ export class Correlator {
       entry.slot = this.#unkeyed.length;
       this.#unkeyed.push(entry);
     }
-    if (signal !== undefined) entry.listen();
+    // A batch listens once for all its entries (see `_batch.ts`).
+    if (signal !== undefined && sink === undefined) entry.listen();
     owner.pendingCount++;
     this.count++;
     return entry;

@@ -88,7 +88,7 @@ export function countOption(value: number, name: string, min: number): number {
 export function abortPromise(
   signal: AbortSignal,
 ): { promise: Promise<never>; dispose(): void } {
-  const { promise, reject } = Promise.withResolvers<never>();
+  const { promise, reject } = withResolvers<never>();
   promise.catch(() => {});
   if (signal.aborted) {
     reject(signal.reason);
@@ -114,4 +114,28 @@ export async function abortable<R>(
   } finally {
     abort.dispose();
   }
+}
+
+/** A promise with its resolve and reject functions, as from {@link withResolvers}. */
+export interface Resolvers<T> {
+  /** The promise that `resolve` and `reject` settle. */
+  promise: Promise<T>;
+  /** Fulfils `promise`. */
+  resolve: (value: T | PromiseLike<T>) => void;
+  /** Rejects `promise`. */
+  reject: (reason?: unknown) => void;
+}
+
+/**
+ * `Promise.withResolvers()` for every runtime the package supports: Node 20
+ * does not have it, so library code calls this instead.
+ */
+export function withResolvers<T>(): Resolvers<T> {
+  let resolve!: (value: T | PromiseLike<T>) => void;
+  let reject!: (reason?: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
 }

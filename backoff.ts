@@ -1,3 +1,4 @@
+import { withResolvers } from "./_util.ts";
 /**
  * Exponential backoff with full jitter, and an abortable {@linkcode delay}.
  *
@@ -263,7 +264,7 @@ export function delay(ms: number, options?: DelayOptions): Promise<void> {
     );
   }
   if (signal?.aborted) return Promise.reject(signal.reason);
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  const { promise, resolve, reject } = withResolvers<void>();
   let remaining = ms;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const onAbort = (): void => {

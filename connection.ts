@@ -34,6 +34,14 @@ export interface TransportListener extends AsyncIterable<Transport> {
   accept(): Promise<Transport>;
   /** Stops listening. */
   close(): void;
+  /**
+   * Stops taking connections from the operating system but lets
+   * `accept()` hand out those already taken, then reject as if closed;
+   * `close()` still ends it. A server calls it in place of `close()` when it
+   * shuts down, so no connection this process took is lost. Listeners that
+   * take connections only inside `accept()` (as `Deno.Listener`) omit it.
+   */
+  stopAccepting?(): void;
 }
 
 /** A verified peer certificate. */

@@ -43,6 +43,7 @@ export type {
   EjectionOptions,
   EndpointStats,
   HeartbeatOptions,
+  PipelineOptions,
   ReconnectOptions,
 } from "./client/types.ts";
 export { dnsEndpoints } from "./client/discovery.ts";
@@ -89,6 +90,7 @@ export type {
   Handler,
   HandlerContext,
   MessageKind,
+  PipelineResult,
   ProxyInfo,
   RequestOptions,
   SendOptions,

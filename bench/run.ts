@@ -20,7 +20,9 @@
  * Flags: `--quick` (small matrix, 1 s windows, under a minute), `--runs N`
  * (median of N runs per scenario and metric, runs interleaved across
  * implementations), `--duration MS`, `--warmup MS`, `--impls raw,node,…`
- * (default `raw,node,tcpbutler,tcpbutler-plain`; also `node-cork` (Node
+ * (default `raw,node,tcpbutler,tcpbutler-pipeline,tcpbutler-plain`, where
+ * `tcpbutler-pipeline` is the default protocol through `client.pipeline()`
+ * batches; also `node-cork` (Node
  * writing one frame per `write()` between cork/uncork), `raw-promise` (the
  * raw client through a promise per request, awaited by N loops: the floor
  * of any promise-based client), `tcpbutler-srv`
@@ -137,6 +139,13 @@ const IMPLS: Record<string, Impl> = {
     inproc: true,
     server: denoRun("tcpbutler_server.ts", "--variant", "default"),
     client: denoRun("tcpbutler_client.ts", "--variant", "default"),
+  },
+  "tcpbutler-pipeline": {
+    name: "tcpbutler-pipeline",
+    idle: false,
+    inproc: true,
+    server: denoRun("tcpbutler_server.ts", "--variant", "default"),
+    client: denoRun("tcpbutler_client.ts", "--variant", "pipeline"),
   },
   "tcpbutler-plain": {
     name: "tcpbutler-plain",
@@ -609,7 +618,9 @@ export interface Report {
 
 async function main() {
   const started = Date.now();
-  const wanted = (flags.impls ?? "raw,node,tcpbutler,tcpbutler-plain")
+  const wanted = (
+    flags.impls ?? "raw,node,tcpbutler,tcpbutler-pipeline,tcpbutler-plain"
+  )
     .split(",").map((s) => s.trim()).filter(Boolean);
   for (const name of wanted) {
     if (!IMPLS[name]) throw new Error(`unknown implementation ${name}`);

@@ -3,7 +3,12 @@
  * `--inflight` concurrent request loops (`await client.request(...)`, then the
  * next). `--variant default` uses the default protocol (the library assigns
  * ids); `--variant plain` the baselines' wire format through
- * `lengthPrefixed()`, with the id written into each request's first 4 bytes.
+ * `lengthPrefixed()`, with the id written into each request's first 4 bytes;
+ * `--variant pipeline` the default protocol through `client.pipeline()`:
+ * the in-flight requests split into batches (two per session, so one is
+ * on the wire while the other's replies are handled), each loop sending its
+ * next batch once the last is answered, every reply timed from its batch's
+ * start.
  * `--inproc` runs tcpbutler's server in this process (with `--server raw`,
  * the raw Deno server: the client's cost alone). Prints one
  * `RESULT {json}` line.
@@ -28,6 +33,7 @@ import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
 async function main() {
   const opts = parseClientArgs(Deno.args);
   const plain = opts.variant === "plain";
+  const batched = opts.variant === "pipeline";
   // The orchestrator keeps stdin open while it waits for the result: if it
   // dies, stop at once.
   stdinClosed().then(() => Deno.exit(2));
@@ -35,7 +41,7 @@ async function main() {
     ? undefined
     : opts.server === "raw"
     ? startRawServer(opts.hostname)
-    : startTcpbutlerServer(opts.variant, opts.hostname);
+    : startTcpbutlerServer(batched ? "default" : opts.variant, opts.hostname);
   const port = server ? server.port : opts.port;
   if (server) opts.serverPid = 0;
 
@@ -72,7 +78,29 @@ async function main() {
       }
     }
   };
-  const loops = Array.from({ length: opts.inflight }, loop);
+  const batchLoop = async (size: number) => {
+    const batch = Array.from({ length: size }, () => payload);
+    while (rec.sending) {
+      const t = performance.now();
+      const results = await client.pipeline(batch);
+      const latency = replyClock() - t;
+      for (const result of results) {
+        rec.record(latency);
+        if (!result.ok || result.value.length !== payload.length) rec.errors++;
+      }
+    }
+  };
+  const batches = Math.min(opts.inflight, 2 * opts.sessions);
+  const loops = batched
+    ? Array.from(
+      { length: batches },
+      (_, i) =>
+        batchLoop(
+          Math.floor(opts.inflight / batches) +
+            (i < opts.inflight % batches ? 1 : 0),
+        ),
+    )
+    : Array.from({ length: opts.inflight }, loop);
   await rec.run();
   await Promise.all(loops);
   const result = rec.result();

@@ -13,7 +13,12 @@ import {
 } from "../transport/connect.ts";
 import { codecDialect, type Dialect } from "../session/dialect.ts";
 import { defaultDialect } from "../_protocol_dialect.ts";
-import { countOption, deadlineMs, timeoutOption } from "../_util.ts";
+import {
+  countOption,
+  deadlineMs,
+  timeoutOption,
+  withResolvers,
+} from "../_util.ts";
 import {
   checkWriteRoom,
   resolveSessionOptions,
@@ -110,7 +115,7 @@ export async function dial<T>(
   const client = new Client<T>(INTERNAL, setup);
   clientInternals.start(client);
   const timeout = setup.connectTimeout;
-  const failed = Promise.withResolvers<never>();
+  const failed = withResolvers<never>();
   const cancelTimer = after(
     timeout,
     () =>

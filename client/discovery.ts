@@ -11,7 +11,7 @@
 
 import type { Endpoint } from "../transport/connect.ts";
 import { type AddressFamily, resolveHost } from "../transport/resolve.ts";
-import { countOption, describeError } from "../_util.ts";
+import { countOption, describeError, withResolvers } from "../_util.ts";
 import { delay } from "../backoff.ts";
 import { DiscoveryError } from "../errors.ts";
 
@@ -171,7 +171,7 @@ export async function runDiscovery(
 ): Promise<void> {
   if ("discover" in source) return await poll(source, host, signal);
   const iterator = source[Symbol.asyncIterator]();
-  const stopped = Promise.withResolvers<never>();
+  const stopped = withResolvers<never>();
   stopped.promise.catch(() => {});
   const onAbort = () => stopped.reject(signal.reason);
   signal.addEventListener("abort", onAbort, { once: true });

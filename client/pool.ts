@@ -22,6 +22,7 @@ import { Slot, type SlotHost } from "./slot.ts";
 import type { ClientEventDetail } from "./types.ts";
 import type { ClientSetup } from "./client.ts";
 import { Fleet } from "./fleet.ts";
+import { withResolvers } from "../_util.ts";
 
 /**
  * What the pool asks of the client's fleet (`fleet.ts`): whether an
@@ -68,7 +69,7 @@ export class Pool<T> implements SlotHost<T> {
   readonly #slots: Slot<T>[] = [];
   /** Sessions open (handshaking, ready or draining). */
   readonly #sessions = new Set<SessionImpl<T>>();
-  readonly #firstReady = Promise.withResolvers<void>();
+  readonly #firstReady = withResolvers<void>();
   readonly #router: Router<T>;
   readonly #emit: (detail: ClientEventDetail) => void;
   readonly #gaveUp: (error: NoSessionError) => void;

@@ -10,6 +10,7 @@ import type { Timed, Timeouts } from "../_timeouts.ts";
 import type { SessionImpl } from "../session/session.ts";
 import { NoSessionError } from "../errors.ts";
 import { pickOfTwo } from "./balance.ts";
+import { withResolvers } from "../_util.ts";
 
 /** How requests pick a ready session (see `DialOptions.routing`). */
 export type Routing = "round-robin" | "least-pending" | "p2c";
@@ -137,7 +138,7 @@ export class Router<T> {
     // The wait ends with the request (its deadline, its signal).
     const gone = new AbortController();
     const end = () => gone.abort();
-    entry.promise.then(end, end);
+    entry.onSettled(end);
     this.wait(left, gone.signal, undefined).then(
       (ready) => {
         if (entry.settled) return;
@@ -162,7 +163,7 @@ export class Router<T> {
     const refused = this.#refuse(wait);
     if (refused !== undefined) return Promise.reject(refused);
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const { promise, resolve, reject } = Promise.withResolvers<
+    const { promise, resolve, reject } = withResolvers<
       SessionImpl<T>
     >();
     const timeouts = this.#options.timeouts;

@@ -272,6 +272,14 @@ export interface ClientRequestOptions<T> extends RequestOptions {
   idempotent?: boolean;
 }
 
+/**
+ * Options of {@linkcode Client.pipeline}: those of a request, for every
+ * request of the batch. `timeout` is each request's own deadline (they run
+ * at once, so it also bounds the batch); `signal` aborts the requests not
+ * answered yet.
+ */
+export type PipelineOptions<T> = ClientRequestOptions<T>;
+
 /** Options of {@linkcode Client.send}. */
 export interface ClientSendOptions<T> extends SendOptions {
   /** Send on this session instead of routing. */

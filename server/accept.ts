@@ -147,11 +147,19 @@ export class Acceptor {
   }
 
   /**
-   * Stops accepting: closes the listener and aborts PROXY header reads.
-   * Connections accepted from then on are closed.
+   * Stops accepting and aborts PROXY header reads. Connections the
+   * listener took from the operating system before that are still opened
+   * (and drained with the rest): with several processes on one shared
+   * socket, closing them would lose clients another process would serve.
    */
   stop(): void {
     this.#stop.abort(new ClosedError("Server is shutting down"));
+    if (this.#listener.stopAccepting !== undefined) {
+      this.#listener.stopAccepting();
+    } else this.#closeListener();
+  }
+
+  #closeListener(): void {
     try {
       this.#listener.close();
     } catch {
@@ -176,17 +184,19 @@ export class Acceptor {
       try {
         conn = await this.#listener.accept();
       } catch (error) {
-        if (stopped.aborted || isClosedResource(error)) return;
+        if (stopped.aborted || isClosedResource(error)) {
+          this.#closeListener();
+          return;
+        }
         // Transient accept failures (EMFILE, ECONNABORTED): log and go on.
         this.#host.logger.error("Accept failed", { error });
         this.#host.emit({ type: "error", error });
         await this.#pause(50);
-        if (stopped.aborted) return;
+        if (stopped.aborted) {
+          this.#closeListener();
+          return;
+        }
         continue;
-      }
-      if (stopped.aborted) {
-        conn.close();
-        return;
       }
       this.#take(conn);
     }

@@ -242,7 +242,7 @@ export function serve<T = Uint8Array>(
 
 function isListener<T>(
   value: ServeOptions<T> | Deno.Listener | TransportListener,
-): value is TransportListener {
+): value is TransportListener | Deno.Listener {
   return typeof (value as TransportListener).accept === "function";
 }
 

@@ -15,7 +15,7 @@ import {
 import { Correlator } from "../_correlation.ts";
 import type { Dialect } from "../session/dialect.ts";
 import { Housekeeper } from "../_housekeeping.ts";
-import { deadlineMs, timeoutOption } from "../_util.ts";
+import { deadlineMs, timeoutOption, withResolvers } from "../_util.ts";
 import type { SessionSettings } from "../options.ts";
 import { type SessionConfig, SessionImpl } from "../session/session.ts";
 import { MemoryBudget } from "../session/budget.ts";
@@ -155,7 +155,7 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   readonly #housekeeper: Housekeeper<T>;
   readonly #budget: MemoryBudget | undefined;
   readonly #logger: Logger;
-  readonly #finished = Promise.withResolvers<ShutdownReport>();
+  readonly #finished = withResolvers<ShutdownReport>();
   #handler: ServerHandler<T> | undefined;
   /** Made by the first messages() call. */
   #streams: InboundStreams<T> | undefined;

@@ -17,7 +17,7 @@
 import { ClosedError, TimeoutError } from "../errors.ts";
 import { type Logger, safeLogger } from "../logger.ts";
 import { type BackoffOptions, delay, exponentialBackoff } from "../backoff.ts";
-import { countOption, timeoutOption } from "../_util.ts";
+import { countOption, timeoutOption, withResolvers } from "../_util.ts";
 import { after } from "../_timeouts.ts";
 import type { ServerStats } from "./server.ts";
 import type { ServeOptions } from "./serve.ts";
@@ -107,8 +107,8 @@ export type WorkerServerEventDetail =
 class WorkerSlot {
   readonly index: number;
   readonly worker: Worker;
-  readonly listening = Promise.withResolvers<number>();
-  readonly finished = Promise.withResolvers<ShutdownReport | undefined>();
+  readonly listening = withResolvers<number>();
+  readonly finished = withResolvers<ShutdownReport | undefined>();
   readonly stats = new Map<number, (stats: ServerStats) => void>();
   dead = false;
 
@@ -192,7 +192,7 @@ export class WorkerServer extends EventTarget implements AsyncDisposable {
   readonly #logger: Logger;
   readonly #slots: WorkerSlot[] = [];
   readonly #stopping = new AbortController();
-  readonly #finished = Promise.withResolvers<ShutdownReport>();
+  readonly #finished = withResolvers<ShutdownReport>();
   readonly #restarting = new Set<Promise<void>>();
   #shutdown: Promise<ShutdownReport> | undefined;
   #restarts = 0;
@@ -325,7 +325,7 @@ export class WorkerServer extends EventTarget implements AsyncDisposable {
     const live = this.#slots.filter((slot) => !slot.dead);
     const all = await Promise.all(live.map((slot) => {
       const id = ++this.#statsId;
-      const { promise, resolve } = Promise.withResolvers<ServerStats>();
+      const { promise, resolve } = withResolvers<ServerStats>();
       slot.stats.set(id, resolve);
       const cancel = after(1000, () => {
         slot.stats.delete(id);

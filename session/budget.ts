@@ -16,6 +16,7 @@
 
 import { MemoryBudgetError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { withResolvers } from "../_util.ts";
 
 /** A session as the budget sees it. */
 export interface BudgetUser {
@@ -87,7 +88,7 @@ export class BudgetAccount implements BudgetUser {
     this.#undispatched = undispatched;
     if (perMessage > 0) this.#perMessage = perMessage;
     if (!this.#budget.report(this, this.#measure())) return undefined;
-    return (this.#resume ??= Promise.withResolvers<void>()).promise;
+    return (this.#resume ??= withResolvers<void>()).promise;
   }
 
   #measure(): number {

@@ -5,7 +5,7 @@
  */
 
 import { after } from "../_timeouts.ts";
-import { abortPromise } from "../_util.ts";
+import { abortPromise, withResolvers } from "../_util.ts";
 import { ClosedError, ConnectionClosedError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { drained, type DrainResult, type SessionConfig } from "./config.ts";
@@ -236,7 +236,7 @@ async function endedWithin<T>(
   ms: number,
   forced: Promise<never>,
 ): Promise<boolean> {
-  const late = Promise.withResolvers<boolean>();
+  const late = withResolvers<boolean>();
   const cancel = after(ms, () => late.resolve(false));
   try {
     return await Promise.race([
@@ -310,7 +310,7 @@ function busyWith<T>(s: Draining<T>): string[] {
 async function refuseUnstarted<T>(s: Draining<T>): Promise<number> {
   if (s.life.state === "closed" || !s.framed) return 0;
   const refusing = s.gate.refuseAll();
-  const gaveUp = Promise.withResolvers<void>();
+  const gaveUp = withResolvers<void>();
   const cancel = after(REFUSAL_MS, gaveUp.resolve);
   try {
     await Promise.race([s.life.whenDrained(), gaveUp.promise]);

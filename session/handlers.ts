@@ -12,6 +12,7 @@ import { NOT_READY, ReplyOrder } from "./reply_order.ts";
 import type { SessionConfig } from "./config.ts";
 import type { Done, WriteQueue } from "./write_queue.ts";
 import type { HandlerContext, MessageKind, Session } from "./types.ts";
+import { withResolvers } from "../_util.ts";
 
 /** Held requests past which reading stops even while own requests wait. */
 const HELD_HARD_CAP = 1024;
@@ -154,7 +155,7 @@ export class HandlerGate<T> {
 
   /** Resolves when the read loop may go on (see {@linkcode readingPaused}). */
   slotFree(): Promise<void> {
-    this.#slotWaiter ??= Promise.withResolvers<void>();
+    this.#slotWaiter ??= withResolvers<void>();
     return this.#slotWaiter.promise;
   }
 
@@ -200,7 +201,7 @@ export class HandlerGate<T> {
     if (refusal === undefined || this.#owner.isClosed()) {
       return this.#hold(wire);
     }
-    const written = Promise.withResolvers<void>();
+    const written = withResolvers<void>();
     written.promise.catch(() => {});
     this.#queue.enqueue(refusal, written);
     refusing.written = written;

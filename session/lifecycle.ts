@@ -18,6 +18,7 @@
  */
 
 import type { SessionState } from "./types.ts";
+import { withResolvers } from "../_util.ts";
 
 /** A session's state, the progress of its drain, and its idle waiters. */
 export class Lifecycle {
@@ -54,7 +55,7 @@ export class Lifecycle {
   /** Resolves once the peer drained (or ended, or the session closed). */
   whenDrained(): Promise<void> {
     if (this.drained) return Promise.resolve();
-    return (this.#drainedWaiter ??= Promise.withResolvers<void>()).promise;
+    return (this.#drainedWaiter ??= withResolvers<void>()).promise;
   }
 
   /** The peer drained: every request it will send has arrived. */
@@ -65,8 +66,8 @@ export class Lifecycle {
 
   /** Resolves once the peer ended its side (or the session closed). */
   whenEnded(): Promise<void> {
-    if (this.ended) return Promise.resolve();
-    return (this.#endedWaiter ??= Promise.withResolvers<void>()).promise;
+    if (this.ended || this.state === "closed") return Promise.resolve();
+    return (this.#endedWaiter ??= withResolvers<void>()).promise;
   }
 
   /** The peer ended its side: it will drain nothing more either. */

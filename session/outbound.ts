@@ -7,12 +7,14 @@
  */
 
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
+import type { Batch } from "../_batch.ts";
 import { type Dialect, requestId } from "./dialect.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import type { EncodedRequest, SessionConfig } from "./config.ts";
 import type { Dispatcher } from "./dispatcher.ts";
 import type { HandlerGate } from "./handlers.ts";
 import type { WriteQueue } from "./write_queue.ts";
+import { withResolvers } from "../_util.ts";
 
 /** What the sender needs from its session (the session itself). */
 export interface OutboundOwner extends PendingOwner {
@@ -89,6 +91,62 @@ export class Outbound<T> {
     return this.#send(entry, wire, undefined, heartbeat);
   }
 
+  /**
+   * Registers and queues the messages of a batch, in order (skipping the
+   * slots filled already); each outcome goes to its slot of `batch` (see `_batch.ts`). A
+   * message the dialect or codec refuses fills its slot with the error; the
+   * others go on. `messages` holds either messages or, for custom codecs
+   * that waited for a session, encoded requests.
+   */
+  pipeline(batch: Batch<T>): void {
+    const { messages, encoded, timeout, signal, retry } = batch.requests;
+    const dialect = this.#dialect;
+    const correlator = this.#cfg.correlator;
+    const owner = this.#owner;
+    const ms = timeout ?? this.#cfg.requestTimeout;
+    const mode = dialect.mode;
+    const results = batch.results;
+    this.#gate.recheckReading();
+    for (let i = 0; i < messages.length; i++) {
+      // Filled already: the batch was aborted while it waited.
+      if (results[i] !== undefined) continue;
+      let entry: Pending;
+      let wire: unknown = undefined;
+      let bytes: Uint8Array | undefined = undefined;
+      try {
+        if (encoded) {
+          const request = messages[i] as EncodedRequest;
+          bytes = request.bytes;
+          entry = correlator.add(
+            mode === "fifo" ? undefined : request.id,
+            owner,
+            ms,
+            signal,
+            batch,
+            i,
+          );
+        } else if (mode === "assign") {
+          const id = correlator.nextId();
+          wire = dialect.request(messages[i] as T, id);
+          entry = correlator.add(id, owner, ms, signal, batch, i);
+        } else {
+          wire = messages[i];
+          const id = mode === "fifo"
+            ? undefined
+            : requestId(dialect.codec, wire as T);
+          entry = correlator.add(id, owner, ms, signal, batch, i);
+        }
+      } catch (error) {
+        batch.settle(i, false, error);
+        continue;
+      }
+      entry.retry = retry;
+      batch.track(entry);
+      if (this.#queue.hasRoom()) this.#queueRequest(entry, wire, bytes, false);
+      else this.#holdForRoom(entry, wire, bytes, false);
+    }
+  }
+
   /** A custom-codec request encoded ahead (it waited for a session). */
   requestEncoded(
     request: EncodedRequest,
@@ -128,16 +186,24 @@ export class Outbound<T> {
     this.#gate.recheckReading();
     if (this.#queue.hasRoom()) {
       this.#queueRequest(entry, wire, bytes, heartbeat);
-      return entry.promise as Promise<T>;
-    }
+    } else this.#holdForRoom(entry, wire, bytes, heartbeat);
+    return entry.promise as Promise<T>;
+  }
+
+  /** Queues a registered request once the write queue has room. */
+  #holdForRoom(
+    entry: Pending,
+    wire: unknown,
+    bytes: Uint8Array | undefined,
+    heartbeat: boolean,
+  ): void {
     // It waits for room: encode it now, so the caller may reuse its message
     // (and so a retry elsewhere has its bytes).
     let held: Uint8Array;
     try {
       held = bytes ?? this.#dialect.codec.encode(wire);
     } catch (error) {
-      entry.fail(error);
-      return entry.promise as Promise<T>;
+      return entry.fail(error);
     }
     entry.copy = held;
     const owner = this.#owner;
@@ -149,7 +215,6 @@ export class Outbound<T> {
       const error = owner.closedError("request");
       if (!owner.rescue(entry, error)) entry.fail(error);
     });
-    return entry.promise as Promise<T>;
   }
 
   #queueRequest(
@@ -219,7 +284,7 @@ export class Outbound<T> {
     const owner = this.#owner;
     if (owner.isClosed()) return Promise.reject(owner.closedError("send"));
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const done = Promise.withResolvers<void>();
+    const done = withResolvers<void>();
     const queue = this.#queue;
     if (queue.hasRoom()) {
       try {

@@ -18,7 +18,8 @@ import type { FrameDecoder } from "../framing/codec.ts";
 import { formatAddr, type Transport } from "../connection.ts";
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import { after, coarseNow } from "../_timeouts.ts";
-import { callTimeout, describeError } from "../_util.ts";
+import type { Batch } from "../_batch.ts";
+import { callTimeout, describeError, withResolvers } from "../_util.ts";
 import {
   ClosedError,
   ConnectionClosedError,
@@ -156,7 +157,7 @@ export class SessionImpl<T>
       dispatcher,
       gate,
     });
-    const { promise, resolve } = Promise.withResolvers<void>();
+    const { promise, resolve } = withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
   }
@@ -265,6 +266,11 @@ export class SessionImpl<T>
     retry: number = Retry.Never,
   ): Promise<T> {
     return this.#outbound.request(message, timeout, signal, heartbeat, retry);
+  }
+
+  /** Registers and writes a batch's requests (see `Outbound.pipeline`). */
+  pipelineOn(batch: Batch<T>): void {
+    this.#outbound.pipeline(batch);
   }
 
   /**

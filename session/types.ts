@@ -199,3 +199,13 @@ export function newCounters(): Counters {
     protocolErrors: 0,
   };
 }
+
+/**
+ * The outcome of one request of a batch (`Client.pipeline`): its reply, or
+ * the error it would have rejected with as a `request()`.
+ *
+ * @typeParam T The message type.
+ */
+export type PipelineResult<T> =
+  | { readonly ok: true; readonly value: T }
+  | { readonly ok: false; readonly error: unknown };

@@ -21,6 +21,7 @@ import type {
   MessageKind,
   Session,
 } from "../session/types.ts";
+import { withResolvers } from "../_util.ts";
 
 /**
  * One request or push read from a message stream (`client.messages()`,
@@ -204,7 +205,7 @@ class InboundSource<T> {
     context: HandlerContext<T>,
   ): Promise<T | undefined> | undefined {
     const answer = context.expectsReply
-      ? Promise.withResolvers<T | undefined>()
+      ? withResolvers<T | undefined>()
       : undefined;
     const delivery = new Delivery(message, context, answer);
     if (this.#wanted) {
@@ -217,7 +218,7 @@ class InboundSource<T> {
     let promise: Promise<T | undefined>;
     if (answer !== undefined) promise = answer.promise;
     else {
-      const read = Promise.withResolvers<T | undefined>();
+      const read = withResolvers<T | undefined>();
       taken = () => read.resolve(undefined);
       promise = read.promise;
     }

@@ -1,3 +1,4 @@
+import { withResolvers } from "../_util.ts";
 /**
  * Fire-and-forget sends as a `WritableStream`: what `client.writable` is.
  *
@@ -68,7 +69,7 @@ export class SendStream<T> {
   }
 
   #settled(): Promise<void> {
-    return (this.#wake ??= Promise.withResolvers<void>()).promise;
+    return (this.#wake ??= withResolvers<void>()).promise;
   }
 
   #throwIfFailed(): void {

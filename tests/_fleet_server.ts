@@ -8,7 +8,9 @@
  * phase first when `--leave-for` is given.
  *
  * Flags: `--port` (0), `--proxy` (expect PROXY headers), `--leave-for` (ms),
- * `--shutdown-timeout` (ms, 10000), `--handler-ms` (work per request, 1).
+ * `--shutdown-timeout` (ms, 10000), `--handler-ms` (work per request, 1),
+ * `--activated` (serve the listening socket inherited as fd 3, socket
+ * activation's way; needs `--allow-env`).
  *
  * @module
  */
@@ -16,6 +18,7 @@
 import { parseArgs } from "node:util";
 import { serve } from "../server/serve.ts";
 import { delay } from "../backoff.ts";
+import { systemdListeners } from "../transport/socket_activation.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -25,13 +28,16 @@ const { values } = parseArgs({
     "leave-for": { type: "string", default: "0" },
     "shutdown-timeout": { type: "string", default: "10000" },
     "handler-ms": { type: "string", default: "1" },
+    activated: { type: "boolean", default: false },
   },
 });
 
 const handlerMs = Number(values["handler-ms"]);
+const where = values.activated
+  ? { listener: (await systemdListeners())[0]! }
+  : { hostname: "127.0.0.1", port: Number(values.port) };
 const server = serve({
-  hostname: "127.0.0.1",
-  port: Number(values.port),
+  ...where,
   proxyProtocol: values.proxy,
   onConnect: (session) => {
     if (session.proxy !== undefined && session.proxy.source === undefined) {

@@ -3,6 +3,7 @@
  * sockets, every byte under the test's control.
  */
 
+import { Lifecycle } from "../session/lifecycle.ts";
 import assert from "node:assert/strict";
 import { Correlator, type Pending, Retry } from "../_correlation.ts";
 import type { Dialect } from "../session/dialect.ts";
@@ -218,4 +219,13 @@ Deno.test("SessionImpl makes requests wait for room in a full write queue, and s
     (await Promise.all([first, ...more])).map(dec),
     ["0", "1", "2", "3"],
   );
+});
+
+Deno.test("Lifecycle.whenEnded() resolves when asked after the session closed (a drain that half-closed as the session closed holds no timer)", async () => {
+  const life = new Lifecycle({ isIdle: () => true });
+  life.drain();
+  assert.equal(life.close(), true);
+  // Before the fix this promise never settled: the test would leak and hang.
+  await life.whenEnded();
+  await life.whenDrained();
 });

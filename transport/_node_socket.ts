@@ -17,6 +17,7 @@
 import type { Server as NetServer, Socket } from "node:net";
 
 import type { Transport, TransportListener } from "../connection.ts";
+import { withResolvers } from "../_util.ts";
 
 /** The read switch of a native stream handle. */
 export interface ReadControl {
@@ -204,7 +205,7 @@ export class NodeSocketTransport implements Transport, Disposable {
     if (this.#eof || p.length === 0) {
       return Promise.resolve(this.#eof ? null : 0);
     }
-    const { promise, resolve, reject } = Promise.withResolvers<
+    const { promise, resolve, reject } = withResolvers<
       number | null
     >();
     this.#reader = { p, resolve, reject };
@@ -234,7 +235,7 @@ export class NodeSocketTransport implements Transport, Disposable {
     }
     if (this.#error) return Promise.reject(this.#error);
     if (p.length === 0) return Promise.resolve(0);
-    const { promise, resolve, reject } = Promise.withResolvers<number>();
+    const { promise, resolve, reject } = withResolvers<number>();
     this.#socket.write(p, (error?: Error | null) => {
       if (error) reject(error);
       else resolve(p.length);
@@ -257,7 +258,7 @@ export class NodeSocketTransport implements Transport, Disposable {
       );
     }
     if (!this.#ending) {
-      const { promise, resolve, reject } = Promise.withResolvers<void>();
+      const { promise, resolve, reject } = withResolvers<void>();
       const onError = (error: Error) => reject(error);
       this.#socket.once("error", onError);
       this.#socket.end(() => {
@@ -309,8 +310,9 @@ export class NodeListener<C extends Transport>
   #ready: C[] = [];
   #waiters: PromiseWithResolvers<C>[] = [];
   #closed = false;
+  #stopping = false;
   #dropped = 0;
-  #finished = Promise.withResolvers<void>();
+  #finished = withResolvers<void>();
 
   /**
    * Wraps a listening server.
@@ -386,16 +388,36 @@ export class NodeListener<C extends Transport>
     }
     const ready = this.#ready.shift();
     if (ready) return Promise.resolve(ready);
-    const waiter = Promise.withResolvers<C>();
+    if (this.#stopping) {
+      return Promise.reject(
+        new Deno.errors.BadResource("Listener has stopped accepting"),
+      );
+    }
+    const waiter = withResolvers<C>();
     this.#waiters.push(waiter);
     return waiter.promise;
+  }
+
+  /**
+   * Stops listening; transports already taken from the operating system
+   * stay for `accept()`, which rejects once they are out.
+   */
+  stopAccepting(): void {
+    if (this.#closed || this.#stopping) return;
+    this.#stopping = true;
+    this.#server.close();
+    for (const waiter of this.#waiters.splice(0)) {
+      waiter.reject(
+        new Deno.errors.BadResource("Listener has stopped accepting"),
+      );
+    }
   }
 
   /** Stops listening; queued transports are closed, waiting `accept()`s reject. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#server.close();
+    if (!this.#stopping) this.#server.close();
     for (const transport of this.#ready.splice(0)) transport.close();
     for (const waiter of this.#waiters.splice(0)) {
       waiter.reject(new Deno.errors.BadResource("Listener has been closed"));
@@ -462,7 +484,7 @@ export async function startListening(
   listenOptions: { port?: number; host?: string; fd?: number },
   signal: AbortSignal | undefined,
 ): Promise<void> {
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  const { promise, resolve, reject } = withResolvers<void>();
   const onError = (error: Error) => reject(error);
   const onAbort = () => reject(signal?.reason);
   server.once("error", onError);

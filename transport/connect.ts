@@ -8,7 +8,7 @@
  */
 
 import { ConnectionError } from "../errors.ts";
-import { describeError } from "../_util.ts";
+import { describeError, withResolvers } from "../_util.ts";
 import { formatHostPort, type Transport } from "../connection.ts";
 import { noDelay } from "./_conn.ts";
 
@@ -109,7 +109,7 @@ export async function connect(
   } else {
     pending = connectTls(endpoint, tls);
   }
-  const { promise: aborted, reject } = Promise.withResolvers<never>();
+  const { promise: aborted, reject } = withResolvers<never>();
   const onAbort = () => reject(signal.reason);
   signal.addEventListener("abort", onAbort, { once: true });
   try {

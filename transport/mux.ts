@@ -18,6 +18,7 @@ import { ClosedError } from "../errors.ts";
 import { FrameKind } from "../protocol.ts";
 import { type Logger, safeLogger } from "../logger.ts";
 import { after } from "../_timeouts.ts";
+import { withResolvers } from "../_util.ts";
 
 /**
  * Decides from the first bytes of a connection whether it belongs to a route:
@@ -146,7 +147,7 @@ class Route implements TransportListener {
     if (this.closed) {
       return Promise.reject(new Deno.errors.BadResource("Listener is closed"));
     }
-    const waiter = Promise.withResolvers<Transport>();
+    const waiter = withResolvers<Transport>();
     this.#waiters.push(waiter);
     return waiter.promise;
   }

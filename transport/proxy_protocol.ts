@@ -12,6 +12,7 @@
  */
 
 import { ProxyProtocolError } from "../errors.ts";
+import { withResolvers } from "../_util.ts";
 
 /** Where a PROXY header says a connection came from or went to. */
 export type ProxyAddress = Deno.NetAddr | Deno.UnixAddr;
@@ -618,7 +619,7 @@ export async function readProxyHeader(
   let aborted: Promise<never> | undefined;
   let onAbort: (() => void) | undefined;
   if (signal) {
-    const { promise, reject } = Promise.withResolvers<never>();
+    const { promise, reject } = withResolvers<never>();
     aborted = promise;
     aborted.catch(() => {});
     onAbort = () => reject(signal.reason);
