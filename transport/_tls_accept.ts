@@ -19,6 +19,7 @@ import { Duplex } from "node:stream";
 
 import type { Transport, TransportListener } from "../connection.ts";
 import { TlsHandshakeError } from "../errors.ts";
+import { withResolvers } from "../_util.ts";
 import { NodeSocketTransport, type ReadControl } from "./_node_socket.ts";
 
 /** Options of {@linkcode listenTls}. */
@@ -305,7 +306,7 @@ class TlsListener implements HandshakingListener, Disposable {
       this.#error = null;
       return Promise.reject(error);
     }
-    const waiter = Promise.withResolvers<Transport>();
+    const waiter = withResolvers<Transport>();
     this.#waiters.push(waiter);
     return waiter.promise;
   }
