@@ -68,6 +68,23 @@ export function isHandshakingListener(
 /** The first byte of every TLS handshake record. */
 const TLS_HANDSHAKE_RECORD = 0x16;
 
+/**
+ * A fatal decode_error alert record: what rustls (`Deno.listenTls`) answers
+ * to bytes that are not TLS. `node:tls` closes without a word there, and a
+ * plain-text client (`dial()` without `tls` among them) recognises a TLS
+ * server by this alert, where a bare close looks like a dropped connection
+ * worth retrying.
+ */
+const TLS_DECODE_ERROR_ALERT = Uint8Array.of(
+  0x15, // content type: alert
+  0x03,
+  0x03, // record version: TLS 1.2, as TLS 1.3 records say too
+  0x00,
+  0x02, // length
+  0x02, // level: fatal
+  0x32, // description: decode_error
+);
+
 /** How much one read from the socket takes. */
 const READ_BYTES = 64 * 1024;
 
@@ -75,13 +92,15 @@ const READ_BYTES = 64 * 1024;
  * A `node:stream` Duplex over a `Deno.Conn`, for `node:tls` to run TLS on.
  * Reads pull from the connection only while the TLS layer asks for more and
  * {@linkcode ConnStream.readStop} has not been called, so a paused session
- * stops reading from the kernel.
+ * stops reading from the kernel. A client whose first byte cannot start a
+ * TLS handshake gets a TLS alert before the close.
  */
 class ConnStream extends Duplex implements ReadControl {
   readonly #conn: Deno.Conn;
   #pumping = false;
   #stopped = false;
   #wanted = false;
+  #wrote = false;
   /** The first byte received; `undefined` until one came. */
   firstByte: number | undefined;
 
@@ -120,6 +139,7 @@ class ConnStream extends Duplex implements ReadControl {
     _encoding: string,
     callback: (error?: Error | null) => void,
   ): void {
+    this.#wrote = true;
     writeAll(this.#conn, chunk).then(() => callback(), callback);
   }
 
@@ -131,10 +151,21 @@ class ConnStream extends Duplex implements ReadControl {
     error: Error | null,
     callback: (error?: Error | null) => void,
   ): void {
-    try {
-      this.#conn.close();
-    } catch {
-      // Already closed.
+    const conn = this.#conn;
+    const close = () => {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    };
+    const first = this.firstByte;
+    if (first === undefined || first === TLS_HANDSHAKE_RECORD || this.#wrote) {
+      close();
+    } else {
+      // Nothing was written on this connection, so the send buffer has room
+      // and this write does not wait on the peer: the close follows at once.
+      conn.write(TLS_DECODE_ERROR_ALERT).then(close, close);
     }
     callback(error);
   }
