@@ -189,11 +189,24 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
 
 /** A TLS connection served over a `Deno.Conn`. */
 class TlsTransport extends NodeSocketTransport {
+  readonly #conn: Deno.TcpConn;
+
   constructor(socket: TLSSocket, stream: ConnStream, conn: Deno.TcpConn) {
     super(socket, {
       readControl: () => stream,
       addrs: { localAddr: conn.localAddr, remoteAddr: conn.remoteAddr },
     });
+    this.#conn = conn;
+  }
+
+  /**
+   * Sets `TCP_NODELAY` on the TCP connection underneath: a `TLSSocket` over
+   * a stream has no socket of its own to set it on.
+   *
+   * @param on Whether to turn Nagle's algorithm off.
+   */
+  override setNoDelay(on: boolean): void {
+    this.#conn.setNoDelay(on);
   }
 }
 
