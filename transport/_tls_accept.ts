@@ -70,10 +70,9 @@ const TLS_HANDSHAKE_RECORD = 0x16;
 
 /**
  * A fatal decode_error alert record: what rustls (`Deno.listenTls`) answers
- * to bytes that are not TLS. `node:tls` closes without a word there, and a
- * plain-text client (`dial()` without `tls` among them) recognises a TLS
- * server by this alert, where a bare close looks like a dropped connection
- * worth retrying.
+ * to bytes that are not TLS. A plain-text client (`dial()` without `tls`
+ * among them) recognises a TLS server by this alert, where a bare close
+ * looks like a dropped connection worth retrying.
  */
 const TLS_DECODE_ERROR_ALERT = Uint8Array.of(
   0x15, // content type: alert
@@ -85,46 +84,67 @@ const TLS_DECODE_ERROR_ALERT = Uint8Array.of(
   0x32, // description: decode_error
 );
 
-/** How much one read from the socket takes. */
-const READ_BYTES = 64 * 1024;
+/**
+ * The buffer of the first read, before any TLS state exists: a connection
+ * that sends nothing costs this, its `Deno.Conn` and a timer.
+ */
+const FIRST_READ_BYTES = 1024;
+
+/**
+ * The read buffer of a connection in TLS starts at this size and doubles,
+ * up to {@linkcode MAX_READ_BYTES}, each time a read fills it: a client that
+ * stalls mid-handshake or a quiet session holds the small one.
+ */
+const MIN_READ_BYTES = 4 * 1024;
+const MAX_READ_BYTES = 64 * 1024;
 
 /**
  * A `node:stream` Duplex over a `Deno.Conn`, for `node:tls` to run TLS on.
  * Reads pull from the connection only while the TLS layer asks for more and
  * {@linkcode ConnStream.readStop} has not been called, so a paused session
- * stops reading from the kernel. A client whose first byte cannot start a
- * TLS handshake gets a TLS alert before the close.
+ * stops reading from the kernel.
  */
 class ConnStream extends Duplex implements ReadControl {
   readonly #conn: Deno.Conn;
+  #head: Uint8Array | undefined;
+  #buffer = new Uint8Array(MIN_READ_BYTES);
   #pumping = false;
   #stopped = false;
   #wanted = false;
-  #wrote = false;
-  /** The first byte received; `undefined` until one came. */
-  firstByte: number | undefined;
 
-  constructor(conn: Deno.Conn) {
+  /**
+   * @param conn The connection, which the stream owns from now on.
+   * @param head Bytes already read from `conn`, read first.
+   */
+  constructor(conn: Deno.Conn, head: Uint8Array) {
     super({ allowHalfOpen: true });
     this.#conn = conn;
+    this.#head = head;
   }
 
   override _read(): void {
     this.#wanted = true;
-    if (!this.#pumping && !this.#stopped) this.#pump();
+    const head = this.#head;
+    if (head !== undefined) {
+      this.#head = undefined;
+      this.#wanted = this.push(head);
+    }
+    if (this.#wanted && !this.#pumping && !this.#stopped) this.#pump();
   }
 
   async #pump(): Promise<void> {
     this.#pumping = true;
-    const buffer = new Uint8Array(READ_BYTES);
     try {
       while (this.#wanted && !this.#stopped) {
+        const buffer = this.#buffer;
         const n = await this.#conn.read(buffer);
         if (n === null) {
           this.push(null);
           return;
         }
-        this.firstByte ??= buffer[0];
+        if (n === buffer.length && n < MAX_READ_BYTES) {
+          this.#buffer = new Uint8Array(n * 2);
+        }
         this.#wanted = this.push(buffer.slice(0, n));
       }
     } catch (error) {
@@ -139,7 +159,6 @@ class ConnStream extends Duplex implements ReadControl {
     _encoding: string,
     callback: (error?: Error | null) => void,
   ): void {
-    this.#wrote = true;
     writeAll(this.#conn, chunk).then(() => callback(), callback);
   }
 
@@ -151,22 +170,7 @@ class ConnStream extends Duplex implements ReadControl {
     error: Error | null,
     callback: (error?: Error | null) => void,
   ): void {
-    const conn = this.#conn;
-    const close = () => {
-      try {
-        conn.close();
-      } catch {
-        // Already closed.
-      }
-    };
-    const first = this.firstByte;
-    if (first === undefined || first === TLS_HANDSHAKE_RECORD || this.#wrote) {
-      close();
-    } else {
-      // Nothing was written on this connection, so the send buffer has room
-      // and this write does not wait on the peer: the close follows at once.
-      conn.write(TLS_DECODE_ERROR_ALERT).then(close, close);
-    }
+    closeQuietly(this.#conn);
     callback(error);
   }
 
@@ -177,6 +181,14 @@ class ConnStream extends Duplex implements ReadControl {
   readStart(): void {
     this.#stopped = false;
     if (this.#wanted && !this.#pumping) this.#pump();
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
   }
 }
 
@@ -267,21 +279,26 @@ class TlsListener implements HandshakingListener, Disposable {
     for (const waiter of waiters) waiter.reject(error);
   }
 
+  /**
+   * Waits for the client's first bytes, then runs the TLS handshake on
+   * them, all within the handshake timeout. No TLS state exists before the
+   * first bytes, and none at all for a client whose first byte cannot start
+   * a handshake: it gets an alert and the close.
+   */
   #handshake(conn: Deno.TcpConn): void {
     if (this.#closed) {
       conn.close();
       return;
     }
-    const stream = new ConnStream(conn);
-    const socket = new TLSSocket(stream as never, {
-      isServer: true,
-      secureContext: this.#context,
-    });
     const remote = conn.remoteAddr;
+    let tls: { stream: ConnStream; socket: TLSSocket } | undefined;
     const fail = (reason: TlsHandshakeError["reason"], cause?: unknown) => {
       done();
-      socket.destroy();
-      stream.destroy();
+      if (tls === undefined) closeQuietly(conn);
+      else {
+        tls.socket.destroy();
+        tls.stream.destroy();
+      }
       if (this.#closed) return;
       const error = new TlsHandshakeError(
         reason === "timeout"
@@ -296,33 +313,48 @@ class TlsListener implements HandshakingListener, Disposable {
     const timer = setTimeout(() => fail("timeout"), this.#timeout);
     // Closing the listener ends the handshakes still running, unreported.
     const cancel = () => fail("failed", new Error("listener closed"));
+    const running = () => this.#pending.has(cancel);
     const done = () => {
       clearTimeout(timer);
       this.#pending.delete(cancel);
-      socket.off("error", onError);
+      tls?.socket.off("error", onError);
     };
-    const onError = (error: Error) => {
-      const first = stream.firstByte;
-      fail(
-        first !== undefined && first !== TLS_HANDSHAKE_RECORD
-          ? "plaintext"
-          : "failed",
-        error,
-      );
-    };
-    this.#pending.add(cancel);
-    socket.on("error", onError);
+    const onError = (error: Error) => fail("failed", error);
     const onEnd = () => {
-      if (this.#pending.has(cancel)) {
+      if (running()) {
         fail("failed", new Error("closed by the client before the handshake"));
       }
     };
-    stream.once("end", onEnd);
-    socket.once("close", onEnd);
-    socket.once("secure", () => {
-      done();
-      socket.on("error", () => {});
-      this.#offer(new TlsTransport(socket, stream, conn));
+    this.#pending.add(cancel);
+    const head = new Uint8Array(FIRST_READ_BYTES);
+    conn.read(head).then((n) => {
+      if (!running()) return;
+      if (n === null) return onEnd();
+      if (head[0] !== TLS_HANDSHAKE_RECORD) {
+        // Nothing was written on this connection, so the send buffer has
+        // room and this write does not wait on the peer.
+        const refuse = () => {
+          if (running()) fail("plaintext");
+        };
+        conn.write(TLS_DECODE_ERROR_ALERT).then(refuse, refuse);
+        return;
+      }
+      const stream = new ConnStream(conn, head.subarray(0, n));
+      const socket = new TLSSocket(stream as never, {
+        isServer: true,
+        secureContext: this.#context,
+      });
+      tls = { stream, socket };
+      socket.on("error", onError);
+      stream.once("end", onEnd);
+      socket.once("close", onEnd);
+      socket.once("secure", () => {
+        done();
+        socket.on("error", () => {});
+        this.#offer(new TlsTransport(socket, stream, conn));
+      });
+    }, (error) => {
+      if (running()) fail("failed", error);
     });
   }
 
