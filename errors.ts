@@ -480,6 +480,57 @@ export class MemoryBudgetError extends Error {
   }
 }
 
+/** Why a server dropped a connection during its TLS handshake. */
+export type TlsHandshakeFailure = "timeout" | "plaintext" | "failed";
+
+/** Options of {@linkcode TlsHandshakeError}. */
+export interface TlsHandshakeErrorOptions extends ErrorOptions {
+  /** Why the handshake did not complete. */
+  reason: TlsHandshakeFailure;
+  /** The client's address, when known. */
+  remoteAddr?: Deno.NetAddr;
+}
+
+/**
+ * A client's TLS handshake with a server did not complete, so the server
+ * closed the connection before it became a session: it did not finish
+ * within `handshakeTimeout` (`reason: "timeout"`), sent plain text to the
+ * TLS port (`"plaintext"`), or failed the handshake (`"failed"`: no common
+ * cipher, a bad or missing client certificate on mutual TLS, a reset; the
+ * runtime's error is the `cause`). The server logs it (rate-limited),
+ * counts it in `stats().handshakeFailures` and emits it as an `error`
+ * event.
+ *
+ * @example Usage
+ * ```ts
+ * import { TlsHandshakeError } from "@tcpbutler/core";
+ * import assert from "node:assert/strict";
+ *
+ * const error = new TlsHandshakeError("too slow", { reason: "timeout" });
+ * assert.equal(error.name, "TlsHandshakeError");
+ * assert.equal(error.reason, "timeout");
+ * ```
+ */
+export class TlsHandshakeError extends Error {
+  /** Why the handshake did not complete. */
+  readonly reason: TlsHandshakeFailure;
+  /** The client's address, when known. */
+  readonly remoteAddr?: Deno.NetAddr;
+
+  /**
+   * Creates the error.
+   *
+   * @param message What happened.
+   * @param options The reason, the client's address and the `cause`.
+   */
+  constructor(message: string, options: TlsHandshakeErrorOptions) {
+    super(message, options.cause === undefined ? {} : { cause: options.cause });
+    this.name = "TlsHandshakeError";
+    this.reason = options.reason;
+    if (options.remoteAddr !== undefined) this.remoteAddr = options.remoteAddr;
+  }
+}
+
 /**
  * A feature the runtime this code runs on cannot offer (for example
  * `serve()` binding its own port synchronously, which `node:net` cannot do

@@ -162,9 +162,14 @@ export {
   RetryExhaustedError,
   SlowConsumerError,
   TimeoutError,
+  TlsHandshakeError,
   UnsupportedRuntimeError,
 } from "./errors.ts";
-export type { DetectedProtocol } from "./errors.ts";
+export type {
+  DetectedProtocol,
+  TlsHandshakeErrorOptions,
+  TlsHandshakeFailure,
+} from "./errors.ts";
 export { delay, exponentialBackoff } from "./backoff.ts";
 export type { Backoff, BackoffOptions, DelayOptions } from "./backoff.ts";
 export { consoleLogger, noopLogger, safeLogger, withFields } from "./logger.ts";

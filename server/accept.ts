@@ -24,6 +24,8 @@ import type { Logger } from "../logger.ts";
 import type { Counters, ProxyInfo } from "../session/types.ts";
 import type { ProxyProtocolOptions } from "./serve.ts";
 import type { ServerEventDetail } from "./server.ts";
+import { isHandshakingListener } from "../transport/_tls_accept.ts";
+import { HandshakeFailures } from "./_handshakes.ts";
 
 /** What the accept loop needs of its server. */
 export interface AcceptHost {
@@ -84,6 +86,7 @@ export class Acceptor {
   readonly #stop = new AbortController();
   /** Connections accepted but not yet sessions (reading a PROXY header). */
   readonly #opening = new Set<Promise<void>>();
+  readonly #handshakes: HandshakeFailures;
   #loop: Promise<void> = Promise.resolve();
   #accepted = 0;
   #refused = 0;
@@ -99,11 +102,29 @@ export class Acceptor {
     this.#listener = listener;
     this.#settings = settings;
     this.#host = host;
+    this.#handshakes = new HandshakeFailures(host.logger, host.emit);
   }
 
   /** Connections accepted since start. */
   get accepted(): number {
     return this.#accepted;
+  }
+
+  /** TLS handshakes the listener dropped (failed, timed out, plain text). */
+  get handshakeFailures(): number {
+    return this.#handshakes.count;
+  }
+
+  /**
+   * Connections accepted but not yet sessions: in their TLS handshake or
+   * reading a PROXY header.
+   */
+  get opening(): number {
+    const listener = this.#listener;
+    const handshaking = isHandshakingListener(listener)
+      ? listener.handshaking
+      : 0;
+    return handshaking + this.#opening.size;
   }
 
   /** Connections refused by `maxConnections`. */
@@ -133,6 +154,10 @@ export class Acceptor {
 
   /** Starts accepting. */
   start(): void {
+    const listener = this.#listener;
+    if (isHandshakingListener(listener)) {
+      listener.onHandshakeError = (error) => this.#handshakes.report(error);
+    }
     this.#loop = this.#run();
   }
 
@@ -155,6 +180,7 @@ export class Acceptor {
     } catch {
       // Already closed.
     }
+    this.#handshakes.close();
   }
 
   /**

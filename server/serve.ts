@@ -37,9 +37,8 @@ export interface ServerTlsOptions {
   /**
    * PEM CA certificate(s) that client certificates must chain to: mutual
    * TLS, where clients without a valid certificate are refused during the
-   * handshake. Only {@linkcode serveMutualTls} takes it: it serves through
-   * `node:tls`, since `Deno.listenTls` cannot request client certificates,
-   * and that listener starts asynchronously. {@linkcode serve} throws a
+   * handshake. Only {@linkcode serveMutualTls} takes it: its `node:tls`
+   * listener starts asynchronously. {@linkcode serve} throws a
    * `TypeError` when it is set rather than serve without the check.
    */
   ca?: string | string[];
@@ -69,11 +68,21 @@ export interface ServeOptions<T>
   /** Serve connections from this listener instead (TCP, TLS, Unix, or your own). */
   listener?: Deno.Listener | TransportListener;
   /**
-   * TLS through `Deno.listenTls`. Mutual TLS (`tls.ca`) needs
-   * {@linkcode serveMutualTls}: `serve()` throws a `TypeError` when `ca` is
-   * set.
+   * Serve TLS: connections are accepted as TCP and run their handshake
+   * through `node:tls`; a connection becomes a session once its handshake
+   * completed. Mutual TLS (`tls.ca`) needs {@linkcode serveMutualTls}:
+   * `serve()` throws a `TypeError` when `ca` is set.
    */
   tls?: ServerTlsOptions;
+  /**
+   * Milliseconds a TLS client has to complete its handshake
+   * (`serve({ tls })`, {@linkcode serveMutualTls}); one that has not is
+   * closed (`TlsHandshakeError`, logged, `stats().handshakeFailures`). Not
+   * applied to a `listener` of your own.
+   *
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
   /** Aborting it shuts the server down gracefully. */
   signal?: AbortSignal;
   /** Called once listening. */
@@ -238,7 +247,13 @@ export function serve<T = Uint8Array>(
     listener = listen({
       hostname: options.hostname ?? "0.0.0.0",
       port: options.port ?? 9000,
-      ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
+      ...(tls === undefined ? {} : {
+        tls: {
+          cert: tls.cert,
+          key: tls.key,
+          handshakeTimeout: settings.handshakeTimeout,
+        },
+      }),
     });
   }
   return startServer(listener, dialect, merged, settings);
@@ -266,6 +281,8 @@ export interface ServerSettings {
   proxyTimeout: number;
   /** Who may send a PROXY header; `undefined` = anyone. */
   trustedProxies: AddressMatcher | undefined;
+  /** Milliseconds; always finite. */
+  handshakeTimeout: number;
 }
 
 /** The default `memoryBudget`: 64 MiB. */
@@ -316,6 +333,11 @@ function resolveServeOptions<T>(options: ServeOptions<T>): ServerSettings {
     trustedProxies: proxy.trusted === undefined
       ? undefined
       : addressMatcher(proxy.trusted),
+    handshakeTimeout: countOption(
+      options.handshakeTimeout ?? 10_000,
+      "handshakeTimeout",
+      1,
+    ),
   };
 }
 
@@ -358,6 +380,7 @@ export async function serveMutualTls<T = Uint8Array>(
     cert: options.tls.cert,
     key: options.tls.key,
     ca: options.tls.ca,
+    handshakeTimeout: settings.handshakeTimeout,
   });
   return startServer(listener, dialect, merged, settings);
 }

@@ -81,6 +81,18 @@ export interface ServerStats extends Counters {
    * `maxConnections` (`evictIdleAfter`).
    */
   idleEvictions: number;
+  /**
+   * Connections accepted but not yet sessions: in their TLS handshake, or
+   * reading their PROXY header.
+   */
+  opening: number;
+  /**
+   * TLS connections closed before they became sessions: the handshake
+   * failed, did not complete within `handshakeTimeout`, or the client sent
+   * plain text ({@linkcode TlsHandshakeError}, logged and emitted as an
+   * `error` event).
+   */
+  handshakeFailures: number;
   /** Connections closed for a bad PROXY header or failed `onConnect`. */
   rejected: number;
   /**
@@ -421,6 +433,8 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
       accepted: this.#acceptor.accepted,
       refused: this.#acceptor.refused,
       idleEvictions: this.#acceptor.evicted,
+      opening: this.#acceptor.opening,
+      handshakeFailures: this.#acceptor.handshakeFailures,
       rejected: this.#acceptor.rejected,
       healthChecksFailed: this.#acceptor.healthChecksFailed,
       ...(this.#budget?.stats() ?? NO_BUDGET),

@@ -488,6 +488,8 @@ function emptyStats(): ServerStats {
     accepted: 0,
     refused: 0,
     idleEvictions: 0,
+    opening: 0,
+    handshakeFailures: 0,
     rejected: 0,
     healthChecksFailed: 0,
     bufferedBytes: 0,

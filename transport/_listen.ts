@@ -1,9 +1,11 @@
 /**
  * {@linkcode listen} and {@linkcode listenAsync}: every `Deno.listen*` call
  * of the library, the server's counterpart of `connect()`, and on Node and
- * Bun the `node:net`/`node:tls` listeners in their place. Mutual TLS listens
- * through `node:tls` on every runtime (`_mutual_tls.ts`), inherited sockets
- * through `node:net` (`socket_activation.ts`).
+ * Bun the `node:net`/`node:tls` listeners in their place. On Deno, TLS runs
+ * its handshake through `node:tls` over an accepted TCP connection
+ * (`_tls_accept.ts`); mutual TLS listens through `node:tls` on every runtime
+ * (`_mutual_tls.ts`), inherited sockets through `node:net`
+ * (`socket_activation.ts`).
  *
  * @module
  */
@@ -12,6 +14,7 @@ import type { TransportListener } from "../connection.ts";
 import { UnsupportedRuntimeError } from "../errors.ts";
 import { listenNode } from "./_node_net.ts";
 import { IS_DENO, RUNTIME } from "./_runtime.ts";
+import { listenTls } from "./_tls_accept.ts";
 
 /** Where to listen: a TCP address (plain or TLS) or a Unix socket path. */
 export type ListenTarget =
@@ -19,8 +22,11 @@ export type ListenTarget =
   | {
     hostname: string;
     port: number;
-    /** PEM certificate chain and private key: TLS through `Deno.listenTls`. */
-    tls?: { cert: string; key: string };
+    /**
+     * PEM certificate chain and private key, and the milliseconds a client
+     * has to complete its handshake: TLS through `listenTls()`.
+     */
+    tls?: { cert: string; key: string; handshakeTimeout: number };
   };
 
 /**
@@ -44,7 +50,7 @@ export function listen(target: ListenTarget): TransportListener {
   }
   const { hostname, port, tls } = target;
   if (tls !== undefined) {
-    return Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key });
+    return listenTls({ hostname, port, ...tls });
   }
   return Deno.listen({ hostname, port });
 }
@@ -67,6 +73,6 @@ export async function listenAsync(
   signal: AbortSignal | undefined,
 ): Promise<TransportListener & Disposable> {
   signal?.throwIfAborted();
-  if (IS_DENO) return listen(target) as Deno.Listener;
+  if (IS_DENO) return listen(target) as TransportListener & Disposable;
   return await listenNode(target, backlog, signal);
 }

@@ -25,6 +25,8 @@ import {
 } from "node:tls";
 
 import type { Socket } from "node:net";
+import { TlsHandshakeError } from "../errors.ts";
+import type { HandshakingListener } from "./_tls_accept.ts";
 import {
   NodeListener,
   NodeSocketTransport,
@@ -148,6 +150,38 @@ function tcpHandleOf(socket: Socket): ReadControl | undefined {
     : undefined;
 }
 
+/** The peer's address, as {@linkcode TlsHandshakeError} options. */
+function remoteOf(socket: TLSSocket): { remoteAddr?: Deno.NetAddr } {
+  const { remoteAddress, remotePort } = socket;
+  return remoteAddress === undefined ? {} : {
+    remoteAddr: {
+      transport: "tcp",
+      hostname: remoteAddress,
+      port: remotePort ?? 0,
+    },
+  };
+}
+
+/**
+ * What a `tlsClientError` means: a handshake past `handshakeTimeout`, plain
+ * text (the TLS layer reports a record that is not TLS), or another failure.
+ */
+function handshakeFailure(error: Error, socket: TLSSocket): TlsHandshakeError {
+  const code = (error as { code?: unknown }).code;
+  const text = `${String(code)} ${error.message}`;
+  const reason = /TIMEOUT|timed? ?out/i.test(text)
+    ? "timeout"
+    : /InvalidContentType|http request|wrong version|corrupt message|not tls/i
+        .test(text)
+    ? "plaintext"
+    : "failed";
+  return new TlsHandshakeError(`TLS handshake failed: ${error.message}`, {
+    reason,
+    ...remoteOf(socket),
+    cause: error,
+  });
+}
+
 function peerCertificateOf(socket: TLSSocket): PeerCertificate | undefined {
   const raw = socket.getPeerCertificate()?.raw;
   if (!raw || raw.length === 0) return undefined;
@@ -161,9 +195,12 @@ function peerCertificateOf(socket: TLSSocket): PeerCertificate | undefined {
 }
 
 class NodeTlsListener extends NodeListener<NodeTlsTransport>
-  implements MutualTlsListener {
+  implements MutualTlsListener, HandshakingListener {
   declare readonly addr: Deno.NetAddr;
+  onHandshakeError: ((error: TlsHandshakeError) => void) | undefined;
   #rejected = 0;
+  /** TCP sockets whose handshake is running, closed with the listener. */
+  readonly #handshaking = new Set<Socket>();
 
   constructor(
     server: TlsServer,
@@ -172,17 +209,49 @@ class NodeTlsListener extends NodeListener<NodeTlsTransport>
     backlog: number,
   ) {
     super(server, addr, backlog);
-    server.on("tlsClientError", (_error: Error, socket: TLSSocket) => {
-      this.#rejected++;
-      socket.destroy();
+    server.on("connection", (raw: Socket) => {
+      this.#handshaking.add(raw);
+      raw.once("close", () => this.#handshaking.delete(raw));
+    });
+    server.on("tlsClientError", (error: Error, socket: TLSSocket) => {
+      this.#handshaken(socket);
+      this.#reject(socket, handshakeFailure(error, socket));
     });
     server.on("secureConnection", (socket: TLSSocket) => {
+      this.#handshaken(socket);
       this.#onSecureConnection(socket, requireClientCert);
     });
   }
 
+  /**
+   * Takes a socket's TCP socket (`_parent`, in Node and Deno) off the
+   * handshaking list.
+   */
+  #handshaken(socket: TLSSocket): void {
+    const raw = (socket as unknown as { _parent?: Socket })._parent;
+    if (raw !== undefined) this.#handshaking.delete(raw);
+  }
+
+  /** Also closes the connections still in their handshake. */
+  override close(): void {
+    super.close();
+    for (const raw of this.#handshaking) raw.destroy();
+    this.#handshaking.clear();
+  }
+
   get rejected(): number {
     return this.#rejected;
+  }
+
+  get handshaking(): number {
+    return this.#handshaking.size;
+  }
+
+  #reject(socket: TLSSocket, error: TlsHandshakeError): void {
+    this.#rejected++;
+    const closed = this.isClosed;
+    socket.destroy();
+    if (!closed) this.onHandshakeError?.(error);
   }
 
   #onSecureConnection(socket: TLSSocket, requireClientCert: boolean): void {
@@ -200,8 +269,14 @@ class NodeTlsListener extends NodeListener<NodeTlsTransport>
     }
     const verified = socket.authorized === true && certificate !== undefined;
     if (!verified && (requireClientCert || certificate !== undefined)) {
-      this.#rejected++;
-      socket.destroy();
+      const why = socket.authorizationError ?? "no client certificate";
+      this.#reject(
+        socket,
+        new TlsHandshakeError(
+          `TLS client certificate refused: ${String(why)}`,
+          { reason: "failed", ...remoteOf(socket), cause: why },
+        ),
+      );
       return;
     }
     this.offer(new NodeTlsTransport(socket, certificate));

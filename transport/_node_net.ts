@@ -117,7 +117,8 @@ export type NodeListenTarget =
   | {
     hostname: string;
     port: number;
-    tls?: { cert: string; key: string };
+    /** `handshakeTimeout` in ms; `Infinity` = none (node:tls's own 120 s then). */
+    tls?: { cert: string; key: string; handshakeTimeout?: number };
   };
 
 /**
@@ -141,10 +142,15 @@ export async function listenNode(
   if (tls === undefined) {
     server = createNetServer({ allowHalfOpen: true, pauseOnConnect: true });
   } else {
+    const timeout = tls.handshakeTimeout;
     server = createTlsServer({
       cert: tls.cert,
       key: tls.key,
       allowHalfOpen: true,
+      // A client that never finishes its handshake is closed (tlsClientError).
+      ...(timeout !== undefined && Number.isFinite(timeout)
+        ? { handshakeTimeout: timeout }
+        : {}),
     });
   }
   await startListening(

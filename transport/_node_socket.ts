@@ -42,6 +42,14 @@ export interface NodeSocketTransportOptions {
    * each use; `undefined` means `pause()` is enough.
    */
   readControl?: (socket: Socket) => ReadControl | undefined;
+  /**
+   * The addresses to report, for sockets that run over a stream rather than
+   * a socket of their own (TLS over a `Deno.Conn`). Default: the socket's.
+   */
+  addrs?: {
+    localAddr: Deno.NetAddr | Deno.UnixAddr;
+    remoteAddr: Deno.NetAddr | Deno.UnixAddr;
+  };
 }
 
 /**
@@ -83,8 +91,10 @@ export class NodeSocketTransport implements Transport, Disposable {
   constructor(socket: Socket, options: NodeSocketTransportOptions = {}) {
     this.#socket = socket;
     this.#readControl = options.readControl;
-    this.localAddr = addrOf(socket.localAddress, socket.localPort);
-    this.remoteAddr = addrOf(socket.remoteAddress, socket.remotePort);
+    this.localAddr = options.addrs?.localAddr ??
+      addrOf(socket.localAddress, socket.localPort);
+    this.remoteAddr = options.addrs?.remoteAddr ??
+      addrOf(socket.remoteAddress, socket.remotePort);
     socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
     socket.on("end", () => {
       this.#eof = true;

@@ -6,6 +6,7 @@
  */
 
 import type { TransportListener } from "../connection.ts";
+import { countOption } from "../_util.ts";
 import { listenAsync } from "./_listen.ts";
 
 /** Options of {@linkcode listen}. */
@@ -35,8 +36,12 @@ export type ListenOptions =
       hostname?: string;
       /** TCP port; 0 picks a free one. */
       port: number;
-      /** PEM certificate chain and private key: TLS. */
-      tls?: { cert: string; key: string };
+      /**
+       * PEM certificate chain and private key: TLS. A client that has not
+       * completed its handshake within `handshakeTimeout` ms (default
+       * 10,000) is closed.
+       */
+      tls?: { cert: string; key: string; handshakeTimeout?: number };
     }
   );
 
@@ -79,8 +84,17 @@ export async function listen(
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new RangeError(`Cannot listen: port ${port} is not 0 to 65535`);
   }
+  const secure = tls === undefined ? undefined : {
+    cert: tls.cert,
+    key: tls.key,
+    handshakeTimeout: countOption(
+      tls.handshakeTimeout ?? 10_000,
+      "tls.handshakeTimeout",
+      1,
+    ),
+  };
   return await listenAsync(
-    { hostname, port, ...(tls === undefined ? {} : { tls }) },
+    { hostname, port, ...(secure === undefined ? {} : { tls: secure }) },
     backlog,
     signal,
   );
