@@ -29,7 +29,6 @@ import {
 } from "../session/types.ts";
 import { type Logger, safeLogger } from "../logger.ts";
 import { ClosedError } from "../errors.ts";
-import { delay } from "../backoff.ts";
 import { Acceptor } from "./accept.ts";
 import { evictIdlest } from "./evict.ts";
 import {
@@ -44,6 +43,7 @@ import {
 } from "../streams/status.ts";
 import type { ServeOptions, ServerSettings } from "./serve.ts";
 import {
+  leave,
   runShutdown,
   type ShutdownOptions,
   type ShutdownReport,
@@ -192,35 +192,17 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
     this.#logger = safeLogger(options.logger);
     this.#finished.promise.catch(() => {});
     this.#budget = budgetOf(settings, this.#logger);
-    this.#config = {
-      side: "server",
-      dialect,
+    this.#config = sessionConfigOf(this, dialect, options, settings, {
       correlator: this.#correlator,
       counters: this.#counters,
       logger: this.#logger,
+      budget: this.#budget,
       // An open message stream stands in for the handler (streams/inbound.ts).
       handler: () =>
         this.#streams?.handler ?? this.#handler as Handler<T> | undefined,
-      context: { server: this },
-      retry: undefined,
-      replies: "session",
-      onHandlerError: options.onHandlerError,
-      maxConcurrentHandlers: settings.session.maxConcurrentHandlers,
-      highWaterMark: settings.session.outboundBuffer,
-      maxWriteBytes: settings.session.maxWriteBytes,
-      requestTimeout: deadlineMs(settings.session.requestTimeout),
-      ...(this.#budget === undefined ? {} : { budget: this.#budget }),
       onClose: (session) => this.#sessionClosed(session),
-      onPeerDrain: () => {},
-    };
-    this.#housekeeper = new Housekeeper(() => this.#sessions, {
-      idleTimeout: settings.session.idleTimeout,
-      frameTimeout: settings.session.frameTimeout,
-      heartbeatInterval: 0,
-      maxMissed: 2,
-      heartbeatMessage: undefined,
-      writeTimeout: settings.session.writeTimeout,
     });
+    this.#housekeeper = housekeeperOf(this.#sessions, settings.session);
     this.#acceptor = new Acceptor(listener, settings, {
       sessionCount: () => this.#sessions.size,
       open: (conn, transport, proxy) => this.#open(conn, transport, proxy),
@@ -523,7 +505,9 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   async #runShutdown(options: ShutdownOptions): Promise<ShutdownReport> {
     // Set before the first await, so close() right after shutdown() finds it.
     const force = this.#forceNow = new AbortController();
-    await this.#leave(options, force.signal);
+    await leave(options, force.signal, this.#logger, (leaving) => {
+      this.#leaving = leaving;
+    });
     return runShutdown(
       {
         acceptor: this.#acceptor,
@@ -546,24 +530,6 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   }
 
   /**
-   * The leaving phase of a shutdown (`leaveFor`): keep serving, fail the
-   * proxy's health checks, until the time is up or the shutdown is forced.
-   */
-  async #leave(options: ShutdownOptions, force: AbortSignal): Promise<void> {
-    const leaveFor = options.leaveFor ?? 0;
-    if (leaveFor === 0 || force.aborted) return;
-    this.#leaving = true;
-    this.#logger.info("Leaving: failing health checks before shutdown", {
-      leaveFor,
-    });
-    const signal = options.signal === undefined
-      ? force
-      : AbortSignal.any([force, options.signal]);
-    await delay(leaveFor, { signal }).catch(() => {});
-    this.#leaving = false;
-  }
-
-  /**
    * Stops at once: closes the listener and every session (pending requests
    * reject, running handlers' replies are dropped).
    *
@@ -579,6 +545,55 @@ export class Server<T> extends EventTarget implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
+}
+
+/** What every session of a server shares (see {@linkcode SessionConfig}). */
+function sessionConfigOf<T>(
+  server: Server<T>,
+  dialect: Dialect<T>,
+  options: ServeOptions<T>,
+  settings: ServerSettings,
+  parts:
+    & Pick<
+      SessionConfig<T>,
+      "correlator" | "counters" | "logger" | "handler" | "onClose"
+    >
+    & { budget: MemoryBudget | undefined },
+): SessionConfig<T> {
+  const { budget, ...shared } = parts;
+  return {
+    ...shared,
+    side: "server",
+    dialect,
+    context: { server },
+    retry: undefined,
+    replies: "session",
+    onHandlerError: options.onHandlerError,
+    maxConcurrentHandlers: settings.session.maxConcurrentHandlers,
+    highWaterMark: settings.session.outboundBuffer,
+    maxWriteBytes: settings.session.maxWriteBytes,
+    requestTimeout: deadlineMs(settings.session.requestTimeout),
+    ...(budget === undefined ? {} : { budget }),
+    onPeerDrain: () => {},
+  };
+}
+
+/**
+ * The server's timer over its sessions: idle, frame and write deadlines (a
+ * server sends no heartbeats: its clients do).
+ */
+function housekeeperOf<T>(
+  sessions: Set<SessionImpl<T>>,
+  settings: SessionSettings,
+): Housekeeper<T> {
+  return new Housekeeper(() => sessions, {
+    idleTimeout: settings.idleTimeout,
+    frameTimeout: settings.frameTimeout,
+    heartbeatInterval: 0,
+    maxMissed: 2,
+    heartbeatMessage: undefined,
+    writeTimeout: settings.writeTimeout,
+  });
 }
 
 /** The server's memory budget, unless it has none. */

@@ -8,6 +8,7 @@
 
 import { formatAddr } from "../connection.ts";
 import { after } from "../_timeouts.ts";
+import { delay } from "../backoff.ts";
 import { abortable } from "../_util.ts";
 import { ClosedError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -106,6 +107,33 @@ export interface ShutdownTarget<T> {
   logger: Logger;
   /** Stops the server's timers and its own pending requests. */
   stopTimers(): void;
+}
+
+/**
+ * The leaving phase of a shutdown (`leaveFor`): keep serving, fail the
+ * proxy's health checks (`setLeaving(true)`), until the time is up or the
+ * shutdown is forced.
+ *
+ * @param options The shutdown's options.
+ * @param force Aborted when the shutdown is forced.
+ * @param logger The server's logger.
+ * @param setLeaving Marks the server leaving, and not any more.
+ */
+export async function leave(
+  options: ShutdownOptions,
+  force: AbortSignal,
+  logger: Logger,
+  setLeaving: (leaving: boolean) => void,
+): Promise<void> {
+  const leaveFor = options.leaveFor ?? 0;
+  if (leaveFor === 0 || force.aborted) return;
+  setLeaving(true);
+  logger.info("Leaving: failing health checks before shutdown", { leaveFor });
+  const signal = options.signal === undefined
+    ? force
+    : AbortSignal.any([force, options.signal]);
+  await delay(leaveFor, { signal }).catch(() => {});
+  setLeaving(false);
 }
 
 /**
