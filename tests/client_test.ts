@@ -1148,7 +1148,9 @@ Deno.test("Client heartbeat closes a session whose peer never answers pings", as
 
 Deno.test("Client heartbeat keeps a session to a real server up across several intervals", async () => {
   await using server = serveLoopback({ handler: (p) => p });
-  const interval = 100;
+  // Each ping waits interval/2 for its pong: 200 ms, room enough for a
+  // loaded machine.
+  const interval = 400;
   await using client = await dial(`${HOST}:${portOf(server.addr)}`, {
     heartbeat: { interval },
   });
@@ -1157,7 +1159,7 @@ Deno.test("Client heartbeat keeps a session to a real server up across several i
   // Pings go out after interval/2 of silence: wait for a handful of pongs.
   await pollUntil(() => client.stats().messagesIn - start.messagesIn >= 6, {
     interval: 20,
-    timeout: 5000,
+    timeout: 10_000,
   });
   const stats = client.stats();
   assert.ok(stats.messagesOut - start.messagesOut >= 6);
@@ -1405,10 +1407,11 @@ Deno.test("dial() heartbeat.message keeps a session to a custom-codec server up"
   });
   let nextId = 1;
   await using client = await dial(`${HOST}:${portOf(server.addr)}`, codec, {
-    heartbeat: { interval: 100, message: () => idMessage(nextId++, "echo") },
+    // Each heartbeat waits 200 ms for its answer: room for a loaded machine.
+    heartbeat: { interval: 400, message: () => idMessage(nextId++, "echo") },
   });
   using log = events(client);
-  await withTimeout(echoes.reach(5), 5000, "five echoes");
+  await withTimeout(echoes.reach(5), 10_000, "five echoes");
   assert.deepEqual(log.types, []);
   assert.equal(client.stats().timeouts, 0);
   assert.equal(client.stats().lateReplies, 0);
