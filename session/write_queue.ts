@@ -7,6 +7,7 @@
  */
 
 import type { Codec } from "../framing/codec.ts";
+import type { DirectFrames } from "./dialect.ts";
 import type { Transport } from "../connection.ts";
 import { coarseNow } from "../_timeouts.ts";
 
@@ -160,6 +161,24 @@ export class WriteQueue {
     if (!this.#admit(size, done)) return;
     const at = this.#outLength;
     this.#queuedAt(at + codec.encodeInto!(wire, this.#reserve(size), at), done);
+  }
+
+  /**
+   * Queues a frame of `kind` and `id` carrying `message`, encoded by the
+   * dialect straight into the next write's buffer (see
+   * {@linkcode enqueue}; nobody waits to hear it was written).
+   */
+  enqueueDirect<T>(
+    direct: DirectFrames<T>,
+    kind: number,
+    id: number,
+    message: T,
+  ): void {
+    const size = direct.size(message);
+    if (!this.#admit(size, undefined)) return;
+    const at = this.#outLength;
+    const end = at + direct.write(kind, id, message, this.#reserve(size), at);
+    this.#queuedAt(end, undefined);
   }
 
   /** Queues bytes encoded already (see {@linkcode enqueue}). */
