@@ -131,12 +131,26 @@ export class Outbound<T> {
       let entry: Pending;
       let wire: unknown = undefined;
       let bytes: Uint8Array | undefined = undefined;
+      let direct = false;
       try {
         if (encoded) {
           const request = messages[i] as EncodedRequest;
           bytes = request.bytes;
           entry = correlator.add(
             mode === "fifo" ? undefined : request.id,
+            owner,
+            ms,
+            signal,
+            batch,
+            i,
+          );
+        } else if (this.#direct !== undefined) {
+          // As in request(): framed in the write buffer once queued.
+          wire = messages[i];
+          this.#direct.size(wire as T);
+          direct = true;
+          entry = correlator.add(
+            correlator.nextId(),
             owner,
             ms,
             signal,
@@ -161,8 +175,8 @@ export class Outbound<T> {
       entry.retry = retry;
       batch.track(entry);
       if (this.#queue.hasRoom()) {
-        this.#queueRequest(entry, wire, bytes, false, false);
-      } else this.#holdForRoom(entry, wire, bytes, false, false);
+        this.#queueRequest(entry, wire, bytes, false, direct);
+      } else this.#holdForRoom(entry, wire, bytes, false, direct);
     }
   }
 
