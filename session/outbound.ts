@@ -248,7 +248,15 @@ export class Outbound<T> {
     // (and so a retry elsewhere has its bytes).
     let held: Uint8Array;
     try {
-      held = bytes ?? this.#encode(entry, wire, direct);
+      held = bytes ??
+        (direct
+          ? this.#queue.holdDirect(
+            this.#direct!,
+            Inbound.Request,
+            entry.id as number,
+            wire as T,
+          )
+          : this.#encode(entry, wire, false));
     } catch (error) {
       return entry.fail(error);
     }
