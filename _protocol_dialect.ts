@@ -6,7 +6,13 @@
  * @module
  */
 
-import { defaultCodec, type Frame, FrameKind } from "./protocol.ts";
+import {
+  defaultCodec,
+  encodeFrameInto,
+  type Frame,
+  FrameKind,
+  HEADER_BYTES,
+} from "./protocol.ts";
 import type { Dialect } from "./session/dialect.ts";
 import { describeError } from "./_util.ts";
 
@@ -72,6 +78,10 @@ export function defaultDialect(
       id: refusal.id,
       payload: refusal.payload,
     }),
+    direct: {
+      size: (payload) => HEADER_BYTES + checkPayload(payload, max).length,
+      write: encodeFrameInto,
+    },
   };
 }
 

@@ -110,21 +110,8 @@ export function defaultCodec(options?: DefaultCodecOptions): Codec<Frame> {
     );
   }
   const encodedLength = (frame: Frame) => HEADER_BYTES + frame.payload.length;
-  const encodeInto = (frame: Frame, target: Uint8Array, offset: number) => {
-    const length = frame.payload.length + 5;
-    target[offset] = length >>> 24;
-    target[offset + 1] = length >>> 16;
-    target[offset + 2] = length >>> 8;
-    target[offset + 3] = length;
-    target[offset + 4] = frame.kind;
-    const id = frame.id;
-    target[offset + 5] = id >>> 24;
-    target[offset + 6] = id >>> 16;
-    target[offset + 7] = id >>> 8;
-    target[offset + 8] = id;
-    target.set(frame.payload, offset + HEADER_BYTES);
-    return HEADER_BYTES + frame.payload.length;
-  };
+  const encodeInto = (frame: Frame, target: Uint8Array, offset: number) =>
+    encodeFrameInto(frame.kind, frame.id, frame.payload, target, offset);
   return {
     decoder: () => new DefaultDecoder(maxFrameBytes),
     encodedLength,
@@ -145,6 +132,31 @@ export function defaultCodec(options?: DefaultCodecOptions): Codec<Frame> {
         : frame.id;
     },
   };
+}
+
+/**
+ * Writes one frame at `offset` of `target` (which has room for it); returns
+ * its size. @internal
+ */
+export function encodeFrameInto(
+  kind: number,
+  id: number,
+  payload: Uint8Array,
+  target: Uint8Array,
+  offset: number,
+): number {
+  const length = payload.length + 5;
+  target[offset] = length >>> 24;
+  target[offset + 1] = length >>> 16;
+  target[offset + 2] = length >>> 8;
+  target[offset + 3] = length;
+  target[offset + 4] = kind;
+  target[offset + 5] = id >>> 24;
+  target[offset + 6] = id >>> 16;
+  target[offset + 7] = id >>> 8;
+  target[offset + 8] = id;
+  target.set(payload, offset + HEADER_BYTES);
+  return HEADER_BYTES + payload.length;
 }
 
 function checkKind(kind: number): void {

@@ -57,6 +57,32 @@ export interface Dialect<T, W = unknown> {
   refusal(request: W): W | undefined;
   /** The request a refusal gives back, to be sent again. */
   resend(refusal: W): W;
+  /**
+   * Encodes requests and replies straight into the write buffer, without a
+   * wire message object in between (framed dialects whose frames are a
+   * kind, an id and the message): the hot path of every request and reply.
+   */
+  readonly direct?: DirectFrames<T>;
+}
+
+/**
+ * A framed dialect's encoder of frames made of a kind, an id and a message
+ * (see {@linkcode Dialect.direct}).
+ */
+export interface DirectFrames<T> {
+  /**
+   * The wire size of a frame carrying `message`; throws as `request()` or
+   * `reply()` would for a message the protocol cannot carry.
+   */
+  size(message: T): number;
+  /** Writes such a frame at `at` (with `size()` bytes of room); returns its size. */
+  write(
+    kind: number,
+    id: number,
+    message: T,
+    out: Uint8Array,
+    at: number,
+  ): number;
 }
 
 /** A user codec: messages are sent as they are. */

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Dialect, Inbound } from "./dialect.ts";
+import { type Dialect, type DirectFrames, Inbound } from "./dialect.ts";
 import { NOT_READY, ReplyOrder } from "./reply_order.ts";
 import type { SessionConfig } from "./config.ts";
 import type { Done, WriteQueue } from "./write_queue.ts";
@@ -74,6 +74,8 @@ export class HandlerGate<T> {
   #refusing: Refusing | undefined;
   /** Behind the handlers' signal, made on first use. */
   #abort: AbortController | undefined;
+  /** The dialect's direct encoder: replies are built in the write buffer. */
+  readonly #direct: DirectFrames<T> | undefined;
 
   constructor(owner: GateOwner<T>, cfg: SessionConfig<T>, queue: WriteQueue) {
     this.#owner = owner;
@@ -82,6 +84,7 @@ export class HandlerGate<T> {
     this.#queue = queue;
     this.#max = cfg.maxConcurrentHandlers;
     this.#order = cfg.dialect.mode === "fifo" ? new ReplyOrder() : undefined;
+    this.#direct = cfg.dialect.direct;
   }
 
   /** Messages held, not yet handed to the handler. */
@@ -248,7 +251,7 @@ export class HandlerGate<T> {
       result.then(
         (value) => {
           if (turn < 0) this.running--;
-          this.#answer(turn, this.#replyAnswer(value ?? undefined, wire), wire);
+          this.#reply(turn, value ?? undefined, wire, message);
           this.release();
         },
         (error) => {
@@ -258,7 +261,39 @@ export class HandlerGate<T> {
         },
       ).catch((error) => this.#owner.fail(error));
     } else {
-      this.#answer(turn, this.#replyAnswer(result ?? undefined, wire), wire);
+      this.#reply(turn, result ?? undefined, wire, message);
+    }
+  }
+
+  /**
+   * Answers a handler's value. A reply to a request of a dialect with a
+   * direct encoder, not waiting for its turn, is framed straight into the
+   * write buffer; the rest take the general way (a wire message, then
+   * `#answer`).
+   */
+  #reply(turn: number, value: T | undefined, to: unknown, message: T): void {
+    const direct = this.#direct;
+    const dialect = this.#dialect;
+    if (
+      turn >= 0 || direct === undefined || value === undefined ||
+      dialect.kind(to) !== Inbound.Request
+    ) {
+      return this.#answer(turn, this.#replyAnswer(value, to), to);
+    }
+    if (this.#replyDropped()) return;
+    const queue = this.#queue;
+    try {
+      queue.enqueueDirect(
+        direct,
+        Inbound.Reply,
+        dialect.id(to) as number,
+        value,
+      );
+      queue.queuedReplies++;
+    } catch (error) {
+      // Refused before anything was queued: answered as a failure.
+      const mapped = this.#failureAnswer(error, to, message);
+      if (mapped !== undefined) this.#write(mapped, to);
     }
   }
 

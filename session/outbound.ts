@@ -8,7 +8,12 @@
 
 import { type Pending, type PendingOwner, Retry } from "../_correlation.ts";
 import type { Batch } from "../_batch.ts";
-import { type Dialect, requestId } from "./dialect.ts";
+import {
+  type Dialect,
+  type DirectFrames,
+  Inbound,
+  requestId,
+} from "./dialect.ts";
 import { ConnectionClosedError } from "../errors.ts";
 import type { EncodedRequest, SessionConfig } from "./config.ts";
 import type { Dispatcher } from "./dispatcher.ts";
@@ -44,6 +49,8 @@ export class Outbound<T> {
   readonly #dispatcher: Dispatcher<T>;
   readonly #gate: HandlerGate<T>;
   readonly #fifo: boolean;
+  /** The dialect's direct encoder (requests are then built in the buffer). */
+  readonly #direct: DirectFrames<T> | undefined;
 
   constructor(owner: OutboundOwner, parts: OutboundParts<T>) {
     this.#owner = owner;
@@ -53,6 +60,9 @@ export class Outbound<T> {
     this.#dispatcher = parts.dispatcher;
     this.#gate = parts.gate;
     this.#fifo = parts.cfg.dialect.mode === "fifo";
+    this.#direct = parts.cfg.dialect.mode === "assign"
+      ? parts.cfg.dialect.direct
+      : undefined;
   }
 
   /** Registers and queues a request (see `SessionImpl.requestOn`). */
@@ -70,6 +80,14 @@ export class Outbound<T> {
     let wire: unknown;
     try {
       const ms = timeout ?? this.#cfg.requestTimeout;
+      if (this.#direct !== undefined && !heartbeat) {
+        // Encoded into the write buffer once queued, with no wire message
+        // object; checked first, so a refused payload leaves no entry.
+        this.#direct.size(message);
+        entry = correlator.add(correlator.nextId(), owner, ms, signal);
+        entry.retry = retry;
+        return this.#send(entry, message, undefined, false, true);
+      }
       if (dialect.mode === "assign") {
         // Build the frame first: a payload the dialect refuses must not
         // leave a pending entry behind.
@@ -113,12 +131,26 @@ export class Outbound<T> {
       let entry: Pending;
       let wire: unknown = undefined;
       let bytes: Uint8Array | undefined = undefined;
+      let direct = false;
       try {
         if (encoded) {
           const request = messages[i] as EncodedRequest;
           bytes = request.bytes;
           entry = correlator.add(
             mode === "fifo" ? undefined : request.id,
+            owner,
+            ms,
+            signal,
+            batch,
+            i,
+          );
+        } else if (this.#direct !== undefined) {
+          // As in request(): framed in the write buffer once queued.
+          wire = messages[i];
+          this.#direct.size(wire as T);
+          direct = true;
+          entry = correlator.add(
+            correlator.nextId(),
             owner,
             ms,
             signal,
@@ -142,8 +174,9 @@ export class Outbound<T> {
       }
       entry.retry = retry;
       batch.track(entry);
-      if (this.#queue.hasRoom()) this.#queueRequest(entry, wire, bytes, false);
-      else this.#holdForRoom(entry, wire, bytes, false);
+      if (this.#queue.hasRoom()) {
+        this.#queueRequest(entry, wire, bytes, false, direct);
+      } else this.#holdForRoom(entry, wire, bytes, false, direct);
     }
   }
 
@@ -175,19 +208,32 @@ export class Outbound<T> {
     void this.#send(entry, undefined, bytes, false);
   }
 
-  /** Queues a registered request (its wire message, or its bytes). */
+  /**
+   * Queues a registered request: its wire message, its bytes, or (`direct`)
+   * the user's message that the dialect's direct encoder frames with the
+   * entry's id.
+   */
   #send(
     entry: Pending,
     wire: unknown,
     bytes: Uint8Array | undefined,
     heartbeat: boolean,
+    direct = false,
   ): Promise<T> {
     // A handler awaiting this answer may have paused reading: resume it.
     this.#gate.recheckReading();
     if (this.#queue.hasRoom()) {
-      this.#queueRequest(entry, wire, bytes, heartbeat);
-    } else this.#holdForRoom(entry, wire, bytes, heartbeat);
+      this.#queueRequest(entry, wire, bytes, heartbeat, direct);
+    } else this.#holdForRoom(entry, wire, bytes, heartbeat, direct);
     return entry.promise as Promise<T>;
+  }
+
+  /** A request's bytes, to hold or to send elsewhere (see {@linkcode #send}). */
+  #encode(entry: Pending, wire: unknown, direct: boolean): Uint8Array {
+    const dialect = this.#dialect;
+    return dialect.codec.encode(
+      direct ? dialect.request(wire as T, entry.id as number) : wire,
+    );
   }
 
   /** Queues a registered request once the write queue has room. */
@@ -196,12 +242,21 @@ export class Outbound<T> {
     wire: unknown,
     bytes: Uint8Array | undefined,
     heartbeat: boolean,
+    direct: boolean,
   ): void {
     // It waits for room: encode it now, so the caller may reuse its message
     // (and so a retry elsewhere has its bytes).
     let held: Uint8Array;
     try {
-      held = bytes ?? this.#dialect.codec.encode(wire);
+      held = bytes ??
+        (direct
+          ? this.#queue.holdDirect(
+            this.#direct!,
+            Inbound.Request,
+            entry.id as number,
+            wire as T,
+          )
+          : this.#encode(entry, wire, false));
     } catch (error) {
       return entry.fail(error);
     }
@@ -210,7 +265,9 @@ export class Outbound<T> {
     this.#queue.waitForRoom((open) => {
       // A closed session handed it to a retry already (see Rescue).
       if (entry.owner !== owner) return;
-      if (open) return this.#queueRequest(entry, undefined, held, heartbeat);
+      if (open) {
+        return this.#queueRequest(entry, undefined, held, heartbeat, false);
+      }
       // Fifo requests waiting for room are in no table: offered here.
       const error = owner.closedError("request");
       if (!owner.rescue(entry, error)) entry.fail(error);
@@ -222,19 +279,27 @@ export class Outbound<T> {
     wire: unknown,
     bytes: Uint8Array | undefined,
     heartbeat: boolean,
+    direct: boolean,
   ): void {
     const owner = this.#owner;
     if (entry.settled) return;
     if (owner.isClosed()) return entry.fail(owner.closedError("request"));
     if (owner.drainSent() && !heartbeat && this.#dialect.framed) {
-      return this.#behindDrain(entry, wire, bytes);
+      return this.#behindDrain(entry, wire, bytes, direct);
     }
     const queue = this.#queue;
     if (this.#fifo) this.#dispatcher.expect(entry);
     const start = queue.position;
     try {
-      if (bytes === undefined) queue.enqueue(wire, undefined);
-      else queue.enqueueBytes(bytes, undefined);
+      if (bytes !== undefined) queue.enqueueBytes(bytes, undefined);
+      else if (direct) {
+        queue.enqueueDirect(
+          this.#direct!,
+          Inbound.Request,
+          entry.id as number,
+          wire as T,
+        );
+      } else queue.enqueue(wire, undefined);
     } catch (error) {
       if (this.#fifo) this.#dispatcher.unexpect(entry);
       return entry.fail(error);
@@ -259,11 +324,12 @@ export class Outbound<T> {
     entry: Pending,
     wire: unknown,
     bytes: Uint8Array | undefined,
+    direct: boolean,
   ): void {
     const retry = this.#cfg.retry;
     if (retry !== undefined && entry.retry !== Retry.Never) {
       try {
-        return retry(entry, bytes ?? this.#dialect.codec.encode(wire));
+        return retry(entry, bytes ?? this.#encode(entry, wire, direct));
       } catch (error) {
         return entry.fail(error);
       }

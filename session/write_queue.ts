@@ -7,11 +7,16 @@
  */
 
 import type { Codec } from "../framing/codec.ts";
+import type { DirectFrames } from "./dialect.ts";
 import type { Transport } from "../connection.ts";
 import { coarseNow } from "../_timeouts.ts";
 
 /** Write buffers larger than this are not kept for the next burst. */
 const RETAIN_WRITE_BYTES = 4 * 1024 * 1024;
+/** The size of an arena that messages waiting for room are encoded into. */
+const HOLD_ARENA_BYTES = 16 * 1024;
+/** Messages larger than this that wait for room get a buffer of their own. */
+const MAX_ARENA_MESSAGE = 4 * 1024;
 
 /** What the queue tells its session. */
 export interface WriteQueueOwner {
@@ -57,6 +62,12 @@ export class WriteQueue {
   #queued = 0;
   /** A free write buffer (the last one written), reused by the next batch. */
   #spare: Uint8Array | undefined;
+  /**
+   * Where frames waiting for room are encoded (see {@linkcode holdDirect}),
+   * and the offset of its free space.
+   */
+  #holdArena: Uint8Array | undefined;
+  #holdPos = 0;
   /** Sends in the queue waiting to hear they were written. */
   #notify: PromiseWithResolvers<void>[] | undefined;
   #writing = false;
@@ -163,6 +174,54 @@ export class WriteQueue {
     if (!this.#admit(size, done)) return;
     const at = this.#outLength;
     this.#queuedAt(at + codec.encodeInto!(wire, this.#reserve(size), at), done);
+  }
+
+  /**
+   * Queues a frame of `kind` and `id` carrying `message`, encoded by the
+   * dialect straight into the next write's buffer (see
+   * {@linkcode enqueue}; nobody waits to hear it was written).
+   */
+  enqueueDirect<T>(
+    direct: DirectFrames<T>,
+    kind: number,
+    id: number,
+    message: T,
+  ): void {
+    const size = direct.size(message);
+    if (!this.#admit(size, undefined)) return;
+    const at = this.#outLength;
+    const end = at + direct.write(kind, id, message, this.#reserve(size), at);
+    this.#queuedAt(end, undefined);
+  }
+
+  /**
+   * Encodes a frame that must wait for room (as {@linkcode enqueueDirect}
+   * would) and returns its bytes, for {@linkcode enqueueBytes} once there is
+   * room. Small frames share an arena, each a view of it: on Deno a buffer
+   * of its own per frame costs several times the copy. An arena is never
+   * written twice, so a view stays valid for as long as it is kept.
+   */
+  holdDirect<T>(
+    direct: DirectFrames<T>,
+    kind: number,
+    id: number,
+    message: T,
+  ): Uint8Array {
+    const size = direct.size(message);
+    if (size > MAX_ARENA_MESSAGE) {
+      const own = new Uint8Array(size);
+      direct.write(kind, id, message, own, 0);
+      return own;
+    }
+    let arena = this.#holdArena;
+    if (arena === undefined || arena.length - this.#holdPos < size) {
+      arena = this.#holdArena = new Uint8Array(HOLD_ARENA_BYTES);
+      this.#holdPos = 0;
+    }
+    const at = this.#holdPos;
+    const n = direct.write(kind, id, message, arena, at);
+    this.#holdPos = at + n;
+    return new Uint8Array(arena.buffer, at, n);
   }
 
   /** Queues bytes encoded already (see {@linkcode enqueue}). */
@@ -306,7 +365,7 @@ export class WriteQueue {
     const notify = this.#notify;
     this.#notify = undefined;
     if (notify !== undefined) { for (const done of notify) done.reject(error); }
-    this.#out = this.#spare = undefined;
+    this.#out = this.#spare = this.#holdArena = undefined;
     this.#outLength = this.#queued = 0;
     if (!keepWriting) this.writingBuffer = undefined;
     this.#wakeRoom(false);
@@ -314,7 +373,7 @@ export class WriteQueue {
 
   /** Gives back the buffers of a silent session. */
   releaseIdle(): void {
-    this.#spare = undefined;
+    this.#spare = this.#holdArena = undefined;
     if (this.#queued === 0) this.#out = undefined;
   }
 }
