@@ -117,6 +117,22 @@ export interface LoadReport {
   durationMs: number;
 }
 
+/**
+ * The client's pending requests once its heartbeat pings in flight have
+ * settled: `stats().pending` counts those too, and each settles within half
+ * an interval (answered, or the session closed). Waits at most `ms`.
+ */
+async function pendingOnceSettled(
+  client: Client<Uint8Array>,
+  ms = 2000,
+): Promise<number> {
+  const deadline = performance.now() + ms;
+  while (client.stats().pending > 0 && performance.now() < deadline) {
+    await delay(20);
+  }
+  return client.stats().pending;
+}
+
 /** Merges reports (sums, maxima; latency maxima only). */
 export function mergeReports(...reports: LoadReport[]): LoadReport {
   const out = emptyReport();
@@ -831,7 +847,7 @@ export async function runFaultScenario(
       slack,
       count: concurrency * verifyPerLoop,
     });
-    const pendingAfter = client.stats().pending;
+    const pendingAfter = await pendingOnceSettled(client);
     recovered = recovered && verify.requests > 0 &&
       verify.ok === verify.requests;
     const stats = client.stats();
@@ -1163,7 +1179,7 @@ export async function runRollingRestart(
       sessions: sum("sessions"),
       lostUnstarted,
       completed,
-      pendingAfter: client.stats().pending,
+      pendingAfter: await pendingOnceSettled(client),
       notes,
     };
     notes.push(
@@ -1404,7 +1420,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakResult> {
       rssEnd,
       heapStart,
       heapEnd,
-      pendingAfter: client.stats().pending,
+      pendingAfter: await pendingOnceSettled(client),
       reconnects: client.stats().reconnects,
     };
   } finally {
