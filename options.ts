@@ -100,9 +100,12 @@ export interface SessionOptions<
   maxConcurrentHandlers?: number;
   /**
    * Messages waiting in a session's write queue before `request`/`send`
-   * wait (and a server stops reading that peer).
+   * wait (and a server stops reading that peer). Queued bytes are bounded
+   * apart from this (`maxWriteBytes`, and a server's `memoryBudget`); the
+   * count sets how many requests one write can carry, so it should not be
+   * below the requests you keep in flight on one session.
    *
-   * @default {100}
+   * @default {1024}
    */
   outboundBuffer?: number;
   /**
@@ -159,7 +162,7 @@ export const SESSION_DEFAULTS: SessionSettings = Object.freeze({
   frameTimeout: 60_000,
   writeTimeout: 30_000,
   maxConcurrentHandlers: 64,
-  outboundBuffer: 100,
+  outboundBuffer: 1024,
   maxWriteBytes: 64 * 1024 * 1024,
   maxFrameBytes: 8 * 1024 * 1024,
 });

@@ -172,7 +172,7 @@ Deno.test("Client.settings and Server.settings report the same defaults for the 
     frameTimeout: 60_000,
     writeTimeout: 30_000,
     maxConcurrentHandlers: 64,
-    outboundBuffer: 100,
+    outboundBuffer: 1024,
     maxWriteBytes: 64 * 1024 * 1024,
     maxFrameBytes: 8 * 1024 * 1024,
   };
