@@ -31,7 +31,17 @@
  * `--filter TEXT` (scenario names containing it),
  * `--pin` (server on CPU 1, client on CPU 0, via taskset),
  * `--no-idle`, `--idle-conns N`, `--out PATH` (without extension; default
- * `bench/results/latest`, or `bench/results/quick` with `--quick`).
+ * `bench/results/latest`, or `bench/results/quick` with `--quick`; with
+ * `--runtime`, `-node` or `-bun` appended).
+ *
+ * `--runtime node|bun` (default `deno`) runs tcpbutler's client and server
+ * processes on that runtime: `tcpbutler_node.ts` bundled with `deno bundle`,
+ * Bun from npm when missing (`tests/conformance/_runtimes.ts`). The
+ * baselines stay in the run so its ratios compare like with like: raw Deno,
+ * and the hand-written `node:net` echo (`node_*.mjs`) on that runtime
+ * (impl `node` or `bun`; the default impls become
+ * `raw,<runtime>,tcpbutler,tcpbutler-pipeline,tcpbutler-plain`). The table
+ * then has a "× net" column: req/s against that hand-written echo.
  *
  * @module
  */
@@ -40,6 +50,7 @@
 import { parseArgs } from "node:util";
 import { renderChart } from "./chart.ts";
 import { type ClientResult, procRssKiB } from "./_shared.ts";
+import { bunBinary, bundle } from "../tests/conformance/_runtimes.ts";
 
 const BENCH = new URL(".", import.meta.url).pathname;
 const DENO = Deno.execPath();
@@ -59,8 +70,17 @@ const { values: flags } = parseArgs({
     "idle-conns": { type: "string", default: "5000" },
     out: { type: "string" },
     pin: { type: "boolean", default: false },
+    runtime: { type: "string", default: "deno" },
   },
 });
+const RUNTIMES = ["deno", "node", "bun"] as const;
+type Runtime = (typeof RUNTIMES)[number];
+if (!(RUNTIMES as readonly string[]).includes(flags.runtime)) {
+  throw new TypeError(
+    `--runtime must be one of ${RUNTIMES.join(", ")}: got "${flags.runtime}"`,
+  );
+}
+const runtime = flags.runtime as Runtime;
 const quick = flags.quick;
 const runs = Math.max(1, Number(flags.runs));
 const duration = Number(flags.duration ?? (quick ? 1000 : 3000));
@@ -68,7 +88,10 @@ const warmup = Number(flags.warmup ?? (quick ? 250 : 500));
 const idleConns = Number(flags["idle-conns"]);
 const pin = flags.pin;
 // A quick run does not overwrite the full run's figures.
-const out = flags.out ?? `${BENCH}results/${quick ? "quick" : "latest"}`;
+const out = flags.out ??
+  `${BENCH}results/${quick ? "quick" : "latest"}${
+    runtime === "deno" ? "" : `-${runtime}`
+  }`;
 
 // ---------------------------------------------------------------- implementations
 
@@ -176,6 +199,65 @@ const IMPLS: Record<string, Impl> = {
     ),
   },
 };
+
+/** The temporary directory of the `--runtime` bundle, removed at exit. */
+let bundleDir: string | undefined;
+
+function removeBundle() {
+  if (bundleDir === undefined) return;
+  try {
+    Deno.removeSync(bundleDir, { recursive: true });
+  } catch { /* gone */ }
+  bundleDir = undefined;
+}
+
+/**
+ * Adds the hand-written `node:net` echo on Bun (`bun`) when asked for, and,
+ * for `--runtime node|bun`, puts tcpbutler's processes on that runtime
+ * (`tcpbutler-cli` goes: its in-process server is raw Deno's).
+ *
+ * @param wanted The implementations asked for.
+ */
+async function useRuntime(wanted: string[]): Promise<void> {
+  const bun = runtime === "bun" || wanted.includes("bun")
+    ? await bunBinary()
+    : undefined;
+  if (bun !== undefined) {
+    IMPLS.bun = {
+      name: "bun",
+      idle: true,
+      inproc: true,
+      server: [bun, `${BENCH}node_server.mjs`, "--variant", "batch"],
+      client: [bun, `${BENCH}node_client.mjs`, "--variant", "batch"],
+    };
+  }
+  if (runtime === "deno") return;
+  bundleDir = await Deno.makeTempDir({ prefix: "tcpbutler-bench-" });
+  const entry = `${bundleDir}/tcpbutler_node.mjs`;
+  await bundle(`${BENCH}tcpbutler_node.ts`, entry);
+  // Bun has no --expose-gc; its servers skip the collection before a reading.
+  const server = (variant: string) =>
+    runtime === "node"
+      ? ["node", "--expose-gc", entry, "server", "--variant", variant]
+      : [bun!, entry, "server", "--variant", variant];
+  const client = (variant: string) => [
+    runtime === "node" ? "node" : bun!,
+    entry,
+    "client",
+    "--variant",
+    variant,
+  ];
+  for (const variant of ["default", "pipeline", "plain"]) {
+    const name = variant === "default" ? "tcpbutler" : `tcpbutler-${variant}`;
+    IMPLS[name] = {
+      ...IMPLS[name]!,
+      server: server(variant === "plain" ? "plain" : "default"),
+      client: client(variant),
+    };
+  }
+  IMPLS["tcpbutler-srv"]!.server = server("plain");
+  delete IMPLS["tcpbutler-cli"];
+}
 
 // ---------------------------------------------------------------- scenarios
 
@@ -351,6 +433,7 @@ class Child {
 
 function killAll() {
   for (const child of children) child.kill();
+  removeBundle();
 }
 
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
@@ -570,6 +653,13 @@ async function machine() {
       .output();
     node = new TextDecoder().decode(out.stdout).trim();
   } catch { /* no node */ }
+  let bun: string | undefined;
+  if (IMPLS.bun) {
+    const out = await new Deno.Command(IMPLS.bun.server[0]!, {
+      args: ["--version"],
+    }).output();
+    bun = new TextDecoder().decode(out.stdout).trim();
+  }
   return {
     cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? "unknown",
     cores: navigator.hardwareConcurrency,
@@ -578,6 +668,7 @@ async function machine() {
     deno: Deno.version.deno,
     v8: Deno.version.v8,
     node,
+    ...(bun === undefined ? {} : { bun }),
     date: new Date().toISOString(),
   };
 }
@@ -588,6 +679,8 @@ async function machine() {
 export interface Report {
   machine: Awaited<ReturnType<typeof machine>>;
   settings: {
+    /** Where tcpbutler's processes ran (`--runtime`). */
+    runtime: Runtime;
     quick: boolean;
     runs: number;
     durationMs: number;
@@ -608,6 +701,8 @@ export interface Report {
         /** Slowest and fastest run's req/s. */
         reqPerSecRange: [number, number];
         ratioToRaw: number | null;
+        /** With `--runtime node|bun`: against that runtime's `node:net` echo. */
+        ratioToNet?: number | null;
         runs: ClientResult[];
       }
     >;
@@ -619,9 +714,13 @@ export interface Report {
 async function main() {
   const started = Date.now();
   const wanted = (
-    flags.impls ?? "raw,node,tcpbutler,tcpbutler-pipeline,tcpbutler-plain"
+    flags.impls ??
+      `raw,${
+        runtime === "deno" ? "node" : runtime
+      },tcpbutler,tcpbutler-pipeline,tcpbutler-plain`
   )
     .split(",").map((s) => s.trim()).filter(Boolean);
+  await useRuntime(wanted);
   for (const name of wanted) {
     if (!IMPLS[name]) throw new Error(`unknown implementation ${name}`);
   }
@@ -643,6 +742,7 @@ async function main() {
   const report: Report = {
     machine: await machine(),
     settings: {
+      runtime,
       quick,
       runs,
       durationMs: duration,
@@ -656,6 +756,10 @@ async function main() {
         cpuUsPerReq:
           "(client CPU + server CPU) over the window / replies; in-process: that one process",
         ratioToRaw: "req/s / raw Deno req/s in the same scenario",
+        ...(runtime === "deno" ? {} : {
+          ratioToNet:
+            `req/s / req/s of the hand-written node:net echo on ${runtime} in the same scenario`,
+        }),
         median:
           `median of ${runs} run(s) per metric, runs interleaved across implementations`,
       },
@@ -666,7 +770,9 @@ async function main() {
   };
   const m = report.machine;
   console.log(
-    `machine: ${m.cpu}, ${m.cores} cores, Deno ${m.deno}, Node ${m.node}; ` +
+    `machine: ${m.cpu}, ${m.cores} cores, Deno ${m.deno}, Node ${m.node}${
+      m.bun === undefined ? "" : `, Bun ${m.bun}`
+    }; ${runtime === "deno" ? "" : `tcpbutler on ${runtime}; `}` +
       `${scenarios.length} scenarios × ${impls.length} impls × ${runs} run(s), ` +
       `${duration} ms windows after ${warmup} ms warm-up`,
   );
@@ -720,8 +826,12 @@ async function main() {
       };
     }
     const raw = results.raw?.median.reqPerSec;
+    const net = results[runtime]?.median.reqPerSec;
     for (const r of Object.values(results)) {
       r.ratioToRaw = raw ? (r.median.reqPerSec ?? 0) / raw : null;
+      if (runtime !== "deno") {
+        r.ratioToNet = net ? (r.median.reqPerSec ?? 0) / net : null;
+      }
     }
     report.scenarios.push({ ...sc, results, failures });
   }
@@ -755,6 +865,7 @@ async function main() {
     "p99.9",
     "CPU µs/req",
     "× raw",
+    ...(runtime === "deno" ? [] : ["× net"]),
     ...(runs > 1 ? ["max/min"] : []),
   ]];
   for (const sc of report.scenarios) {
@@ -781,6 +892,7 @@ async function main() {
         fmtUs(x.p999),
         fmtNum(x.cpuUsPerReq, 2),
         fmtNum(r.ratioToRaw, 2),
+        ...(runtime === "deno" ? [] : [fmtNum(r.ratioToNet ?? null, 2)]),
         ...(runs > 1
           ? [fmtNum(r.reqPerSecRange[1] / r.reqPerSecRange[0], 2)]
           : []),

@@ -16,8 +16,9 @@
  * @module
  */
 
-import { dial } from "../mod.ts";
+import { type Client, dial } from "../mod.ts";
 import {
+  type ClientOptions,
   makePayload,
   parseClientArgs,
   printResult,
@@ -30,26 +31,34 @@ import {
 import { startRawServer } from "./raw_server.ts";
 import { plainCodec, startTcpbutlerServer } from "./tcpbutler_server.ts";
 
-async function main() {
-  const opts = parseClientArgs(Deno.args);
+/** What {@linkcode startLoops} needs of a load run's bookkeeping. */
+export interface LoadRecorder {
+  /** Whether new requests should still be issued. */
+  readonly sending: boolean;
+  /** Records one reply's latency, ms. */
+  record(latencyMs: number): void;
+  /** Replies that did not match their request, and failed requests. */
+  errors: number;
+}
+
+/**
+ * Starts the request loops of `opts.variant` over `client` (see the module
+ * doc); they stop once `rec.sending` turns false. Shared with the Node and
+ * Bun entry point (`tcpbutler_node.ts`), so every runtime runs the same
+ * loops.
+ *
+ * @param client The connected client (the plain codec for `plain`).
+ * @param rec The run's bookkeeping.
+ * @param opts `variant`, `payload`, `inflight` and `sessions` of the run.
+ * @returns The loops, settled once drained.
+ */
+export function startLoops(
+  client: Client<Uint8Array>,
+  rec: LoadRecorder,
+  opts: Pick<ClientOptions, "variant" | "payload" | "inflight" | "sessions">,
+): Promise<void>[] {
   const plain = opts.variant === "plain";
   const batched = opts.variant === "pipeline";
-  // The orchestrator keeps stdin open while it waits for the result: if it
-  // dies, stop at once.
-  stdinClosed().then(() => Deno.exit(2));
-  const server = !opts.inproc
-    ? undefined
-    : opts.server === "raw"
-    ? startRawServer(opts.hostname)
-    : startTcpbutlerServer(batched ? "default" : opts.variant, opts.hostname);
-  const port = server ? server.port : opts.port;
-  if (server) opts.serverPid = 0;
-
-  const address = { hostname: opts.hostname, port };
-  const client = plain
-    ? await dial(address, plainCodec(), { sessions: opts.sessions })
-    : await dial(address, { sessions: opts.sessions });
-  const rec = new Recorder(opts);
   const payload = makePayload(opts.payload);
   let nextId = 0;
 
@@ -91,7 +100,7 @@ async function main() {
     }
   };
   const batches = Math.min(opts.inflight, 2 * opts.sessions);
-  const loops = batched
+  return batched
     ? Array.from(
       { length: batches },
       (_, i) =>
@@ -101,6 +110,29 @@ async function main() {
         ),
     )
     : Array.from({ length: opts.inflight }, loop);
+}
+
+async function main() {
+  const opts = parseClientArgs(Deno.args);
+  const plain = opts.variant === "plain";
+  const batched = opts.variant === "pipeline";
+  // The orchestrator keeps stdin open while it waits for the result: if it
+  // dies, stop at once.
+  stdinClosed().then(() => Deno.exit(2));
+  const server = !opts.inproc
+    ? undefined
+    : opts.server === "raw"
+    ? startRawServer(opts.hostname)
+    : startTcpbutlerServer(batched ? "default" : opts.variant, opts.hostname);
+  const port = server ? server.port : opts.port;
+  if (server) opts.serverPid = 0;
+
+  const address = { hostname: opts.hostname, port };
+  const client = plain
+    ? await dial(address, plainCodec(), { sessions: opts.sessions })
+    : await dial(address, { sessions: opts.sessions });
+  const rec = new Recorder(opts);
+  const loops = startLoops(client, rec, opts);
   await rec.run();
   await Promise.all(loops);
   const result = rec.result();
