@@ -28,7 +28,7 @@ import {
   UnsupportedRuntimeError,
 } from "../../mod.ts";
 import { delimited } from "../../framing/mod.ts";
-import { conformance } from "./_harness.ts";
+import { type CaseContext, conformance } from "./_harness.ts";
 import {
   dec,
   enc,
@@ -164,21 +164,32 @@ conformance(
   },
 );
 
+/**
+ * A server whose handler holds each request until `release` opens (and
+ * says so with `started`), and a client of it; both closed after the case.
+ */
+async function heldRequest(
+  t: CaseContext,
+) {
+  const started = latch();
+  const release = latch();
+  const server = await startServer(t, {
+    handler: async (p) => {
+      started.open();
+      await release.wait;
+      return p;
+    },
+  });
+  t.defer(() => release.open());
+  const client = await dial({ hostname: HOST, port: server.port });
+  t.defer(() => client.close());
+  return { server, client, started, release };
+}
+
 conformance(
   "Server.shutdown() lets a request in flight finish and reports nothing forced",
   async (t) => {
-    const started = latch();
-    const release = latch();
-    const server = await startServer(t, {
-      handler: async (p) => {
-        started.open();
-        await release.wait;
-        return p;
-      },
-    });
-    t.defer(() => release.open());
-    const client = await dial({ hostname: HOST, port: server.port });
-    t.defer(() => client.close());
+    const { server, client, started, release } = await heldRequest(t);
     const reply = client.request(enc("in flight"), { timeout: 5000 });
     await started.wait;
     const shutdown = server.shutdown({ timeout: 5000 });
@@ -193,18 +204,7 @@ conformance(
 conformance(
   "A closing client drains: requests in flight complete",
   async (t) => {
-    const started = latch();
-    const release = latch();
-    const server = await startServer(t, {
-      handler: async (p) => {
-        started.open();
-        await release.wait;
-        return p;
-      },
-    });
-    t.defer(() => release.open());
-    const client = await dial({ hostname: HOST, port: server.port });
-    t.defer(() => client.close());
+    const { client, started, release } = await heldRequest(t);
     const reply = client.request(enc("last"), { timeout: 5000 });
     await started.wait;
     const drained = client[Symbol.asyncDispose]();
