@@ -75,7 +75,9 @@ export interface ReadLoopSession {
 /**
  * Runs one session's read loop until the end of the stream or the close;
  * rejects on bad input. A function, not an object: its arguments live in
- * the loop's own frame, which every idle session holds anyway.
+ * the loop's own frame, which every idle session holds anyway (so the work
+ * on a chunk is done in other functions, whose locals are not kept in that
+ * frame while the session waits).
  */
 export async function readLoop<T>(
   session: ReadLoopSession,
@@ -87,9 +89,8 @@ export async function readLoop<T>(
   counters: Counters,
   stats: { messagesIn: number; bytesIn: number },
 ): Promise<void> {
-  const liveness = session.liveness;
   // Made at the first read: a session that never reads holds none.
-  let state: SliceState | undefined;
+  let loop: ChunkLoop<T> | undefined;
   for (;;) {
     const chunk = await reader.read();
     if (chunk === null) {
@@ -99,57 +100,154 @@ export async function readLoop<T>(
       return session.ended();
     }
     if (session.isClosed()) return;
-    const now = coarseNow();
-    liveness.lastReadAt = now;
+    loop ??= {
+      session,
+      decoder,
+      dispatcher,
+      gate,
+      counters,
+      stats,
+      state: firstRead(session),
+    };
+    const liveness = session.liveness;
+    loop.state.now = liveness.lastReadAt = coarseNow();
     liveness.missed = 0;
     stats.bytesIn += chunk.length;
     counters.bytesIn += chunk.length;
-    if (state === undefined) {
-      state = {
-        partial: 0,
-        sliceBytes: MIN_SLICE_BYTES,
-        perMessage: 0,
-        batch: undefined,
-        next: 0,
-        rest: undefined,
-      };
-      session.reading(state);
-    }
-    for (let start = 0; start < chunk.length;) {
-      const end = Math.min(chunk.length, start + state.sliceBytes);
-      const slice = end - start === chunk.length
-        ? chunk
-        : chunk.subarray(start, end);
-      start = end;
-      const batch = decodeSlice(session, decoder, state, stats, chunk, slice);
-      const count = batch.length;
-      stats.messagesIn += count;
-      counters.messagesIn += count;
-      // Idle means no whole message: bytes that never finish a frame (a
-      // peer trickling, a slowloris) must not keep a session for ever.
-      if (count > 0) liveness.lastMessageAt = now;
-      // Replies keep flowing while the handlers are at their limit; only
-      // held requests stop the reading.
-      const next = dispatchFrom(session, dispatcher, gate, batch, 0);
-      if (next >= 0) {
-        state.rest = chunk.subarray(start);
-        await dispatchRest(session, dispatcher, gate, batch, next, state);
-        state.rest = undefined;
-      }
-      if (session.isClosed()) return;
-      if (state.bad !== undefined) return session.badInput(state.bad.error);
-      const budget = session.buffered(state.partial, 0, state.perMessage);
-      if (budget !== undefined) {
-        state.rest = chunk.subarray(start);
-        await budget;
-        state.rest = undefined;
-      }
-      if (session.isClosed()) return;
-    }
+    let goOn = consume(loop, chunk, 0);
+    if (goOn !== true && goOn !== false) goOn = await goOn;
+    if (!goOn) return;
     // Backpressure from our own write side: a peer that does not read
     // our replies stops being read.
     if (queue.full) await queue.room();
   }
+}
+
+/** The loop's state at its first read. */
+function firstRead(session: ReadLoopSession): SliceState {
+  const state: SliceState = {
+    partial: 0,
+    sliceBytes: MIN_SLICE_BYTES,
+    perMessage: 0,
+    batch: undefined,
+    next: 0,
+    rest: undefined,
+    now: 0,
+  };
+  session.reading(state);
+  return state;
+}
+
+/** What the work on one chunk needs of the loop. */
+interface ChunkLoop<T> {
+  session: ReadLoopSession;
+  decoder: FrameDecoder<unknown>;
+  dispatcher: Dispatcher<T>;
+  gate: HandlerGate<T>;
+  counters: Counters;
+  stats: { messagesIn: number; bytesIn: number };
+  state: SliceState;
+}
+
+/**
+ * Decodes and dispatches `chunk` from `start`, slice by slice. Returns
+ * whether the loop reads on (false: the session closed or sent bad bytes),
+ * or a promise of that once reading had to pause (the handlers at their
+ * limit, the memory budget exceeded): synchronous until then, so a read
+ * that needs no pause costs no promise.
+ */
+function consume<T>(
+  loop: ChunkLoop<T>,
+  chunk: Uint8Array,
+  start: number,
+): boolean | Promise<boolean> {
+  const { session, state, stats, counters } = loop;
+  while (start < chunk.length) {
+    const end = Math.min(chunk.length, start + state.sliceBytes);
+    const slice = end - start === chunk.length
+      ? chunk
+      : chunk.subarray(start, end);
+    start = end;
+    const batch = decodeSlice(
+      session,
+      loop.decoder,
+      state,
+      stats,
+      chunk,
+      slice,
+    );
+    const count = batch.length;
+    stats.messagesIn += count;
+    counters.messagesIn += count;
+    // Idle means no whole message: bytes that never finish a frame (a
+    // peer trickling, a slowloris) must not keep a session for ever.
+    if (count > 0) session.liveness.lastMessageAt = state.now;
+    // Replies keep flowing while the handlers are at their limit; only
+    // held requests stop the reading.
+    const next = dispatchFrom(session, loop.dispatcher, loop.gate, batch, 0);
+    if (next >= 0) return consumePaused(loop, chunk, start, batch, next);
+    const goOn = afterSlice(loop, chunk, start);
+    if (goOn !== true) return goOn;
+  }
+  return true;
+}
+
+/**
+ * After a slice was dispatched: stops on a close or bad bytes, waits while
+ * the memory budget is exceeded, then goes on with the chunk.
+ */
+function afterSlice<T>(
+  loop: ChunkLoop<T>,
+  chunk: Uint8Array,
+  start: number,
+): boolean | Promise<boolean> {
+  const { session, state } = loop;
+  if (session.isClosed()) return false;
+  if (state.bad !== undefined) {
+    session.badInput(state.bad.error);
+    return false;
+  }
+  const budget = session.buffered(state.partial, 0, state.perMessage);
+  if (budget === undefined) return true;
+  return consumeAfterBudget(loop, chunk, start, budget);
+}
+
+/** The rest of a chunk whose batch paused the reading mid-dispatch. */
+async function consumePaused<T>(
+  loop: ChunkLoop<T>,
+  chunk: Uint8Array,
+  start: number,
+  batch: unknown[],
+  next: number,
+): Promise<boolean> {
+  const state = loop.state;
+  state.rest = chunk.subarray(start);
+  await dispatchRest(
+    loop.session,
+    loop.dispatcher,
+    loop.gate,
+    batch,
+    next,
+    state,
+  );
+  state.rest = undefined;
+  const goOn = await afterSlice(loop, chunk, start);
+  return goOn && await consume(loop, chunk, start);
+}
+
+/** The rest of a chunk once the memory budget lets the session read on. */
+async function consumeAfterBudget<T>(
+  loop: ChunkLoop<T>,
+  chunk: Uint8Array,
+  start: number,
+  budget: Promise<void>,
+): Promise<boolean> {
+  const state = loop.state;
+  state.rest = chunk.subarray(start);
+  await budget;
+  state.rest = undefined;
+  if (loop.session.isClosed()) return false;
+  return await consume(loop, chunk, start);
 }
 
 /**
@@ -194,6 +292,8 @@ export interface SliceState {
   next: number;
   /** While paused mid-read: the read's bytes not decoded yet. */
   rest: Uint8Array | undefined;
+  /** `coarseNow()` at the read being decoded. */
+  now: number;
 }
 
 /**

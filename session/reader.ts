@@ -62,26 +62,43 @@ export class SlabReader {
     this.#conn = conn;
   }
 
-  /** Reads one chunk; `null` at the end of the stream. */
-  async read(): Promise<Uint8Array | null> {
+  /**
+   * Reads one chunk; `null` at the end of the stream. Not an async
+   * function: an idle session waits in the transport's read and one
+   * `then()` on it, not in a suspended frame of its own as well.
+   */
+  read(): Promise<Uint8Array | null> {
     const ahead = this.#ahead;
     if (ahead !== undefined) {
-      // A read issued by #readRest, into the slab it carries (releaseIdle
-      // may have dropped #slab meanwhile).
       this.#ahead = undefined;
-      const { slab, start } = ahead;
-      const n = await ahead.read;
-      if (n === null) return null;
-      if (this.#slab === slab) this.#slabPos = start + n;
-      return new Uint8Array(slab.buffer, start, n);
+      return this.#readAhead(ahead);
     }
-    if (this.#shortReads < SHORT_READS_TO_IDLE) return await this.#readBusy();
+    if (this.#shortReads < SHORT_READS_TO_IDLE) return this.#readBusy();
     const small = this.#small ??= new Uint8Array(IDLE_READ_BYTES);
-    const n = await this.#conn.read(small);
+    return this.#conn.read(small).then((n) => this.#readSmall(small, n));
+  }
+
+  /**
+   * A read issued by #readRest, into the slab it carries (releaseIdle may
+   * have dropped #slab meanwhile).
+   */
+  async #readAhead(ahead: Ahead): Promise<Uint8Array | null> {
+    const { slab, start } = ahead;
+    const n = await ahead.read;
+    if (n === null) return null;
+    if (this.#slab === slab) this.#slabPos = start + n;
+    return new Uint8Array(slab.buffer, start, n);
+  }
+
+  /** What a read into the small buffer brought. */
+  #readSmall(
+    small: Uint8Array,
+    n: number | null,
+  ): Uint8Array | null | Promise<Uint8Array> {
     if (n === null) return null;
     if (n === small.length) {
       this.#shortReads = 0;
-      return await this.#readRest(small);
+      return this.#readRest(small);
     }
     let copy = this.#copySlab;
     if (copy === undefined || copy.length - this.#copyPos < n) {
