@@ -231,8 +231,10 @@ async function consumePaused<T>(
     state,
   );
   state.rest = undefined;
-  const goOn = await afterSlice(loop, chunk, start);
-  return goOn && await consume(loop, chunk, start);
+  const after = afterSlice(loop, chunk, start);
+  // A promise is the budget's wait, which goes on with the chunk itself.
+  if (after !== true) return await after;
+  return await consume(loop, chunk, start);
 }
 
 /** The rest of a chunk once the memory budget lets the session read on. */
