@@ -13,7 +13,7 @@ import type { SlabReader } from "../session/reader.ts";
 import type { Counters } from "../session/types.ts";
 import type { WriteQueue } from "../session/write_queue.ts";
 
-/** Each byte decodes to one message: its value's place in the chunk. */
+/** Each byte decodes to one message: the byte itself. */
 const byteDecoder: FrameDecoder<unknown> = {
   decode: (bytes: Uint8Array) => Array.from(bytes),
 };
